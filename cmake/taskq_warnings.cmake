@@ -1,0 +1,12 @@
+# Warning and sanitizer flags for taskq's own targets (never forced on consumers).
+function(taskq_set_warnings target)
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic)
+  if(TASKQ_WERROR)
+    target_compile_options(${target} PRIVATE -Werror)
+  endif()
+  if(TASKQ_SANITIZE)
+    target_compile_options(${target} PRIVATE -fsanitize=${TASKQ_SANITIZE} -fno-omit-frame-pointer
+                                             -fno-sanitize-recover=all)
+    target_link_options(${target} PRIVATE -fsanitize=${TASKQ_SANITIZE})
+  endif()
+endfunction()

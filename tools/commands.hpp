@@ -1,0 +1,17 @@
+// Sub-commands of the taskq command-line tool. Each takes its arguments (without the
+// sub-command's own name), writes results to `out` and errors to `err`, and returns the
+// process exit code (0 success, 1 operational error, 2 usage error).
+#pragma once
+
+#include <iosfwd>
+#include <string>
+#include <vector>
+
+namespace taskq::tool {
+
+using args = std::vector<std::string>;
+
+/// taskq cron next EXPR [--tz ZONE] [--from ISO-8601-TIME] [--count N]
+int cron_command(const args& a, std::ostream& out, std::ostream& err);
+
+}  // namespace taskq::tool
