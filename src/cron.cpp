@@ -8,6 +8,7 @@
 #include <taskq/duration.hpp>
 
 #include <date/tz.h>
+#include <fmt/format.h>
 
 #include <array>
 #include <bit>
@@ -120,9 +121,8 @@ struct cron_parser {
   std::size_t field_count = 0;
 
   bool fail(const std::string& what) {
-    detail = "cron field '" + std::string(spec->name) + "' (field " + std::to_string(position) +
-             " of " + std::to_string(field_count) + "): " + what + " in '" + std::string(expr) +
-             "'";
+    detail = fmt::format("cron field '{}' (field {} of {}): {} in '{}'", spec->name, position,
+                         field_count, what, expr);
     return false;
   }
 
@@ -158,16 +158,14 @@ struct cron_parser {
       unsigned v = 0;
       auto [ptr, ec] = std::from_chars(tok.data(), tok.data() + tok.size(), v);
       if (ec == std::errc::result_out_of_range) {
-        return fail("value " + std::string(tok) + " out of range " + std::to_string(spec->min) +
-                    "-" + std::to_string(spec->max));
+        return fail(fmt::format("value {} out of range {}-{}", tok, spec->min, spec->max));
       }
       if (ec != std::errc() || ptr != tok.data() + tok.size()) {
         if (looks_like_quartz_special(tok)) return fail_special(tok);
-        return fail("invalid token '" + std::string(tok) + "'");
+        return fail(fmt::format("invalid token '{}'", tok));
       }
       if (v < spec->min || v > spec->max) {
-        return fail("value " + std::string(tok) + " out of range " + std::to_string(spec->min) +
-                    "-" + std::to_string(spec->max));
+        return fail(fmt::format("value {} out of range {}-{}", tok, spec->min, spec->max));
       }
       out = v;
       return true;
@@ -183,14 +181,14 @@ struct cron_parser {
     }
     if (looks_like_quartz_special(tok)) return fail_special(tok);
     if (spec->names != nullptr) {
-      return fail("invalid token '" + std::string(tok) + "' (expected a number or a name such as " +
-                  (spec == &specs[month] ? "JAN" : "MON") + ")");
+      return fail(fmt::format("invalid token '{}' (expected a number or a name such as {})", tok,
+                              spec == &specs[month] ? "JAN" : "MON"));
     }
-    return fail("invalid token '" + std::string(tok) + "'");
+    return fail(fmt::format("invalid token '{}'", tok));
   }
 
   bool fail_special(std::string_view tok) {
-    return fail("'" + std::string(tok) + "' uses the L, W or # special, which is not supported");
+    return fail(fmt::format("'{}' uses the L, W or # special, which is not supported", tok));
   }
 
   // One comma-separated element: `*`, `?`, N, A-B, with an optional /STEP.
@@ -216,7 +214,7 @@ struct cron_parser {
       if (!parse_value(range.substr(0, dash), lo)) return false;
       if (!parse_value(range.substr(dash + 1), hi)) return false;
       if (lo > hi) {
-        return fail("range '" + std::string(range) + "' runs backwards (start after end)");
+        return fail(fmt::format("range '{}' runs backwards (start after end)", range));
       }
     } else {
       if (!parse_value(range, lo)) return false;
@@ -227,12 +225,12 @@ struct cron_parser {
     if (has_step) {
       auto [ptr, ec] = std::from_chars(step_text.data(), step_text.data() + step_text.size(), step);
       if (step_text.empty() || ec != std::errc() || ptr != step_text.data() + step_text.size()) {
-        return fail("invalid step '" + std::string(step_text) + "' in '" + std::string(el) + "'");
+        return fail(fmt::format("invalid step '{}' in '{}'", step_text, el));
       }
-      if (step == 0) return fail("step 0 in '" + std::string(el) + "' (must be at least 1)");
+      if (step == 0) return fail(fmt::format("step 0 in '{}' (must be at least 1)", el));
       if (step > spec->max) {
-        return fail("step " + std::string(step_text) + " in '" + std::string(el) +
-                    "' is larger than the field's maximum " + std::to_string(spec->max));
+        return fail(fmt::format("step {} in '{}' is larger than the field's maximum {}", step_text,
+                                el, spec->max));
       }
     }
     for (unsigned v = lo; v <= hi; v += step) {
@@ -288,15 +286,14 @@ struct cron_parser {
         if (iequals(name, macro)) expansion = fields;
       }
       if (expansion == nullptr) {
-        detail = "unknown cron macro '" + std::string(name) +
-                 "' (expected @yearly, @annually, @monthly, @weekly, @daily, @midnight, "
-                 "@hourly or @every <duration>) in '" +
-                 std::string(expr) + "'";
+        detail = fmt::format(
+            "unknown cron macro '{}' (expected @yearly, @annually, @monthly, @weekly, @daily, "
+            "@midnight, @hourly or @every <duration>) in '{}'",
+            name, expr);
         return false;
       }
       if (!rest.empty()) {
-        detail = "cron macro " + std::string(name) + " takes no arguments in '" +
-                 std::string(expr) + "'";
+        detail = fmt::format("cron macro {} takes no arguments in '{}'", name, expr);
         return false;
       }
       body = expansion;
@@ -314,10 +311,10 @@ struct cron_parser {
       i = j;
     }
     if (n != 5 && n != 6) {
-      detail =
+      detail = fmt::format(
           "cron expression must have 5 fields (minute hour day-of-month month day-of-week) "
-          "or 6 (with a leading second), got " +
-          std::to_string(n) + " in '" + std::string(expr) + "'";
+          "or 6 (with a leading second), got {} in '{}'",
+          n, expr);
       return false;
     }
     field_count = n;
@@ -343,19 +340,19 @@ struct cron_parser {
 
   bool parse_every(std::string_view rest, cron_expression& out) {
     if (rest.empty()) {
-      detail = "@every needs a duration such as '@every 1h30m' in '" + std::string(expr) + "'";
+      detail = fmt::format("@every needs a duration such as '@every 1h30m' in '{}'", expr);
       return false;
     }
     error_code ec;
     const milliseconds d = parse_duration(rest, ec);
     if (ec) {
-      detail = "@every: invalid duration '" + std::string(rest) +
-               "' (expected e.g. 10s, 1h30m, 250ms, 7d) in '" + std::string(expr) + "'";
+      detail =
+          fmt::format("@every: invalid duration '{}' (expected e.g. 10s, 1h30m, 250ms, 7d) in '{}'",
+                      rest, expr);
       return false;
     }
     if (d <= milliseconds::zero()) {
-      detail = "@every: duration '" + std::string(rest) + "' must be at least 1ms in '" +
-               std::string(expr) + "'";
+      detail = fmt::format("@every: duration '{}' must be at least 1ms in '{}'", rest, expr);
       return false;
     }
     out.interval_ = d;
@@ -388,7 +385,7 @@ std::optional<cron_expression> cron_expression::parse(std::string_view expr,
       out.zone_ = date::locate_zone(time_zone);
     } catch (const std::exception& e) {
       ec = make_error_code(errc::invalid_time_zone);
-      detail = "unknown time zone '" + std::string(time_zone) + "' (" + e.what() + ")";
+      detail = fmt::format("unknown time zone '{}' ({})", time_zone, e.what());
       return std::nullopt;
     }
   }

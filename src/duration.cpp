@@ -1,6 +1,8 @@
 // Go-style duration parsing and formatting (see include/taskq/duration.hpp).
 #include <taskq/duration.hpp>
 
+#include <fmt/format.h>
+
 #include <cstdint>
 #include <limits>
 #include <optional>
@@ -97,8 +99,9 @@ milliseconds parse_duration(std::string_view text) {
   error_code ec;
   auto d = parse_duration(text, ec);
   if (ec) {
-    throw error(ec, "invalid duration '" + std::string(text) +
-                        "' (expected e.g. \"1h30m\", \"250ms\", \"7d\"; must not be negative)");
+    throw error(ec, fmt::format("invalid duration '{}' (expected e.g. \"1h30m\", \"250ms\", "
+                                "\"7d\"; must not be negative)",
+                                text));
   }
   return d;
 }

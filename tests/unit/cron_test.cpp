@@ -4,6 +4,7 @@
 #include <taskq/cron.hpp>
 #include <taskq/duration.hpp>
 
+#include <fmt/format.h>
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -45,7 +46,7 @@ std::string str(std::optional<time_point> t) {
                 static_cast<int>(hms.seconds().count()));
   std::string out = buf;
   if (const auto ms = std::chrono::floor<milliseconds>(*t) - secs; ms.count() != 0) {
-    out += "." + std::to_string(ms.count());
+    out += fmt::format(".{:03}", ms.count());
   }
   return out;
 }
@@ -283,7 +284,8 @@ std::string random_field(std::mt19937& rng, unsigned index, unsigned lo, unsigne
       for (unsigned n = pick(2, 4); n > 0; --n) {
         const unsigned v = pick(lo, hi);
         add(v);
-        out += (out.empty() ? "" : ",") + name(v);
+        if (!out.empty()) out += ',';
+        out += name(v);
       }
       return out;
     }
@@ -291,23 +293,23 @@ std::string random_field(std::mt19937& rng, unsigned index, unsigned lo, unsigne
       const unsigned a = pick(lo, hi);
       const unsigned b = pick(a, hi);
       for (unsigned v = a; v <= b; ++v) add(v);
-      return name(a) + "-" + name(b);
+      return fmt::format("{}-{}", name(a), name(b));
     }
     case 4: {
       const unsigned step = pick(1, std::max(1u, (hi - lo) / 2));
       for (unsigned v = lo; v <= star_hi; v += step) add(v);
-      return "*/" + std::to_string(step);
+      return fmt::format("*/{}", step);
     }
     default: {
       const unsigned a = pick(lo, hi);
       const unsigned step = pick(1, std::max(1u, (hi - lo) / 3));
       if (pick(0, 1) == 0) {
         for (unsigned v = a; v <= hi; v += step) add(v);
-        return name(a) + "/" + std::to_string(step);
+        return fmt::format("{}/{}", name(a), step);
       }
       const unsigned b = pick(a, hi);
       for (unsigned v = a; v <= b; v += step) add(v);
-      return name(a) + "-" + name(b) + "/" + std::to_string(step);
+      return fmt::format("{}-{}/{}", name(a), name(b), step);
     }
   }
 }
@@ -325,7 +327,8 @@ generated random_expression(std::mt19937& rng, bool with_seconds) {
     const std::string f = random_field(rng, i, lo[i], hi[i], g.sets[i], any);
     if (i == 3) g.dom_any = any;
     if (i == 5) g.dow_any = any;
-    g.text += (g.text.empty() ? "" : " ") + f;
+    if (!g.text.empty()) g.text += ' ';
+    g.text += f;
   }
   return g;
 }
@@ -678,7 +681,7 @@ TEST_CASE("cron unknown time zones are reported with their name", "[cron]") {
     std::string detail;
     CHECK_FALSE(cron_expression::parse("0 0 * * *", zone, ec, detail));
     CHECK(ec == taskq::errc::invalid_time_zone);
-    CHECK(detail.starts_with("unknown time zone '" + std::string(zone) + "'"));
+    CHECK(detail.starts_with(fmt::format("unknown time zone '{}'", zone)));
     CHECK_THROWS_AS(cron_expression::parse("0 0 * * *", zone), taskq::error);
   }
   // A bad expression is reported before the zone is looked at.
@@ -745,7 +748,7 @@ TEST_CASE("parse_duration rejects malformed and negative input", "[duration]") {
       FAIL("no exception");
     } catch (const taskq::error& e) {
       CHECK(e.code() == taskq::errc::invalid_option);
-      CHECK(std::string(e.what()).find("'" + std::string(text) + "'") != std::string::npos);
+      CHECK(std::string(e.what()).find(fmt::format("'{}'", text)) != std::string::npos);
     }
   }
 }

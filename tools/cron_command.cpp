@@ -1,0 +1,229 @@
+// `taskq cron next EXPR [--tz ZONE] [--from ISO-8601-TIME] [--count N]`: prints the next N
+// fire times of a cron expression, in ISO 8601 with the zone's UTC offset, one per line.
+#include "commands.hpp"
+
+#include <taskq/cron.hpp>
+
+#include <date/tz.h>
+
+#include <charconv>
+#include <chrono>
+#include <cstdio>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <string_view>
+
+namespace taskq::tool {
+namespace {
+
+using std::chrono::seconds;
+using time_point = std::chrono::system_clock::time_point;
+
+constexpr std::string_view cron_usage =
+    "usage: taskq cron next EXPR [--tz ZONE] [--from ISO-8601-TIME] [--count N]\n"
+    "  EXPR    a cron expression (quote it), e.g. '0 9 * * MON-FRI', '@daily', '@every 90m'\n"
+    "  --tz    IANA time zone the expression runs in (default UTC)\n"
+    "  --from  start time, exclusive (default now), e.g. 2024-01-01T00:00:00Z,\n"
+    "          2024-01-01T09:00:00+02:00, or without an offset for local time in --tz\n"
+    "  --count how many fire times to print (default 5)\n";
+
+int usage_error(std::ostream& err, const std::string& message) {
+  err << "taskq: " << message << "\n" << cron_usage;
+  return 2;
+}
+
+// Reads exactly `n` digits from the front of `s`.
+bool take_digits(std::string_view& s, std::size_t n, int& out) {
+  if (s.size() < n) return false;
+  auto [ptr, ec] = std::from_chars(s.data(), s.data() + n, out);
+  if (ec != std::errc() || ptr != s.data() + n) return false;
+  s.remove_prefix(n);
+  return true;
+}
+
+bool take_char(std::string_view& s, char c) {
+  if (s.empty() || s.front() != c) return false;
+  s.remove_prefix(1);
+  return true;
+}
+
+// Parses YYYY-MM-DD[(T| )HH:MM[:SS[.fff]]][Z|+HH:MM|-HH:MM|+HHMM|+HH]. Without an offset
+// the time is local wall-clock time in `zone` (nullptr = UTC); a local time that does not
+// exist or occurs twice resolves the way cron_expression does (after the gap / first).
+std::optional<time_point> parse_time(std::string_view s, const date::time_zone* zone) {
+  int y = 0, mo = 0, d = 0, h = 0, mi = 0, sec = 0;
+  if (!take_digits(s, 4, y) || !take_char(s, '-') || !take_digits(s, 2, mo) || !take_char(s, '-') ||
+      !take_digits(s, 2, d)) {
+    return std::nullopt;
+  }
+  std::chrono::nanoseconds frac{0};
+  if (!s.empty() && (s.front() == 'T' || s.front() == 't' || s.front() == ' ')) {
+    s.remove_prefix(1);
+    if (!take_digits(s, 2, h) || !take_char(s, ':') || !take_digits(s, 2, mi)) {
+      return std::nullopt;
+    }
+    if (take_char(s, ':')) {
+      if (!take_digits(s, 2, sec)) return std::nullopt;
+      if (take_char(s, '.') || take_char(s, ',')) {
+        std::int64_t scale = 100'000'000;
+        if (s.empty() || s.front() < '0' || s.front() > '9') return std::nullopt;
+        while (!s.empty() && s.front() >= '0' && s.front() <= '9') {
+          frac += std::chrono::nanoseconds((s.front() - '0') * scale);
+          scale /= 10;
+          s.remove_prefix(1);
+        }
+      }
+    }
+  }
+  const std::chrono::year_month_day ymd{std::chrono::year(y), std::chrono::month(mo),
+                                        std::chrono::day(d)};
+  if (!ymd.ok() || h > 23 || mi > 59 || sec > 59) return std::nullopt;
+  const auto wall = std::chrono::sys_days(ymd).time_since_epoch() + std::chrono::hours(h) +
+                    std::chrono::minutes(mi) + seconds(sec);
+
+  if (s.empty()) {  // local time in the zone
+    if (zone == nullptr) return time_point(wall + frac);
+    const auto info = zone->get_info(date::local_seconds(wall));
+    if (info.result == date::local_info::nonexistent) return time_point(info.second.begin);
+    return time_point(wall - info.first.offset + frac);
+  }
+  if (s == "Z" || s == "z") return time_point(wall + frac);
+  const char sign = s.front();
+  if (sign != '+' && sign != '-') return std::nullopt;
+  s.remove_prefix(1);
+  int oh = 0, om = 0;
+  if (!take_digits(s, 2, oh)) return std::nullopt;
+  if (!s.empty()) {
+    take_char(s, ':');
+    if (!take_digits(s, 2, om) || !s.empty()) return std::nullopt;
+  }
+  if (oh > 23 || om > 59) return std::nullopt;
+  const seconds offset = std::chrono::hours(oh) + std::chrono::minutes(om);
+  return time_point(wall - (sign == '+' ? offset : -offset) + frac);
+}
+
+// 2024-03-31T03:00:00+02:00 (with .mmm when the time has milliseconds, e.g. from @every).
+std::string format_time(time_point t, const date::time_zone* zone) {
+  const auto ms = std::chrono::floor<std::chrono::milliseconds>(t);
+  const seconds offset = zone == nullptr ? seconds(0) : zone->get_info(ms).offset;
+  const auto local = ms.time_since_epoch() + offset;
+  const auto day = std::chrono::floor<std::chrono::days>(local);
+  const std::chrono::year_month_day ymd{std::chrono::sys_days(day)};
+  const std::chrono::hh_mm_ss hms{local - day};
+  char buf[64];
+  int n =
+      std::snprintf(buf, sizeof buf, "%04d-%02u-%02uT%02d:%02d:%02d", static_cast<int>(ymd.year()),
+                    static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()),
+                    static_cast<int>(hms.hours().count()), static_cast<int>(hms.minutes().count()),
+                    static_cast<int>(hms.seconds().count()));
+  std::string out(buf, static_cast<std::size_t>(n));
+  if (const auto sub = hms.subseconds().count(); sub != 0) {
+    n = std::snprintf(buf, sizeof buf, ".%03d", static_cast<int>(sub));
+    out.append(buf, static_cast<std::size_t>(n));
+  }
+  const auto off_min = offset.count() / 60;
+  const auto abs_min = off_min < 0 ? -off_min : off_min;
+  n = std::snprintf(buf, sizeof buf, "%c%02d:%02d", off_min < 0 ? '-' : '+',
+                    static_cast<int>(abs_min / 60), static_cast<int>(abs_min % 60));
+  out.append(buf, static_cast<std::size_t>(n));
+  return out;
+}
+
+}  // namespace
+
+int cron_command(const args& a, std::ostream& out, std::ostream& err) {
+  if (a.empty()) return usage_error(err, "missing sub-command (expected 'cron next')");
+  if (a[0] == "--help" || a[0] == "-h" || a[0] == "help") {
+    out << cron_usage;
+    return 0;
+  }
+  if (a[0] != "next") return usage_error(err, "unknown cron sub-command '" + a[0] + "'");
+
+  std::string expr;
+  std::string zone_name = "UTC";
+  std::optional<std::string> from_text;
+  std::string count_text = "5";
+  for (std::size_t i = 1; i < a.size(); ++i) {
+    const std::string& arg = a[i];
+    // Options take their value as the next argument or after '='.
+    auto option = [&](std::string_view name, std::string& value) -> std::optional<bool> {
+      if (arg == name) {
+        if (i + 1 >= a.size()) return false;
+        value = a[++i];
+        return true;
+      }
+      if (arg.size() > name.size() && arg.starts_with(name) && arg[name.size()] == '=') {
+        value = arg.substr(name.size() + 1);
+        return true;
+      }
+      return std::nullopt;
+    };
+    std::string value;
+    if (auto r = option("--tz", value)) {
+      if (!*r) return usage_error(err, "--tz needs a value");
+      zone_name = value;
+    } else if (auto r2 = option("--from", value)) {
+      if (!*r2) return usage_error(err, "--from needs a value");
+      from_text = value;
+    } else if (auto r3 = option("--count", value)) {
+      if (!*r3) return usage_error(err, "--count needs a value");
+      count_text = value;
+    } else if (arg == "--help" || arg == "-h") {
+      out << cron_usage;
+      return 0;
+    } else if (arg.size() > 1 && arg.front() == '-') {  // no cron token starts with '-'
+      return usage_error(err, "unknown option '" + arg + "'");
+    } else {
+      // An unquoted expression arrives as several arguments: join them back.
+      if (!expr.empty()) expr += ' ';
+      expr += arg;
+    }
+  }
+  if (expr.empty()) return usage_error(err, "missing cron expression");
+
+  long long count = 0;
+  {
+    auto [ptr, ec] =
+        std::from_chars(count_text.data(), count_text.data() + count_text.size(), count);
+    if (ec != std::errc() || ptr != count_text.data() + count_text.size() || count < 1 ||
+        count > 1'000'000) {
+      return usage_error(
+          err, "--count must be a whole number from 1 to 1000000, got '" + count_text + "'");
+    }
+  }
+
+  error_code ec;
+  std::string detail;
+  const auto cron = cron_expression::parse(expr, zone_name, ec, detail);
+  if (!cron) {
+    err << "taskq: " << detail << "\n";
+    return 1;
+  }
+  const date::time_zone* zone =
+      cron->time_zone_name() == "UTC" ? nullptr : date::locate_zone(cron->time_zone_name());
+
+  time_point t = std::chrono::system_clock::now();
+  if (from_text) {
+    const auto parsed = parse_time(*from_text, zone);
+    if (!parsed) {
+      return usage_error(err, "--from: cannot read '" + *from_text +
+                                  "' as an ISO 8601 time such as 2024-01-01T00:00:00Z");
+    }
+    t = *parsed;
+  }
+
+  for (long long i = 0; i < count; ++i) {
+    const auto next = cron->next_after(t);
+    if (!next) {
+      err << "taskq: '" << cron->expression() << "' does not fire within "
+          << cron_expression::search_years << " years after " << format_time(t, zone) << "\n";
+      return i == 0 ? 1 : 0;
+    }
+    out << format_time(*next, zone) << "\n";
+    t = *next;
+  }
+  return 0;
+}
+
+}  // namespace taskq::tool
