@@ -49,7 +49,11 @@ struct cron_parser;
 ///     03:00 CEST = 01:00 UTC; "*/15 2 * * *" fires once at 03:00, not four times);
 ///   - fall back: a local time that occurs twice fires once, at its first occurrence
 ///     (the earlier UTC instant); the repeated hour does not fire again.
-/// With this rule the fire times are strictly increasing and never duplicated.
+/// With this rule the fire times are strictly increasing and never duplicated. It also
+/// means a schedule that fires every minute is silent during the repeated hour, because
+/// each local wall-clock time fires at most once.
+/// Limitation: with the system tz database, date 3.0.1 applies no DST rule after 2037
+/// (zones keep their last listed offset from then on).
 /// `@every` ignores the zone: it is a fixed interval.
 ///
 /// Thread safety: a const cron_expression may be used from any number of threads.
