@@ -118,6 +118,7 @@ TEST_CASE("journal codec: in-memory round trip", "[journal]") {
   std::vector<std::uint64_t> offsets;
   std::string image = make_image(7, records, &offsets);
   REQUIRE(image.substr(0, 8) == "TASKQJNL");
+  CHECK(crc32c("123456789") == 0xE3069283u);  // the CRC32C check value
 
   collected c;
   scan_result r = scan_journal(image, file_kind::journal_segment, "mem", c.visitor());
