@@ -9,46 +9,79 @@ class category_impl final : public boost::system::error_category {
 
   std::string message(int ev) const override {
     switch (static_cast<errc>(ev)) {
-      case errc::blank_type: return "task field 'type' must not be blank";
-      case errc::blank_queue: return "task field 'queue' must not be blank";
-      case errc::blank_id: return "field 'id' must not be blank";
+      case errc::blank_type:
+        return "task field 'type' must not be blank";
+      case errc::blank_queue:
+        return "task field 'queue' must not be blank";
+      case errc::blank_id:
+        return "field 'id' must not be blank";
       case errc::invalid_status:
         return "field 'status' must be one of pending, running, succeeded, failed, cancelled, "
                "dropped";
       case errc::payload_too_large:
         return "task field 'payload' exceeds the configured maximum payload size";
-      case errc::negative_delay: return "task field 'delay' must not be negative";
-      case errc::negative_timeout: return "task field 'timeout' must not be negative";
-      case errc::invalid_max_attempts: return "task field 'max_attempts' must be at least 1";
+      case errc::negative_delay:
+        return "task field 'delay' must not be negative";
+      case errc::negative_timeout:
+        return "task field 'timeout' must not be negative";
+      case errc::invalid_max_attempts:
+        return "task field 'max_attempts' must be at least 1";
       case errc::invalid_retry_policy:
         return "task field 'retry' must have non-negative delays, max_delay >= initial_delay, "
                "multiplier >= 1 and jitter in [0, 1]";
-      case errc::invalid_label: return "task field 'labels' must not contain a blank key";
-      case errc::invalid_option: return "an option is out of range";
-      case errc::invalid_record: return "a stored task record could not be decoded";
-      case errc::not_found: return "no task with that id";
-      case errc::illegal_transition: return "that status change is not allowed";
-      case errc::status_conflict: return "the task is not in the expected status";
-      case errc::duplicate_id: return "a task with that id already exists";
+      case errc::invalid_label:
+        return "task field 'labels' must not contain a blank key";
+      case errc::invalid_option:
+        return "an option is out of range";
+      case errc::invalid_record:
+        return "a stored task record could not be decoded";
+      case errc::not_found:
+        return "no task with that id";
+      case errc::illegal_transition:
+        return "that status change is not allowed";
+      case errc::status_conflict:
+        return "the task is not in the expected status";
+      case errc::duplicate_id:
+        return "a task with that id already exists";
       case errc::duplicate_unique_key:
         return "a pending or running task already holds that unique key";
-      case errc::handler_not_found: return "no handler is registered for the task's type";
-      case errc::not_leased: return "the task is not leased (the lease expired or was released)";
-      case errc::run_cancelled: return "run cancelled";
-      case errc::run_timed_out: return "run timed out";
-      case errc::shutting_down: return "shutting down";
-      case errc::handler_failed: return "the handler failed";
-      case errc::invalid_cron: return "invalid cron expression";
-      case errc::invalid_time_zone: return "unknown time zone";
-      case errc::invalid_schedule: return "invalid schedule definition";
-      case errc::schedule_not_found: return "no schedule with that name";
-      case errc::corrupt_journal: return "journal record is corrupt";
-      case errc::unsupported_format_version: return "unsupported file format version";
-      case errc::store_locked: return "the store is locked by another process";
-      case errc::io_error: return "I/O error";
-      case errc::disk_full: return "no space left on device";
-      case errc::store_closed: return "the store is closed";
-      case errc::backend_unavailable: return "the backend is unavailable";
+      case errc::handler_not_found:
+        return "no handler is registered for the task's type";
+      case errc::not_leased:
+        return "the task is not leased (the lease expired or was released)";
+      case errc::run_cancelled:
+        return "run cancelled";
+      case errc::run_timed_out:
+        return "run timed out";
+      case errc::shutting_down:
+        return "shutting down";
+      case errc::handler_failed:
+        return "the handler failed";
+      case errc::blocking_on_io_thread:
+        return "a blocking call was made on a thread running the io_context it needs; use the "
+               "async_ form there";
+      case errc::invalid_cron:
+        return "invalid cron expression";
+      case errc::invalid_time_zone:
+        return "unknown time zone";
+      case errc::invalid_schedule:
+        return "invalid schedule definition";
+      case errc::schedule_not_found:
+        return "no schedule with that name";
+      case errc::corrupt_journal:
+        return "journal record is corrupt";
+      case errc::unsupported_format_version:
+        return "unsupported file format version";
+      case errc::store_locked:
+        return "the store is locked by another process";
+      case errc::io_error:
+        return "I/O error";
+      case errc::disk_full:
+        return "no space left on device";
+      case errc::store_closed:
+        return "the store is closed";
+      case errc::backend_unavailable:
+        return "the backend is unavailable";
     }
     return "unknown taskq error";
   }

@@ -33,23 +33,24 @@ enum class errc {
   invalid_option,        ///< an options aggregate has an out-of-range value
   invalid_record,        ///< a stored record could not be decoded (field named in detail)
   // --- state ------------------------------------------------------------------------------
-  not_found = 100,       ///< no task with that id
-  illegal_transition,    ///< the requested status change is never allowed (e.g. succeeded -> running)
-  status_conflict,       ///< compare-and-set lost: the task is not in the expected status
-  duplicate_id,          ///< a task with that id already exists
+  not_found = 100,     ///< no task with that id
+  illegal_transition,  ///< the requested status change is never allowed (e.g. succeeded -> running)
+  status_conflict,     ///< compare-and-set lost: the task is not in the expected status
+  duplicate_id,        ///< a task with that id already exists
   duplicate_unique_key,  ///< a pending or running task already holds that unique key
   handler_not_found,     ///< no handler is registered for the task's type
   not_leased,            ///< the lease was not found or has expired (ack/extend after expiry)
   // --- runs -------------------------------------------------------------------------------
-  run_cancelled = 200,  ///< the run was cancelled
-  run_timed_out,        ///< the run exceeded its timeout
-  shutting_down,        ///< the component is stopping and refuses new work
-  handler_failed,       ///< the handler threw or returned an error (detail has the text)
+  run_cancelled = 200,    ///< the run was cancelled
+  run_timed_out,          ///< the run exceeded its timeout
+  shutting_down,          ///< the component is stopping and refuses new work
+  handler_failed,         ///< the handler threw or returned an error (detail has the text)
+  blocking_on_io_thread,  ///< a blocking call was made on a thread running the io_context it needs
   // --- schedules --------------------------------------------------------------------------
-  invalid_cron = 300,   ///< a cron expression is malformed (detail names field and position)
-  invalid_time_zone,    ///< an IANA time zone name is unknown
-  invalid_schedule,     ///< a schedule definition is inconsistent (detail names the field)
-  schedule_not_found,   ///< no schedule with that name
+  invalid_cron = 300,  ///< a cron expression is malformed (detail names field and position)
+  invalid_time_zone,   ///< an IANA time zone name is unknown
+  invalid_schedule,    ///< a schedule definition is inconsistent (detail names the field)
+  schedule_not_found,  ///< no schedule with that name
   // --- storage ----------------------------------------------------------------------------
   corrupt_journal = 400,       ///< a record before the tail fails its length or CRC check
   unsupported_format_version,  ///< a file was written by an incompatible format version

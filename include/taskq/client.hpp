@@ -1,0 +1,206 @@
+// taskq — the client: what the host application calls to enqueue, inspect, cancel, retry,
+// wait for and delete tasks, and to observe what happens to them.
+#pragma once
+
+#include <taskq/clock.hpp>
+#include <taskq/detail/blocking.hpp>
+#include <taskq/metrics.hpp>
+#include <taskq/queue.hpp>
+#include <taskq/store.hpp>
+
+#include <boost/asio/any_io_executor.hpp>
+
+#include <functional>
+#include <memory>
+
+namespace taskq {
+
+namespace detail {
+struct client_core;
+}
+
+struct client_options {
+  validation_limits limits{};
+  /// Time source; must outlive the client. Defaults to the real clock.
+  clock* time = nullptr;
+};
+
+/// The host's handle on a queue + store pair. All members are thread-safe.
+///
+/// Every operation comes as `async_x(..., token)` taking any completion token, completing on
+/// the token's associated executor (else get_executor()), never inline; and as blocking
+/// `x(...)` (throws taskq::error) and `x(..., error_code&)` forms. A blocking form needs the
+/// io_context to be run by another thread; on a thread running it, it fails with
+/// errc::blocking_on_io_thread rather than deadlock.
+///
+/// @code
+/// taskq::memory::queue q(io.get_executor());
+/// taskq::memory::store s(io.get_executor());
+/// taskq::client client(io.get_executor(), q, s);
+/// auto id = co_await client.async_enqueue({.type = "report", .payload = {{"month", 11}}},
+///                                         asio::use_awaitable);
+/// @endcode
+class client {
+ public:
+  using executor_type = asio::any_io_executor;
+
+  /// `q` and `s` must outlive the client (and every worker using it).
+  client(asio::any_io_executor ex, taskq::queue& q, taskq::store& s, client_options opts = {});
+  ~client();
+
+  client(const client&) = delete;
+  client& operator=(const client&) = delete;
+
+  executor_type get_executor() const noexcept;
+  clock& time() const noexcept;
+  taskq::queue& get_queue() const noexcept;
+  taskq::store& get_store() const noexcept;
+
+  // --- enqueue --------------------------------------------------------------------------
+
+  /// Validates and enqueues one task. Completion: void(error_code, std::string id).
+  /// Errors: a validation error naming the field, errc::duplicate_id,
+  /// errc::duplicate_unique_key. On error nothing is written.
+  template <class CompletionToken>
+  auto async_enqueue(task_spec spec, CompletionToken&& token) {
+    return detail::initiate_erased<void(error_code, std::string)>(
+        std::forward<CompletionToken>(token),
+        [this, s = std::move(spec)](auto h) mutable { do_enqueue(std::move(s), std::move(h)); });
+  }
+  std::string enqueue(task_spec spec);
+  std::string enqueue(task_spec spec, error_code& ec);
+
+  /// Enqueues several tasks, all or nothing. Completion: void(error_code,
+  /// std::vector<std::string>). A validation error names the field; the detail of the thrown form
+  /// names the index.
+  template <class CompletionToken>
+  auto async_enqueue_batch(std::vector<task_spec> specs, CompletionToken&& token) {
+    return detail::initiate_erased<void(error_code, std::vector<std::string>)>(
+        std::forward<CompletionToken>(token), [this, s = std::move(specs)](auto h) mutable {
+          do_enqueue_batch(std::move(s), std::move(h));
+        });
+  }
+  std::vector<std::string> enqueue_batch(std::vector<task_spec> specs);
+  std::vector<std::string> enqueue_batch(std::vector<task_spec> specs, error_code& ec);
+
+  // --- queries --------------------------------------------------------------------------
+
+  /// The task's record. Completion: void(error_code, task_record); errc::not_found.
+  template <class CompletionToken>
+  auto async_get(std::string id, CompletionToken&& token) {
+    return get_store().async_get(std::move(id), std::forward<CompletionToken>(token));
+  }
+  task_record get(const std::string& id);
+  task_record get(const std::string& id, error_code& ec);
+
+  /// One page of tasks matching a filter (admin views). Completion: void(error_code, task_page).
+  template <class CompletionToken>
+  auto async_list(task_filter f, CompletionToken&& token) {
+    return get_store().async_list(std::move(f), std::forward<CompletionToken>(token));
+  }
+  task_page list(task_filter f);
+  task_page list(task_filter f, error_code& ec);
+
+  /// Waits until the task is finished (succeeded, failed, cancelled or dropped) and returns
+  /// its final record. Completion: void(error_code, task_record). Supports terminal, partial
+  /// and total cancellation (operation_aborted; the task is unaffected).
+  template <class CompletionToken>
+  auto async_wait(std::string id, CompletionToken&& token) {
+    return detail::initiate_erased<void(error_code, task_record)>(
+        std::forward<CompletionToken>(token),
+        [this, id = std::move(id)](auto h) mutable { do_wait(std::move(id), std::move(h)); });
+  }
+  task_record wait(const std::string& id);
+  task_record wait(const std::string& id, error_code& ec);
+
+  // --- control --------------------------------------------------------------------------
+
+  /// Cancels a task: a pending one is cancelled at once; a running one is flagged and its
+  /// handler told (co-operative). Completion: void(error_code, task_record after).
+  /// errc::illegal_transition if it already finished.
+  template <class CompletionToken>
+  auto async_cancel(std::string id, CompletionToken&& token) {
+    return detail::initiate_erased<void(error_code, task_record)>(
+        std::forward<CompletionToken>(token),
+        [this, id = std::move(id)](auto h) mutable { do_cancel(std::move(id), std::move(h)); });
+  }
+  task_record cancel(const std::string& id);
+  task_record cancel(const std::string& id, error_code& ec);
+
+  /// Runs a failed, cancelled or dropped task again with a fresh set of attempts.
+  /// Completion: void(error_code, task_record after). errc::illegal_transition otherwise.
+  template <class CompletionToken>
+  auto async_retry(std::string id, CompletionToken&& token) {
+    return detail::initiate_erased<void(error_code, task_record)>(
+        std::forward<CompletionToken>(token),
+        [this, id = std::move(id)](auto h) mutable { do_retry(std::move(id), std::move(h)); });
+  }
+  task_record retry(const std::string& id);
+  task_record retry(const std::string& id, error_code& ec);
+
+  /// Deletes tasks matching a filter that are not running (bulk delete by label, say).
+  /// Completion: void(error_code, std::vector<std::string> deleted_ids).
+  template <class CompletionToken>
+  auto async_remove(task_filter f, CompletionToken&& token) {
+    return detail::initiate_erased<void(error_code, std::vector<std::string>)>(
+        std::forward<CompletionToken>(token),
+        [this, f = std::move(f)](auto h) mutable { do_remove(std::move(f), std::move(h)); });
+  }
+  std::vector<std::string> remove(task_filter f);
+  std::vector<std::string> remove(task_filter f, error_code& ec);
+
+  /// Deletes finished tasks that finished more than `older_than` ago.
+  /// Completion: void(error_code, std::size_t deleted).
+  template <class CompletionToken>
+  auto async_prune(duration older_than, CompletionToken&& token) {
+    return get_store().async_prune(time().now() - older_than, std::forward<CompletionToken>(token));
+  }
+  std::size_t prune(duration older_than);
+  std::size_t prune(duration older_than, error_code& ec);
+
+  /// Pauses or resumes a named queue for every worker. Completion: void(error_code).
+  template <class CompletionToken>
+  auto async_set_paused(std::string queue_name, bool paused, CompletionToken&& token) {
+    return get_queue().async_set_paused(std::move(queue_name), paused,
+                                        std::forward<CompletionToken>(token));
+  }
+  void pause_queue(const std::string& queue_name);
+  void resume_queue(const std::string& queue_name);
+
+  // --- observing ------------------------------------------------------------------------
+
+  using subscriber = std::function<void(const event&)>;
+
+  /// Calls `fn` for every event, synchronously on the thread that recorded it (a worker's
+  /// executor or the caller of enqueue/cancel). Keep it short and thread-safe. Returns an id
+  /// for unsubscribe().
+  std::uint64_t subscribe(subscriber fn);
+  void unsubscribe(std::uint64_t id);
+
+  /// Counts from the store plus the client's own counters and latency histograms.
+  /// Completion: void(error_code, metrics_snapshot).
+  template <class CompletionToken>
+  auto async_metrics(CompletionToken&& token) {
+    return detail::initiate_erased<void(error_code, metrics_snapshot)>(
+        std::forward<CompletionToken>(token), [this](auto h) mutable { do_metrics(std::move(h)); });
+  }
+  metrics_snapshot metrics();
+
+  /// For workers and schedulers: the engine state they share with this client.
+  const std::shared_ptr<detail::client_core>& core() const noexcept { return core_; }
+
+ private:
+  void do_enqueue(task_spec s, asio::any_completion_handler<void(error_code, std::string)> h);
+  void do_enqueue_batch(std::vector<task_spec> s,
+                        asio::any_completion_handler<void(error_code, std::vector<std::string>)> h);
+  void do_wait(std::string id, asio::any_completion_handler<void(error_code, task_record)> h);
+  void do_cancel(std::string id, asio::any_completion_handler<void(error_code, task_record)> h);
+  void do_retry(std::string id, asio::any_completion_handler<void(error_code, task_record)> h);
+  void do_remove(task_filter f,
+                 asio::any_completion_handler<void(error_code, std::vector<std::string>)> h);
+  void do_metrics(asio::any_completion_handler<void(error_code, metrics_snapshot)> h);
+
+  std::shared_ptr<detail::client_core> core_;
+};
+
+}  // namespace taskq

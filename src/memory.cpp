@@ -1,0 +1,824 @@
+// Clocks and the in-memory Queue and Store.
+#include <taskq/backends/memory/queue.hpp>
+#include <taskq/backends/memory/store.hpp>
+#include <taskq/clock.hpp>
+#include <taskq/detail/record_ops.hpp>
+
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/prefer.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <algorithm>
+#include <list>
+#include <set>
+#include <unordered_map>
+#include <unordered_set>
+
+namespace taskq {
+
+// --- clocks ---------------------------------------------------------------------------------
+
+void real_clock::do_wait_until(asio::any_io_executor ex, time_point at,
+                               asio::any_completion_handler<void(error_code)> handler) {
+  // The steady clock cannot be set back, so waits measure the remaining interval on it.
+  auto timer = std::make_shared<asio::steady_timer>(ex);
+  auto remaining = at - std::chrono::system_clock::now();
+  timer->expires_after(std::chrono::duration_cast<asio::steady_timer::duration>(
+      std::max(remaining, duration::zero())));
+  // Keep the timer alive with the wait, and keep the handler's executor and cancellation
+  // slot, so cancelling the wait cancels the timer.
+  auto slot = asio::get_associated_cancellation_slot(handler);
+  auto hex = asio::get_associated_executor(handler, ex);
+  timer->async_wait(asio::bind_cancellation_slot(
+      slot, asio::bind_executor(hex, [timer, h = std::move(handler)](error_code ec) mutable {
+        std::move(h)(ec);
+      })));
+}
+
+clock& default_clock() noexcept {
+  static real_clock instance;
+  return instance;
+}
+
+struct manual_clock::waiter {
+  asio::any_completion_handler<void(error_code)> handler;
+  asio::any_io_executor ex;  // work-tracked: a pending wait keeps its io_context busy
+};
+
+manual_clock::manual_clock(time_point start) : now_(start) {}
+
+manual_clock::~manual_clock() {
+  // Waits still pending are abandoned (their handlers destroyed unrun), as when an
+  // io_context is destroyed with operations outstanding.
+  waits_.clear();
+}
+
+time_point manual_clock::now() const noexcept {
+  std::lock_guard lock(mutex_);
+  return now_;
+}
+
+void manual_clock::advance(duration d) {
+  {
+    std::lock_guard lock(mutex_);
+    now_ += d;
+  }
+  fire_due();
+}
+
+void manual_clock::set(time_point t) {
+  {
+    std::lock_guard lock(mutex_);
+    now_ = std::max(now_, t);
+  }
+  fire_due();
+}
+
+std::size_t manual_clock::pending_waits() const {
+  std::lock_guard lock(mutex_);
+  return waits_.size();
+}
+
+std::optional<time_point> manual_clock::next_deadline() const {
+  std::lock_guard lock(mutex_);
+  if (waits_.empty()) return std::nullopt;
+  return waits_.begin()->first;
+}
+
+void manual_clock::fire_due() {
+  std::vector<std::unique_ptr<waiter>> due;
+  {
+    std::lock_guard lock(mutex_);
+    auto end = waits_.upper_bound(now_);
+    for (auto it = waits_.begin(); it != end; ++it) due.push_back(std::move(it->second.second));
+    waits_.erase(waits_.begin(), end);
+  }
+  for (auto& w : due) complete(std::move(w), {});
+}
+
+void manual_clock::complete(std::unique_ptr<waiter> w, error_code ec) {
+  auto slot = asio::get_associated_cancellation_slot(w->handler);
+  if (slot.is_connected()) slot.clear();
+  auto ex = w->ex;
+  detail::post_completion(std::move(w->handler), ex, ec);
+}
+
+void manual_clock::do_wait_until(asio::any_io_executor ex, time_point at,
+                                 asio::any_completion_handler<void(error_code)> handler) {
+  auto slot = asio::get_associated_cancellation_slot(handler);
+  // Construct, never move-assign, an any_completion_handler: Boost 1.81's move assignment
+  // copies through its converting constructor and recurses without end.
+  auto w = std::make_unique<waiter>(
+      waiter{std::move(handler), asio::prefer(ex, asio::execution::outstanding_work.tracked)});
+  std::uint64_t id;
+  {
+    std::lock_guard lock(mutex_);
+    if (at <= now_) {
+      // Already due: complete (posted) at once.
+    } else {
+      id = ++next_id_;
+      if (slot.is_connected()) {
+        slot.assign([this, id, at](asio::cancellation_type) {
+          std::unique_ptr<waiter> found;
+          {
+            std::lock_guard lock(mutex_);
+            auto [b, e] = waits_.equal_range(at);
+            for (auto it = b; it != e; ++it) {
+              if (it->second.first == id) {
+                found = std::move(it->second.second);
+                waits_.erase(it);
+                break;
+              }
+            }
+          }
+          // The slot's handler is running: don't clear the slot from inside it.
+          if (found) {
+            auto fex = found->ex;
+            detail::post_completion(std::move(found->handler), fex,
+                                    error_code(asio::error::operation_aborted));
+          }
+        });
+      }
+      waits_.emplace(at, std::make_pair(id, std::move(w)));
+      return;
+    }
+  }
+  complete(std::move(w), {});
+}
+
+namespace memory {
+
+// --- queue ----------------------------------------------------------------------------------
+
+namespace {
+
+struct item {
+  queue_entry entry;
+  std::uint64_t seq = 0;
+  enum class where { ready, delayed, leased } state = where::ready;
+  time_point lease_expires{};
+  std::uint64_t token = 0;
+};
+
+// Ready order: higher priority first, then FIFO by sequence number.
+struct ready_less {
+  bool operator()(const item* a, const item* b) const noexcept {
+    if (a->entry.priority != b->entry.priority) return a->entry.priority > b->entry.priority;
+    return a->seq < b->seq;
+  }
+};
+struct delayed_less {
+  bool operator()(const item* a, const item* b) const noexcept {
+    if (a->entry.available_at != b->entry.available_at)
+      return a->entry.available_at < b->entry.available_at;
+    return a->seq < b->seq;
+  }
+};
+struct lease_less {
+  bool operator()(const item* a, const item* b) const noexcept {
+    if (a->lease_expires != b->lease_expires) return a->lease_expires < b->lease_expires;
+    return a->seq < b->seq;
+  }
+};
+
+using completion = std::function<void()>;
+
+}  // namespace
+
+struct queue::impl : std::enable_shared_from_this<queue::impl> {
+  asio::any_io_executor ex;
+  clock& clk;
+  mutable std::mutex mutex;
+  std::unordered_map<std::string, item> items;
+  std::unordered_map<std::string, std::set<item*, ready_less>> ready;  // by queue name
+  std::set<item*, delayed_less> delayed;
+  std::set<item*, lease_less> leased;
+  std::unordered_set<std::string> paused;
+  std::uint64_t next_seq = 0;
+  std::uint64_t next_token = 0;
+
+  struct parked {
+    std::uint64_t id;
+    reserve_params params;
+    asio::any_completion_handler<void(error_code, std::vector<lease>)> handler;
+    asio::any_io_executor work;  // keeps the handler's io_context busy while parked
+  };
+  std::list<parked> waiting;
+  std::uint64_t next_parked_id = 0;
+  // The single timer that wakes parked reservations for a delay or lease running out.
+  std::optional<time_point> alarm_at;
+  asio::cancellation_signal alarm_cancel;
+  std::uint64_t alarm_generation = 0;
+
+  impl(asio::any_io_executor e, clock& c) : ex(std::move(e)), clk(c) {}
+
+  void make_ready(item& it) {
+    it.state = item::where::ready;
+    ready[it.entry.queue].insert(&it);
+  }
+
+  void place(item& it, time_point now) {
+    if (it.entry.available_at > now) {
+      it.state = item::where::delayed;
+      delayed.insert(&it);
+    } else {
+      make_ready(it);
+    }
+  }
+
+  // Moves what became visible (delays elapsed, leases expired) into the ready sets.
+  void promote(time_point now) {
+    while (!delayed.empty() && (*delayed.begin())->entry.available_at <= now) {
+      item* it = *delayed.begin();
+      delayed.erase(delayed.begin());
+      make_ready(*it);
+    }
+    while (!leased.empty() && (*leased.begin())->lease_expires <= now) {
+      item* it = *leased.begin();
+      leased.erase(leased.begin());
+      it->token = 0;
+      make_ready(*it);  // same priority and seq: back in its original position
+    }
+  }
+
+  std::vector<lease> take(const reserve_params& p, time_point now) {
+    std::vector<lease> out;
+    std::unordered_set<std::string_view> skip_types(p.skip_types.begin(), p.skip_types.end());
+    std::unordered_set<std::string_view> skip_keys(p.skip_keys.begin(), p.skip_keys.end());
+    auto skipped = [&](const item* it) {
+      return (!skip_types.empty() && skip_types.count(it->entry.type)) ||
+             (!skip_keys.empty() && !it->entry.concurrency_key.empty() &&
+              skip_keys.count(it->entry.concurrency_key));
+    };
+    // One cursor per served queue; the best head across them is taken each round.
+    using set_t = std::set<item*, ready_less>;
+    struct cursor {
+      set_t* set;
+      set_t::iterator it;
+    };
+    std::vector<cursor> cursors;
+    for (const auto& name : p.queues) {
+      if (paused.count(name)) continue;
+      auto f = ready.find(name);
+      if (f == ready.end() || f->second.empty()) continue;
+      if (std::any_of(cursors.begin(), cursors.end(), [&](auto& c) { return c.set == &f->second; }))
+        continue;  // the same queue named twice
+      cursors.push_back({&f->second, f->second.begin()});
+    }
+    while (out.size() < p.max) {
+      cursor* best = nullptr;
+      for (auto& c : cursors) {
+        while (c.it != c.set->end() && skipped(*c.it)) ++c.it;
+        if (c.it == c.set->end()) continue;
+        if (!best || ready_less{}(*c.it, *best->it)) best = &c;
+      }
+      if (!best) break;
+      item* it = *best->it;
+      best->it = best->set->erase(best->it);
+      it->state = item::where::leased;
+      it->lease_expires = now + p.lease_for;
+      it->token = ++next_token;
+      leased.insert(it);
+      out.push_back({it->entry.id, it->entry.queue, it->entry.type, it->entry.concurrency_key,
+                     it->entry.priority, it->lease_expires, it->token});
+    }
+    return out;
+  }
+
+  // Satisfies parked reservations that can now be served. Called with the mutex held;
+  // completions are collected and run after unlocking.
+  void serve_parked(time_point now, std::vector<completion>& done) {
+    if (waiting.empty()) return;
+    promote(now);
+    for (auto it = waiting.begin(); it != waiting.end();) {
+      auto leases = take(it->params, now);
+      if (leases.empty()) {
+        ++it;
+        continue;
+      }
+      auto h = std::make_shared<parked>(std::move(*it));
+      it = waiting.erase(it);
+      done.push_back([h, leases = std::move(leases)]() mutable {
+        auto slot = asio::get_associated_cancellation_slot(h->handler);
+        if (slot.is_connected()) slot.clear();
+        detail::post_completion(std::move(h->handler), h->work, error_code{}, std::move(leases));
+      });
+    }
+    rearm(now);
+  }
+
+  // Keeps one clock wait armed at the next moment something becomes visible, while any
+  // reservation is parked.
+  void rearm(time_point now) {
+    std::optional<time_point> next;
+    if (!waiting.empty()) {
+      if (!delayed.empty()) next = (*delayed.begin())->entry.available_at;
+      if (!leased.empty()) {
+        auto l = (*leased.begin())->lease_expires;
+        next = next ? std::min(*next, l) : l;
+      }
+    }
+    if (next == alarm_at) return;
+    if (alarm_at) {
+      alarm_at.reset();
+      ++alarm_generation;
+      alarm_cancel.emit(asio::cancellation_type::terminal);
+    }
+    if (!next) return;
+    alarm_at = next;
+    auto gen = ++alarm_generation;
+    (void)now;
+    std::weak_ptr<impl> weak = shared_from_this();
+    clk.async_wait_until(
+        ex, *next, asio::bind_cancellation_slot(alarm_cancel.slot(), [weak, gen](error_code ec) {
+          auto self = weak.lock();
+          if (!self || ec) return;
+          std::vector<completion> done;
+          {
+            std::lock_guard lock(self->mutex);
+            if (gen != self->alarm_generation) return;
+            self->alarm_at.reset();
+            self->serve_parked(self->clk.now(), done);
+          }
+          for (auto& d : done) d();
+        }));
+  }
+};
+
+queue::queue(asio::any_io_executor ex, clock& clk)
+    : impl_(std::make_shared<impl>(std::move(ex), clk)) {}
+
+queue::~queue() {
+  // Parked reservations are abandoned with the queue, like operations of a destroyed I/O
+  // object; detach the alarm first so it cannot touch freed state.
+  std::lock_guard lock(impl_->mutex);
+  ++impl_->alarm_generation;
+  if (impl_->alarm_at) impl_->alarm_cancel.emit(asio::cancellation_type::terminal);
+  impl_->waiting.clear();
+}
+
+bool queue::is_paused(const std::string& queue_name) const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->paused.count(queue_name) != 0;
+}
+
+void queue::do_push(push_params p, handler<void(error_code)> h) {
+  error_code ec;
+  std::vector<completion> done;
+  {
+    std::lock_guard lock(impl_->mutex);
+    auto now = impl_->clk.now();
+    // All or nothing: check every id first.
+    std::unordered_set<std::string_view> batch;
+    for (const auto& e : p.entries) {
+      if (e.id.empty()) {
+        ec = errc::blank_id;
+        break;
+      }
+      if (e.queue.empty()) {
+        ec = errc::blank_queue;
+        break;
+      }
+      if (impl_->items.count(e.id) || !batch.insert(e.id).second) {
+        ec = errc::duplicate_id;
+        break;
+      }
+    }
+    if (!ec) {
+      for (auto& e : p.entries) {
+        auto id = e.id;
+        auto [it, _] = impl_->items.try_emplace(std::move(id));
+        it->second.entry = std::move(e);
+        it->second.seq = ++impl_->next_seq;
+        impl_->place(it->second, now);
+      }
+      impl_->serve_parked(now, done);
+    }
+  }
+  for (auto& d : done) d();
+  detail::post_completion(std::move(h), impl_->ex, ec);
+}
+
+void queue::do_reserve(reserve_params p, handler<void(error_code, std::vector<lease>)> h) {
+  if (p.max == 0 || p.lease_for <= duration::zero()) {
+    detail::post_completion(std::move(h), impl_->ex, error_code(errc::invalid_option),
+                            std::vector<lease>{});
+    return;
+  }
+  std::unique_lock lock(impl_->mutex);
+  auto now = impl_->clk.now();
+  impl_->promote(now);
+  auto leases = impl_->take(p, now);
+  if (!leases.empty() || !p.wait) {
+    lock.unlock();
+    detail::post_completion(std::move(h), impl_->ex, error_code{}, std::move(leases));
+    return;
+  }
+  // Park until something can be served, or the caller cancels.
+  auto id = ++impl_->next_parked_id;
+  auto slot = asio::get_associated_cancellation_slot(h);
+  asio::any_io_executor work = asio::prefer(impl_->ex, asio::execution::outstanding_work.tracked);
+  impl_->waiting.push_back({id, std::move(p), std::move(h), work});
+  if (slot.is_connected()) {
+    std::weak_ptr<impl> weak = impl_;
+    slot.assign([weak, id](asio::cancellation_type) {
+      auto self = weak.lock();
+      if (!self) return;
+      std::unique_lock lock(self->mutex);
+      auto it = std::find_if(self->waiting.begin(), self->waiting.end(),
+                             [&](auto& w) { return w.id == id; });
+      if (it == self->waiting.end()) return;
+      auto parked = std::move(*it);
+      self->waiting.erase(it);
+      self->rearm(self->clk.now());
+      lock.unlock();
+      detail::post_completion(std::move(parked.handler), parked.work,
+                              error_code(asio::error::operation_aborted), std::vector<lease>{});
+    });
+  }
+  impl_->rearm(now);
+}
+
+void queue::do_ack(std::vector<lease> leases, handler<void(error_code, std::size_t)> h) {
+  std::size_t removed = 0;
+  {
+    std::lock_guard lock(impl_->mutex);
+    for (const auto& l : leases) {
+      auto it = impl_->items.find(l.id);
+      if (it == impl_->items.end()) continue;
+      item& i = it->second;
+      if (i.state != item::where::leased || i.token != l.token) continue;
+      impl_->leased.erase(&i);
+      impl_->items.erase(it);
+      ++removed;
+    }
+  }
+  detail::post_completion(std::move(h), impl_->ex, error_code{}, removed);
+}
+
+void queue::do_extend(std::vector<lease> leases, duration lease_for,
+                      handler<void(error_code, std::vector<bool>)> h) {
+  std::vector<bool> kept(leases.size(), false);
+  {
+    std::lock_guard lock(impl_->mutex);
+    auto now = impl_->clk.now();
+    impl_->promote(now);
+    for (std::size_t k = 0; k < leases.size(); ++k) {
+      auto it = impl_->items.find(leases[k].id);
+      if (it == impl_->items.end()) continue;
+      item& i = it->second;
+      if (i.state != item::where::leased || i.token != leases[k].token) continue;
+      impl_->leased.erase(&i);
+      i.lease_expires = now + lease_for;
+      impl_->leased.insert(&i);
+      kept[k] = true;
+    }
+  }
+  detail::post_completion(std::move(h), impl_->ex, error_code{}, std::move(kept));
+}
+
+void queue::do_release(release_params p, handler<void(error_code)> h) {
+  error_code ec;
+  std::vector<completion> done;
+  {
+    std::lock_guard lock(impl_->mutex);
+    auto now = impl_->clk.now();
+    impl_->promote(now);
+    auto it = impl_->items.find(p.id);
+    if (it == impl_->items.end() || it->second.state != item::where::leased ||
+        it->second.token != p.token) {
+      ec = errc::not_leased;
+    } else {
+      item& i = it->second;
+      impl_->leased.erase(&i);
+      i.token = 0;
+      if (p.available_at) i.entry.available_at = *p.available_at;
+      if (!p.keep_position) i.seq = ++impl_->next_seq;
+      impl_->place(i, now);
+      impl_->serve_parked(now, done);
+    }
+  }
+  for (auto& d : done) d();
+  detail::post_completion(std::move(h), impl_->ex, ec);
+}
+
+void queue::do_remove(std::string id, handler<void(error_code, bool)> h) {
+  bool removed = false;
+  {
+    std::lock_guard lock(impl_->mutex);
+    auto it = impl_->items.find(id);
+    if (it != impl_->items.end()) {
+      item& i = it->second;
+      switch (i.state) {
+        case item::where::ready:
+          impl_->ready[i.entry.queue].erase(&i);
+          break;
+        case item::where::delayed:
+          impl_->delayed.erase(&i);
+          break;
+        case item::where::leased:
+          break;
+      }
+      if (i.state != item::where::leased) {
+        impl_->items.erase(it);
+        removed = true;
+      }
+    }
+  }
+  detail::post_completion(std::move(h), impl_->ex, error_code{}, removed);
+}
+
+void queue::do_set_paused(std::string queue_name, bool paused, handler<void(error_code)> h) {
+  std::vector<completion> done;
+  {
+    std::lock_guard lock(impl_->mutex);
+    if (paused) {
+      impl_->paused.insert(std::move(queue_name));
+    } else if (impl_->paused.erase(queue_name)) {
+      impl_->serve_parked(impl_->clk.now(), done);
+    }
+  }
+  for (auto& d : done) d();
+  detail::post_completion(std::move(h), impl_->ex, error_code{});
+}
+
+void queue::do_stats(std::string queue_name, handler<void(error_code, queue_stats)> h) {
+  queue_stats s;
+  {
+    std::lock_guard lock(impl_->mutex);
+    impl_->promote(impl_->clk.now());
+    for (const auto& [id, i] : impl_->items) {
+      if (!queue_name.empty() && i.entry.queue != queue_name) continue;
+      switch (i.state) {
+        case item::where::ready:
+          ++s.ready;
+          break;
+        case item::where::delayed:
+          ++s.delayed;
+          break;
+        case item::where::leased:
+          ++s.leased;
+          break;
+      }
+    }
+  }
+  detail::post_completion(std::move(h), impl_->ex, error_code{}, s);
+}
+
+// --- store ----------------------------------------------------------------------------------
+
+struct store::impl {
+  asio::any_io_executor ex;
+  std::mutex mutex;
+  std::map<std::string, task_record, std::less<>> records;      // id order = creation order
+  std::unordered_map<std::string, std::string> unique_holders;  // unique_key -> id
+  task_counts counts;
+
+  void count(const task_record& r, int delta) {
+    auto i = static_cast<std::size_t>(r.status);
+    auto add = [&](std::size_t& n) {
+      n = static_cast<std::size_t>(static_cast<long long>(n) + delta);
+    };
+    add(counts.total[i]);
+    add(counts.by_type[r.type][i]);
+    add(counts.by_queue[r.queue][i]);
+  }
+
+  // Replaces a record's state, keeping counts and unique-key holders in step.
+  void commit(task_record& slot, task_record next) {
+    count(slot, -1);
+    if (detail::holds_unique_key(slot)) unique_holders.erase(slot.unique_key);
+    slot = std::move(next);
+    count(slot, +1);
+    if (detail::holds_unique_key(slot)) unique_holders[slot.unique_key] = slot.id;
+  }
+
+  void erase(std::map<std::string, task_record, std::less<>>::iterator it) {
+    count(it->second, -1);
+    if (detail::holds_unique_key(it->second)) unique_holders.erase(it->second.unique_key);
+    records.erase(it);
+  }
+};
+
+store::store(asio::any_io_executor ex) : impl_(std::make_unique<impl>()) {
+  impl_->ex = std::move(ex);
+}
+
+store::~store() = default;
+
+void store::do_insert(std::vector<task_record> records, handler<void(error_code)> h) {
+  error_code ec;
+  {
+    std::lock_guard lock(impl_->mutex);
+    std::unordered_set<std::string_view> ids, keys;
+    for (const auto& r : records) {
+      if (r.id.empty())
+        ec = errc::blank_id;
+      else if (impl_->records.count(r.id) || !ids.insert(r.id).second)
+        ec = errc::duplicate_id;
+      else if (detail::holds_unique_key(r) &&
+               (impl_->unique_holders.count(r.unique_key) || !keys.insert(r.unique_key).second))
+        ec = errc::duplicate_unique_key;
+      if (ec) break;
+    }
+    if (!ec) {
+      for (auto& r : records) {
+        auto id = r.id;
+        auto [it, _] = impl_->records.emplace(std::move(id), std::move(r));
+        impl_->count(it->second, +1);
+        if (detail::holds_unique_key(it->second))
+          impl_->unique_holders[it->second.unique_key] = it->second.id;
+      }
+    }
+  }
+  detail::post_completion(std::move(h), impl_->ex, ec);
+}
+
+void store::do_get(std::string id, handler<void(error_code, task_record)> h) {
+  error_code ec;
+  task_record r;
+  {
+    std::lock_guard lock(impl_->mutex);
+    auto it = impl_->records.find(id);
+    if (it == impl_->records.end())
+      ec = errc::not_found;
+    else
+      r = it->second;
+  }
+  detail::post_completion(std::move(h), impl_->ex, ec, std::move(r));
+}
+
+void store::do_claim(claim_params p, handler<void(error_code, claim_result)> h) {
+  claim_result out;
+  {
+    std::lock_guard lock(impl_->mutex);
+    for (auto& id : p.ids) {
+      auto it = impl_->records.find(id);
+      if (it == impl_->records.end()) {
+        out.skipped.push_back(std::move(id));
+        continue;
+      }
+      task_record next = it->second;
+      switch (detail::apply_claim(next, p.now)) {
+        case detail::claim_outcome::claimed:
+          impl_->commit(it->second, std::move(next));
+          out.claimed.push_back(it->second);
+          break;
+        case detail::claim_outcome::dropped:
+          impl_->commit(it->second, std::move(next));
+          out.dropped.push_back(it->second);
+          break;
+        case detail::claim_outcome::skipped:
+          if (next.status != it->second.status) impl_->commit(it->second, std::move(next));
+          out.skipped.push_back(std::move(id));
+          break;
+      }
+    }
+  }
+  detail::post_completion(std::move(h), impl_->ex, error_code{}, std::move(out));
+}
+
+void store::do_update(task_update u, handler<void(error_code, task_record)> h) {
+  error_code ec;
+  task_record after;
+  {
+    std::lock_guard lock(impl_->mutex);
+    auto it = impl_->records.find(u.id);
+    if (it == impl_->records.end()) {
+      ec = errc::not_found;
+    } else {
+      task_record next = it->second;
+      ec = detail::apply_update(next, u);
+      if (!ec && detail::holds_unique_key(next) && !detail::holds_unique_key(it->second)) {
+        auto holder = impl_->unique_holders.find(next.unique_key);
+        if (holder != impl_->unique_holders.end() && holder->second != next.id)
+          ec = errc::duplicate_unique_key;
+      }
+      if (!ec) {
+        impl_->commit(it->second, std::move(next));
+        after = it->second;
+      }
+    }
+  }
+  detail::post_completion(std::move(h), impl_->ex, ec, std::move(after));
+}
+
+void store::do_heartbeat(heartbeat_params p, handler<void(error_code, bool)> h) {
+  error_code ec;
+  bool cancel = false;
+  {
+    std::lock_guard lock(impl_->mutex);
+    auto it = impl_->records.find(p.id);
+    if (it == impl_->records.end())
+      ec = errc::not_found;
+    else
+      ec = detail::apply_heartbeat(it->second, p, cancel);  // counts unaffected
+  }
+  detail::post_completion(std::move(h), impl_->ex, ec, cancel);
+}
+
+void store::do_append_log(std::string id, log_entry e, handler<void(error_code)> h) {
+  error_code ec;
+  {
+    std::lock_guard lock(impl_->mutex);
+    auto it = impl_->records.find(id);
+    if (it == impl_->records.end())
+      ec = errc::not_found;
+    else
+      it->second.log.push_back(std::move(e));
+  }
+  detail::post_completion(std::move(h), impl_->ex, ec);
+}
+
+void store::do_request_cancel(std::string id, time_point now,
+                              handler<void(error_code, task_record)> h) {
+  error_code ec;
+  task_record after;
+  {
+    std::lock_guard lock(impl_->mutex);
+    auto it = impl_->records.find(id);
+    if (it == impl_->records.end()) {
+      ec = errc::not_found;
+    } else {
+      task_record next = it->second;
+      ec = detail::apply_cancel_request(next, now);
+      if (!ec) impl_->commit(it->second, std::move(next));
+      after = it->second;
+    }
+  }
+  detail::post_completion(std::move(h), impl_->ex, ec, std::move(after));
+}
+
+void store::do_list(task_filter f, handler<void(error_code, task_page)> h) {
+  task_page page;
+  {
+    std::lock_guard lock(impl_->mutex);
+    auto it = f.after_id.empty() ? impl_->records.begin() : impl_->records.upper_bound(f.after_id);
+    for (; it != impl_->records.end(); ++it) {
+      if (!matches(it->second, f)) continue;
+      if (page.records.size() == f.limit) {
+        page.next_cursor = page.records.back().id;
+        break;
+      }
+      page.records.push_back(it->second);
+    }
+  }
+  detail::post_completion(std::move(h), impl_->ex, error_code{}, std::move(page));
+}
+
+void store::do_remove(task_filter f, handler<void(error_code, std::vector<std::string>)> h) {
+  std::vector<std::string> removed;
+  {
+    std::lock_guard lock(impl_->mutex);
+    for (auto it = impl_->records.begin(); it != impl_->records.end();) {
+      if (it->second.status != task_status::running && matches(it->second, f)) {
+        removed.push_back(it->first);
+        auto next = std::next(it);
+        impl_->erase(it);
+        it = next;
+      } else {
+        ++it;
+      }
+    }
+  }
+  detail::post_completion(std::move(h), impl_->ex, error_code{}, std::move(removed));
+}
+
+void store::do_prune(time_point before, handler<void(error_code, std::size_t)> h) {
+  std::size_t n = 0;
+  {
+    std::lock_guard lock(impl_->mutex);
+    for (auto it = impl_->records.begin(); it != impl_->records.end();) {
+      const auto& r = it->second;
+      auto next = std::next(it);
+      if (is_terminal(r.status) && r.finished_at && *r.finished_at < before) {
+        impl_->erase(it);
+        ++n;
+      }
+      it = next;
+    }
+  }
+  detail::post_completion(std::move(h), impl_->ex, error_code{}, n);
+}
+
+void store::do_counts(handler<void(error_code, task_counts)> h) {
+  task_counts c;
+  {
+    std::lock_guard lock(impl_->mutex);
+    c = impl_->counts;
+  }
+  // Drop zero rows so callers see only types and queues that have tasks.
+  auto zero = [](const task_counts::by_status& s) {
+    return std::all_of(s.begin(), s.end(), [](std::size_t n) { return n == 0; });
+  };
+  std::erase_if(c.by_type, [&](auto& kv) { return zero(kv.second); });
+  std::erase_if(c.by_queue, [&](auto& kv) { return zero(kv.second); });
+  detail::post_completion(std::move(h), impl_->ex, error_code{}, std::move(c));
+}
+
+}  // namespace memory
+}  // namespace taskq

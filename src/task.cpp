@@ -1,0 +1,479 @@
+// The task model: statuses, validation, ids, retry policy and the JSON mapping. No Asio here.
+#include <taskq/task.hpp>
+
+#include <fmt/chrono.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cmath>
+#include <mutex>
+#include <random>
+
+namespace taskq {
+
+namespace {
+constexpr std::array<std::string_view, task_status_count> status_names = {
+    "pending", "running", "succeeded", "failed", "cancelled", "dropped"};
+}  // namespace
+
+std::string_view to_string(task_status s) noexcept {
+  auto i = static_cast<std::size_t>(s);
+  return i < status_names.size() ? status_names[i] : std::string_view("unknown");
+}
+
+std::optional<task_status> parse_status(std::string_view text, error_code& ec) {
+  for (std::size_t i = 0; i < status_names.size(); ++i) {
+    if (status_names[i] == text) {
+      ec = {};
+      return static_cast<task_status>(i);
+    }
+  }
+  ec = errc::invalid_status;
+  return std::nullopt;
+}
+
+bool is_legal_transition(task_status from, task_status to) noexcept {
+  using enum task_status;
+  switch (from) {
+    case pending:
+      return to == running || to == cancelled || to == dropped;
+    case running:
+      return to == succeeded || to == failed || to == cancelled || to == dropped || to == pending ||
+             to == running /* re-leased after its lease expired */;
+    case failed:
+    case cancelled:
+    case dropped:
+      return to == pending;
+    case succeeded:
+      return false;
+  }
+  return false;
+}
+
+duration retry_policy::delay_after(int attempt, double random01) const noexcept {
+  using fsec = std::chrono::duration<double>;
+  double base = std::chrono::duration_cast<fsec>(initial_delay).count();
+  double cap = std::chrono::duration_cast<fsec>(max_delay).count();
+  double exponent = std::max(0, attempt - 1);
+  // pow() overflows to inf for large exponents; min() against the cap keeps it finite.
+  double d = std::min(cap, base * std::pow(std::max(1.0, multiplier), exponent));
+  d += d * jitter * (2.0 * random01 - 1.0);
+  d = std::clamp(d, 0.0, cap);
+  return std::chrono::duration_cast<duration>(fsec(d));
+}
+
+error_code validate(const task_spec& spec, const validation_limits& limits) {
+  auto blank = [](const std::string& s) {
+    return std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isspace(c); });
+  };
+  if (blank(spec.type)) return errc::blank_type;
+  if (blank(spec.queue)) return errc::blank_queue;
+  if (spec.delay < duration::zero()) return errc::negative_delay;
+  if (spec.timeout < duration::zero()) return errc::negative_timeout;
+  if (spec.max_attempts < 1) return errc::invalid_max_attempts;
+  const auto& r = spec.retry;
+  if (r.initial_delay < duration::zero() || r.max_delay < r.initial_delay ||
+      !(r.multiplier >= 1.0) || !(r.jitter >= 0.0 && r.jitter <= 1.0))
+    return errc::invalid_retry_policy;
+  for (const auto& [k, v] : spec.labels)
+    if (blank(k)) return errc::invalid_label;
+  // Measure the encoded size without materialising the string twice for small payloads.
+  std::size_t size = 0;
+  if (!spec.payload.is_null()) size += spec.payload.dump().size();
+  if (!spec.metadata.is_null()) size += spec.metadata.dump().size();
+  if (size > limits.max_payload_bytes) return errc::payload_too_large;
+  return {};
+}
+
+task_record make_record(task_spec spec, time_point now) {
+  task_record r;
+  r.id = spec.id.empty() ? make_task_id(now) : std::move(spec.id);
+  r.type = std::move(spec.type);
+  r.queue = std::move(spec.queue);
+  r.payload = std::move(spec.payload);
+  r.metadata = std::move(spec.metadata);
+  r.priority = spec.priority;
+  r.available_at = spec.run_at ? *spec.run_at : now + spec.delay;
+  r.max_attempts = spec.max_attempts;
+  r.retry = spec.retry;
+  r.timeout = spec.timeout;
+  r.labels = std::move(spec.labels);
+  r.concurrency_key = std::move(spec.concurrency_key);
+  r.unique_key = std::move(spec.unique_key);
+  r.unique_for = spec.unique_for;
+  r.scheduled_for = spec.scheduled_for;
+  r.status = task_status::pending;
+  r.created_at = now;
+  r.updated_at = now;
+  return r;
+}
+
+std::string make_task_id(time_point now) {
+  // UUIDv7 (RFC 9562): 48-bit Unix milliseconds, then a 12-bit counter seeded randomly per
+  // millisecond (method 1 of the RFC) so ids made in one process sort in creation order,
+  // then 62 random bits.
+  struct state {
+    std::mutex m;
+    std::mt19937_64 rng{std::random_device{}()};
+    std::uint64_t last_ms = 0;
+    std::uint32_t counter = 0;
+  };
+  static state st;
+  auto ms = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count());
+  std::uint64_t rand_b;
+  std::uint32_t seq;
+  {
+    std::lock_guard lock(st.m);
+    if (ms <= st.last_ms) {
+      ms = st.last_ms;  // never go backwards, even if the clock does
+      if (++st.counter > 0xfff) {
+        ++ms;  // counter exhausted: borrow the next millisecond
+        st.counter = static_cast<std::uint32_t>(st.rng() & 0x3ff);
+      }
+    } else {
+      st.counter = static_cast<std::uint32_t>(st.rng() & 0x3ff);  // room to grow within the ms
+    }
+    st.last_ms = ms;
+    seq = st.counter;
+    rand_b = st.rng();
+  }
+  std::uint64_t hi = (ms << 16) | (0x7ull << 12) | (seq & 0xfff);
+  std::uint64_t lo = (rand_b & 0x3fffffffffffffffull) | 0x8000000000000000ull;
+  return fmt::format("{:08x}-{:04x}-{:04x}-{:04x}-{:012x}", hi >> 32, (hi >> 16) & 0xffff,
+                     hi & 0xffff, lo >> 48, lo & 0xffffffffffffull);
+}
+
+std::string format_time(time_point t) {
+  auto us = std::chrono::time_point_cast<std::chrono::microseconds>(t);
+  auto secs = std::chrono::time_point_cast<std::chrono::seconds>(us);
+  if (secs > us) secs -= std::chrono::seconds(1);
+  auto frac = (us - secs).count();
+  return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:06d}Z", secs, frac);
+}
+
+// --- JSON -----------------------------------------------------------------------------------
+
+namespace {
+
+std::int64_t to_us(duration d) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(d).count();
+}
+std::int64_t to_us(time_point t) {
+  return to_us(t.time_since_epoch());
+}
+duration us_duration(std::int64_t us) {
+  return std::chrono::duration_cast<duration>(std::chrono::microseconds(us));
+}
+time_point us_time(std::int64_t us) {
+  return time_point(us_duration(us));
+}
+
+void put_opt(json& j, const char* key, const std::optional<time_point>& t) {
+  if (t) j[key] = to_us(*t);
+}
+
+// A decoder that remembers the first bad field so the error can name it.
+struct reader {
+  const json& j;
+  std::string bad;
+
+  const json* field(const char* key, bool required) {
+    auto it = j.find(key);
+    if (it == j.end()) {
+      if (required && bad.empty()) bad = key;
+      return nullptr;
+    }
+    return &*it;
+  }
+  template <class T>
+  void get(const char* key, T& out, bool required = true) {
+    const json* f = field(key, required);
+    if (!f) return;
+    try {
+      f->get_to(out);
+    } catch (const json::exception&) {
+      if (bad.empty()) bad = key;
+    }
+  }
+  void get_time(const char* key, time_point& out) {
+    std::int64_t v = 0;
+    get(key, v);
+    out = us_time(v);
+  }
+  void get_opt_time(const char* key, std::optional<time_point>& out) {
+    const json* f = field(key, false);
+    if (!f || f->is_null()) return;
+    if (!f->is_number_integer()) {
+      if (bad.empty()) bad = key;
+      return;
+    }
+    out = us_time(f->get<std::int64_t>());
+  }
+  void get_duration(const char* key, duration& out) {
+    std::int64_t v = 0;
+    get(key, v);
+    out = us_duration(v);
+  }
+  void get_json(const char* key, json& out) {
+    if (const json* f = field(key, false)) out = *f;
+  }
+};
+
+}  // namespace
+
+json to_json(const task_record& r) {
+  json j = {
+      {"v", 1},
+      {"id", r.id},
+      {"type", r.type},
+      {"queue", r.queue},
+      {"payload", r.payload},
+      {"metadata", r.metadata},
+      {"priority", r.priority},
+      {"available_at", to_us(r.available_at)},
+      {"max_attempts", r.max_attempts},
+      {"retry",
+       {{"initial_delay", to_us(r.retry.initial_delay)},
+        {"max_delay", to_us(r.retry.max_delay)},
+        {"multiplier", r.retry.multiplier},
+        {"jitter", r.retry.jitter}}},
+      {"timeout", to_us(r.timeout)},
+      {"labels", r.labels},
+      {"concurrency_key", r.concurrency_key},
+      {"unique_key", r.unique_key},
+      {"unique_for", r.unique_for == unique_scope::any ? "any" : "active"},
+      {"status", to_string(r.status)},
+      {"attempt", r.attempt},
+      {"progress", r.progress},
+      {"result", r.result},
+      {"last_error", r.last_error},
+      {"created_at", to_us(r.created_at)},
+      {"updated_at", to_us(r.updated_at)},
+      {"cancel_requested", r.cancel_requested},
+  };
+  json log = json::array();
+  for (const auto& e : r.log) log.push_back({{"at", to_us(e.at)}, {"message", e.message}});
+  j["log"] = std::move(log);
+  put_opt(j, "scheduled_for", r.scheduled_for);
+  put_opt(j, "started_at", r.started_at);
+  put_opt(j, "finished_at", r.finished_at);
+  put_opt(j, "heartbeat_at", r.heartbeat_at);
+  return j;
+}
+
+std::optional<task_record> record_from_json(const json& j, error_code& ec, std::string& detail) {
+  if (!j.is_object()) {
+    ec = errc::invalid_record;
+    detail = "task record: expected a JSON object";
+    return std::nullopt;
+  }
+  reader rd{j, {}};
+  int version = 0;
+  rd.get("v", version);
+  if (rd.bad.empty() && version != 1) {
+    ec = errc::unsupported_format_version;
+    detail = fmt::format("task record: format version {} (this build reads version 1)", version);
+    return std::nullopt;
+  }
+  task_record r;
+  rd.get("id", r.id);
+  rd.get("type", r.type);
+  rd.get("queue", r.queue);
+  rd.get_json("payload", r.payload);
+  rd.get_json("metadata", r.metadata);
+  rd.get("priority", r.priority);
+  rd.get_time("available_at", r.available_at);
+  rd.get("max_attempts", r.max_attempts);
+  if (const json* retry = rd.field("retry", true)) {
+    reader rr{*retry, {}};
+    if (!retry->is_object())
+      rr.bad = "retry";
+    else {
+      rr.get_duration("initial_delay", r.retry.initial_delay);
+      rr.get_duration("max_delay", r.retry.max_delay);
+      rr.get("multiplier", r.retry.multiplier);
+      rr.get("jitter", r.retry.jitter);
+    }
+    if (!rr.bad.empty() && rd.bad.empty()) rd.bad = "retry." + rr.bad;
+  }
+  rd.get_duration("timeout", r.timeout);
+  rd.get("labels", r.labels, false);
+  rd.get("concurrency_key", r.concurrency_key, false);
+  rd.get("unique_key", r.unique_key, false);
+  {
+    std::string scope = "active";
+    rd.get("unique_for", scope, false);
+    if (scope == "any")
+      r.unique_for = unique_scope::any;
+    else if (scope != "active" && rd.bad.empty())
+      rd.bad = "unique_for";
+  }
+  rd.get_opt_time("scheduled_for", r.scheduled_for);
+  std::string status;
+  rd.get("status", status);
+  if (rd.bad.empty()) {
+    error_code sec;
+    auto s = parse_status(status, sec);
+    if (!s)
+      rd.bad = "status";
+    else
+      r.status = *s;
+  }
+  rd.get("attempt", r.attempt);
+  rd.get_json("progress", r.progress);
+  rd.get_json("result", r.result);
+  rd.get("last_error", r.last_error, false);
+  if (const json* log = rd.field("log", false)) {
+    if (!log->is_array()) {
+      if (rd.bad.empty()) rd.bad = "log";
+    } else {
+      for (const auto& e : *log) {
+        reader er{e, {}};
+        log_entry le;
+        if (!e.is_object())
+          er.bad = "entry";
+        else {
+          er.get_time("at", le.at);
+          er.get("message", le.message);
+        }
+        if (!er.bad.empty()) {
+          if (rd.bad.empty()) rd.bad = "log." + er.bad;
+          break;
+        }
+        r.log.push_back(std::move(le));
+      }
+    }
+  }
+  rd.get_time("created_at", r.created_at);
+  rd.get_time("updated_at", r.updated_at);
+  rd.get_opt_time("started_at", r.started_at);
+  rd.get_opt_time("finished_at", r.finished_at);
+  rd.get_opt_time("heartbeat_at", r.heartbeat_at);
+  rd.get("cancel_requested", r.cancel_requested, false);
+  if (!rd.bad.empty()) {
+    ec = errc::invalid_record;
+    detail = fmt::format("task record: field '{}' is missing or has the wrong type", rd.bad);
+    return std::nullopt;
+  }
+  ec = {};
+  return r;
+}
+
+task_record record_from_json(const json& j) {
+  error_code ec;
+  std::string detail;
+  auto r = record_from_json(j, ec, detail);
+  if (!r) throw error(ec, detail);
+  return std::move(*r);
+}
+
+}  // namespace taskq
+
+// --- record transitions (shared by every Store backend) ------------------------------------
+
+#include <taskq/detail/record_ops.hpp>
+
+namespace taskq {
+
+bool matches(const task_record& r, const task_filter& f) noexcept {
+  auto in = [](const auto& v, const auto& x) {
+    return v.empty() || std::find(v.begin(), v.end(), x) != v.end();
+  };
+  if (!in(f.ids, r.id) || !in(f.statuses, r.status) || !in(f.types, r.type) ||
+      !in(f.queues, r.queue))
+    return false;
+  if (f.created_after && r.created_at < *f.created_after) return false;
+  if (f.created_before && r.created_at >= *f.created_before) return false;
+  for (const auto& [k, v] : f.labels) {
+    auto it = r.labels.find(k);
+    if (it == r.labels.end() || it->second != v) return false;
+  }
+  return true;
+}
+
+namespace detail {
+
+error_code apply_update(task_record& r, const task_update& u) {
+  if (r.status != u.expected) return errc::status_conflict;
+  if (u.expected_attempt && *u.expected_attempt != r.attempt) return errc::status_conflict;
+  if (u.to != u.expected && !is_legal_transition(u.expected, u.to)) return errc::illegal_transition;
+  r.status = u.to;
+  r.updated_at = u.now;
+  if (u.result) r.result = *u.result;
+  if (u.progress) r.progress = *u.progress;
+  if (u.error) r.last_error = *u.error;
+  if (u.available_at) r.available_at = *u.available_at;
+  if (u.attempt) r.attempt = *u.attempt;
+  if (u.log) r.log.push_back(*u.log);
+  if (u.clear_cancel_request) r.cancel_requested = false;
+  if (is_terminal(u.to)) {
+    r.finished_at = u.now;
+  } else if (u.to == task_status::pending) {
+    r.finished_at.reset();
+  }
+  return {};
+}
+
+claim_outcome apply_claim(task_record& r, time_point now) {
+  if (r.status == task_status::running) {
+    // The previous holder's lease expired: its process died or stalled. Retry the task if
+    // attempts remain, else drop it (CodeChecker's DROPPED). A cancel requested meanwhile wins.
+    if (r.cancel_requested) {
+      r.status = task_status::cancelled;
+      r.updated_at = now;
+      r.finished_at = now;
+      r.log.push_back({now, "cancelled: its worker lost the lease while cancel was requested"});
+      return claim_outcome::skipped;
+    }
+    if (r.attempt >= r.max_attempts) {
+      r.status = task_status::dropped;
+      r.updated_at = now;
+      r.finished_at = now;
+      r.last_error = fmt::format("worker lost during attempt {} and no attempts remain", r.attempt);
+      r.log.push_back({now, r.last_error});
+      return claim_outcome::dropped;
+    }
+    r.log.push_back({now, fmt::format("worker lost during attempt {}; rescued", r.attempt)});
+  } else if (r.status != task_status::pending) {
+    return claim_outcome::skipped;
+  }
+  r.status = task_status::running;
+  ++r.attempt;
+  r.started_at = now;
+  r.heartbeat_at = now;
+  r.updated_at = now;
+  r.finished_at.reset();
+  return claim_outcome::claimed;
+}
+
+error_code apply_heartbeat(task_record& r, const heartbeat_params& p, bool& cancel_requested) {
+  if (r.status != task_status::running || r.attempt != p.attempt) return errc::status_conflict;
+  if (p.progress) r.progress = *p.progress;
+  r.heartbeat_at = p.now;
+  r.updated_at = p.now;
+  cancel_requested = r.cancel_requested;
+  return {};
+}
+
+error_code apply_cancel_request(task_record& r, time_point now) {
+  switch (r.status) {
+    case task_status::pending:
+      r.status = task_status::cancelled;
+      r.cancel_requested = true;
+      r.updated_at = now;
+      r.finished_at = now;
+      return {};
+    case task_status::running:
+      r.cancel_requested = true;
+      r.updated_at = now;
+      return {};
+    default:
+      return errc::illegal_transition;
+  }
+}
+
+}  // namespace detail
+}  // namespace taskq

@@ -1,0 +1,690 @@
+// Executor, run_promise, worker and client end to end on the in-memory backends, with a
+// manual clock.
+#include "engine_fixture.hpp"
+
+#include <taskq/detail/outcome.hpp>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/deferred.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/use_future.hpp>
+
+#include <atomic>
+#include <latch>
+#include <mutex>
+
+using namespace taskq;
+using namespace taskq::test;
+
+namespace {}  // namespace
+
+// --- run_promise / executor --------------------------------------------------------------
+
+TEST_CASE("run_promise: every waiter sees the identical result with every kind of token",
+          "[executor][promise]") {
+  asio::io_context io;
+  run_completion comp({.task_id = "t1", .attempt = 1}, io.get_executor());
+  auto p = comp.get_promise();
+  CHECK(p.run().task_id == "t1");
+  CHECK_FALSE(p.done());
+
+  std::optional<run_result> by_callback;
+  p.async_wait([&](error_code, run_result r) { by_callback = r; });
+  auto fut = p.async_wait(asio::use_future);
+  std::optional<run_result> by_coro;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        auto [ec, r] = co_await p.async_wait(asio::as_tuple(asio::use_awaitable));
+        by_coro = r;
+      },
+      asio::detached);
+  auto deferred_op = p.async_wait(asio::deferred);
+  std::optional<run_result> by_deferred;
+  std::move(deferred_op)([&](error_code, run_result r) { by_deferred = r; });
+  drain(io);
+  CHECK_FALSE(by_callback);
+
+  run_result r;
+  r.result = json{{"answer", 42}};
+  REQUIRE(comp.complete(r));
+  CHECK_FALSE(comp.complete(run_result{}));  // first result wins
+  drain(io);
+  REQUIRE(by_callback);
+  REQUIRE(by_coro);
+  REQUIRE(by_deferred);
+  CHECK(by_callback->result["answer"] == 42);
+  CHECK(by_coro->result == by_callback->result);
+  CHECK(by_deferred->result == by_callback->result);
+  CHECK(fut.get().result == by_callback->result);
+  CHECK(p.wait().result["answer"] == 42);
+  CHECK(p.result()->ok());
+}
+
+TEST_CASE("run_promise: cancel completes every waiter at once and tells the work",
+          "[executor][promise]") {
+  asio::io_context io;
+  run_completion comp({.task_id = "t"}, io.get_executor());
+  std::optional<error_code> told;
+  comp.on_cancel([&](error_code why) { told = why; });
+  auto p = comp.get_promise();
+  std::vector<error_code> seen;
+  for (int i = 0; i < 3; ++i) p.async_wait([&](error_code ec, run_result) { seen.push_back(ec); });
+  p.cancel();
+  drain(io);
+  CHECK(seen == std::vector<error_code>(3, errc::run_cancelled));
+  CHECK(told == make_error_code(errc::run_cancelled));
+  CHECK_FALSE(comp.complete(run_result{}));  // the late result is dropped
+  CHECK(p.wait().error == errc::run_cancelled);
+}
+
+TEST_CASE("run_promise: cancelling a wait ends only that wait", "[executor][promise]") {
+  asio::io_context io;
+  run_completion comp({.task_id = "t"}, io.get_executor());
+  auto p = comp.get_promise();
+  asio::cancellation_signal sig;
+  std::optional<error_code> w1, w2;
+  p.async_wait(
+      asio::bind_cancellation_slot(sig.slot(), [&](error_code ec, run_result) { w1 = ec; }));
+  p.async_wait([&](error_code ec, run_result) { w2 = ec; });
+  sig.emit(asio::cancellation_type::terminal);
+  drain(io);
+  CHECK(w1 == asio::error::operation_aborted);
+  CHECK_FALSE(w2);
+  CHECK_FALSE(p.done());
+  comp.complete(run_result{});
+  drain(io);
+  CHECK(w2 == error_code{});
+}
+
+TEST_CASE("local_executor runs plain and coroutine handlers and waits for idle", "[executor]") {
+  asio::io_context io;
+  manual_clock clk;
+  local_executor ex(io.get_executor(), {.threads = 2, .time = &clk});
+  ex.handle("plain", [](task_context& c) { return json{{"got", c.payload()["x"]}}; });
+  ex.handle("void", [](task_context&) {});
+  ex.handle("coro", [](task_context& c) -> asio::awaitable<json> { co_return json(c.attempt()); });
+  ex.handle("fail", [](task_context&) -> json { throw std::runtime_error("disk on fire"); });
+  ex.handle("fatal", [](task_context&) -> json { throw permanent_error("bad input"); });
+
+  auto req = [](std::string type, json payload = nullptr) {
+    run_request r;
+    r.task.id = "id-" + type;
+    r.task.type = type;
+    r.task.payload = std::move(payload);
+    r.task.attempt = 2;
+    r.run.task_id = r.task.id;
+    r.run.attempt = 2;
+    return r;
+  };
+  auto plain = ex.execute(req("plain", {{"x", 7}}));
+  auto v = ex.execute(req("void"));
+  auto coro = ex.execute(req("coro"));
+  auto fail = ex.execute(req("fail"));
+  auto fatal = ex.execute(req("fatal"));
+  auto missing = ex.execute(req("nobody"));
+  REQUIRE(run_until(io, [&] { return ex.outstanding() == 0; }));
+  CHECK(plain.wait().result["got"] == 7);
+  CHECK(v.wait().ok());
+  CHECK(coro.wait().result == 2);
+  CHECK(fail.wait().error == errc::handler_failed);
+  CHECK(fail.wait().message == "disk on fire");
+  CHECK(fail.wait().retryable);
+  CHECK_FALSE(fatal.wait().retryable);
+  CHECK(missing.wait().error == errc::handler_not_found);
+  CHECK_THAT(missing.wait().message, Catch::Contains("'nobody'"));
+  CHECK(plain.run().run_id != coro.run().run_id);
+  bool idle = false;
+  ex.async_wait_idle([&] { idle = true; });
+  drain(io);
+  CHECK(idle);
+}
+
+TEST_CASE("a custom executor is one small class", "[executor][custom]") {
+  // Runs every task inline-free on the io_context and returns the payload doubled.
+  class doubling_executor final : public executor {
+   public:
+    using executor::executor;
+
+   protected:
+    run_promise do_execute(run_request req) override {
+      run_completion comp(req.run, get_executor());
+      asio::post(get_executor(), [comp, v = req.task.payload.get<int>()] {
+        run_result r;
+        r.result = v * 2;
+        comp.complete(std::move(r));
+      });
+      return comp.get_promise();
+    }
+  };
+
+  engine_fixture f;
+  doubling_executor ex(f.io.get_executor());
+  worker w(f.c, ex);
+  w.async_run(asio::detached);
+  auto id = f.enqueue({.type = "anything", .payload = 21});
+  REQUIRE(f.wait_status(id, task_status::succeeded));
+  CHECK(f.get(id).result == 42);
+  w.stop();
+  drain(f.io);
+}
+
+// --- outcome rules (pure) -----------------------------------------------------------------
+
+TEST_CASE("outcome rules: success, retry with backoff, failure, cancel, shutdown",
+          "[worker][rules]") {
+  const time_point now = time_point{} + 1000h;
+  task_record t;
+  t.attempt = 1;
+  t.max_attempts = 3;
+  t.retry = {.initial_delay = 10s, .max_delay = 1h, .multiplier = 2.0, .jitter = 0.0};
+
+  run_result ok;
+  CHECK(detail::decide_outcome(t, ok, {}, now, 0.5).to == task_status::succeeded);
+
+  run_result transient;
+  transient.error = errc::handler_failed;
+  transient.message = "flaky";
+  transient.retryable = true;
+  auto o = detail::decide_outcome(t, transient, {}, now, 0.5);
+  CHECK(o.to == task_status::pending);
+  CHECK(o.event == event_kind::retry_scheduled);
+  CHECK(o.retry_at == now + 10s);
+  t.attempt = 2;
+  CHECK(detail::decide_outcome(t, transient, {}, now, 0.5).retry_at == now + 20s);
+  t.attempt = 3;
+  o = detail::decide_outcome(t, transient, {}, now, 0.5);
+  CHECK(o.to == task_status::failed);
+  CHECK(o.error == "flaky");
+
+  t.attempt = 1;
+  run_result permanent = transient;
+  permanent.retryable = false;
+  CHECK(detail::decide_outcome(t, permanent, {}, now, 0.5).to == task_status::failed);
+
+  run_result timed_out;
+  timed_out.error = errc::run_timed_out;
+  CHECK(detail::decide_outcome(t, timed_out, {}, now, 0.5).to == task_status::pending);
+
+  run_result cancelled;
+  cancelled.error = errc::run_cancelled;
+  CHECK(detail::decide_outcome(t, cancelled, {.cancel_requested = true}, now, 0.5).to ==
+        task_status::cancelled);
+
+  run_result shutdown;
+  shutdown.error = errc::shutting_down;
+  o = detail::decide_outcome(t, shutdown, {.interrupted = true}, now, 0.5);
+  CHECK(o.to == task_status::pending);
+  CHECK(o.attempt == 0);  // the interrupted attempt is not counted
+  CHECK(o.keep_position);
+}
+
+// --- worker + client end to end -----------------------------------------------------------
+
+TEST_CASE("worker runs a task; client waits for it; events and metrics follow", "[worker]") {
+  engine_fixture f;
+  std::mutex m;
+  std::vector<event_kind> events;
+  f.c.subscribe([&](const event& e) {
+    std::lock_guard lock(m);
+    events.push_back(e.kind);
+  });
+  f.exec.handle("hello", [](task_context& c) {
+    c.heartbeat({{"half", true}});
+    c.log("said hello");
+    return json{{"greeting", "hello " + c.payload()["name"].get<std::string>()}};
+  });
+  worker w(f.c, f.exec);
+  w.async_run(asio::detached);
+  auto id = f.enqueue({.type = "hello", .payload = {{"name", "ada"}}});
+  std::optional<task_record> done;
+  f.c.async_wait(id, [&](error_code ec, task_record r) {
+    REQUIRE_FALSE(ec);
+    done = r;
+  });
+  REQUIRE(run_until(f.io, [&] { return done.has_value(); }));
+  CHECK(done->status == task_status::succeeded);
+  CHECK(done->result["greeting"] == "hello ada");
+  CHECK(done->progress["half"] == true);
+  CHECK(done->attempt == 1);
+  CHECK(done->started_at);
+  CHECK(done->finished_at);
+  bool logged = std::any_of(done->log.begin(), done->log.end(),
+                            [](auto& e) { return e.message == "said hello"; });
+  CHECK(logged);
+  {
+    std::lock_guard lock(m);
+    CHECK(events == std::vector<event_kind>{event_kind::enqueued, event_kind::started,
+                                            event_kind::progress, event_kind::succeeded});
+  }
+  std::optional<metrics_snapshot> snap;
+  f.c.async_metrics([&](error_code, metrics_snapshot s) { snap = s; });
+  drain(f.io);
+  REQUIRE(snap);
+  CHECK(snap->succeeded == 1);
+  CHECK(snap->counts.total[static_cast<int>(task_status::succeeded)] == 1);
+  CHECK(snap->counts.by_type["hello"][static_cast<int>(task_status::succeeded)] == 1);
+  CHECK(snap->enqueue_to_start.count == 1);
+  CHECK(snap->run_duration.count == 1);
+
+  // async_wait on an already-finished task completes at once.
+  std::optional<task_status> again;
+  f.c.async_wait(id, [&](error_code, task_record r) { again = r.status; });
+  drain(f.io);
+  CHECK(again == task_status::succeeded);
+  w.stop();
+  drain(f.io);
+}
+
+TEST_CASE("retryable failures are retried with backoff until attempts run out", "[worker][retry]") {
+  engine_fixture f;
+  std::atomic<int> calls{0};
+  f.exec.handle("flaky", [&](task_context&) -> asio::awaitable<json> {
+    ++calls;
+    throw std::runtime_error("try again");
+    co_return json();
+  });
+  worker w(f.c, f.exec, {.jitter_seed = 1});
+  w.async_run(asio::detached);
+  auto id =
+      f.enqueue({.type = "flaky",
+                 .max_attempts = 3,
+                 .retry = {.initial_delay = 10s, .max_delay = 1h, .multiplier = 2, .jitter = 0}});
+  REQUIRE(run_until(f.io, [&] { return calls == 1; }));
+  drain(f.io);
+  auto r = f.get(id);
+  CHECK(r.status == task_status::pending);
+  CHECK(r.attempt == 1);
+  CHECK(r.last_error == "try again");
+  CHECK(r.available_at == f.clk.now() + 10s);
+  f.clk.advance(9s);
+  drain(f.io);
+  CHECK(calls == 1);
+  f.clk.advance(1s);
+  REQUIRE(run_until(f.io, [&] { return calls == 2; }));
+  drain(f.io);
+  f.clk.advance(20s);
+  REQUIRE(run_until(f.io, [&] { return calls == 3; }));
+  REQUIRE(f.wait_status(id, task_status::failed));
+  r = f.get(id);
+  CHECK(r.attempt == 3);
+  f.clk.advance(1h);
+  drain(f.io);
+  CHECK(calls == 3);
+  w.stop();
+  drain(f.io);
+}
+
+TEST_CASE("a permanent error fails at once", "[worker][retry]") {
+  engine_fixture f;
+  f.exec.handle("bad", [](task_context&) -> json { throw permanent_error("no such user"); });
+  worker w(f.c, f.exec);
+  w.async_run(asio::detached);
+  auto id = f.enqueue({.type = "bad", .max_attempts = 5});
+  REQUIRE(f.wait_status(id, task_status::failed));
+  auto r = f.get(id);
+  CHECK(r.attempt == 1);
+  CHECK(r.last_error == "no such user");
+  w.stop();
+  drain(f.io);
+}
+
+TEST_CASE("the timeout cancels the run, then it is retried or failed", "[worker][timeout]") {
+  engine_fixture f;
+  std::atomic<int> started{0};
+  std::atomic<int> saw_cancel{0};
+  f.exec.handle("slow", [&](task_context& c) -> asio::awaitable<json> {
+    ++started;
+    asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::hours(1));
+    auto [ec] = co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+    if (ec == asio::error::operation_aborted && c.cancelled()) ++saw_cancel;
+    co_return json();
+  });
+  worker w(f.c, f.exec);
+  w.async_run(asio::detached);
+  auto id = f.enqueue({.type = "slow",
+                       .max_attempts = 2,
+                       .retry = {.initial_delay = 1s, .jitter = 0},
+                       .timeout = 5s});
+  REQUIRE(run_until(f.io, [&] { return started == 1; }));
+  f.clk.advance(5s);
+  REQUIRE(run_until(f.io, [&] { return saw_cancel == 1; }));
+  REQUIRE(f.wait_status(id, task_status::pending));
+  CHECK(f.get(id).last_error == "run timed out");
+  f.clk.advance(1s);
+  REQUIRE(run_until(f.io, [&] { return started == 2; }));
+  f.clk.advance(5s);
+  REQUIRE(f.wait_status(id, task_status::failed));
+  w.stop();
+  drain(f.io);
+}
+
+TEST_CASE("cancelling a pending task is immediate; a running one is told", "[worker][cancel]") {
+  engine_fixture f;
+  std::atomic<int> started{0};
+  std::atomic<bool> observed{false};
+  f.exec.handle("loop", [&](task_context& c) {
+    ++started;
+    while (c.heartbeat()) std::this_thread::yield();
+    observed = c.cancelled();
+  });
+  worker w(f.c, f.exec, {.max_in_flight = 1});
+  w.async_run(asio::detached);
+  auto running = f.enqueue({.type = "loop"});
+  REQUIRE(run_until(f.io, [&] { return started == 1; }));
+  auto waiting = f.enqueue({.type = "loop"});
+
+  std::optional<task_record> after;
+  f.c.async_cancel(waiting, [&](error_code ec, task_record r) {
+    REQUIRE_FALSE(ec);
+    after = r;
+  });
+  REQUIRE(run_until(f.io, [&] { return after.has_value(); }));
+  CHECK(after->status == task_status::cancelled);
+
+  after.reset();
+  f.c.async_cancel(running, [&](error_code ec, task_record r) {
+    REQUIRE_FALSE(ec);
+    after = r;
+  });
+  REQUIRE(run_until(f.io, [&] { return after.has_value(); }));
+  CHECK(after->cancel_requested);
+  REQUIRE(f.wait_status(running, task_status::cancelled));
+  REQUIRE(run_until(f.io, [&] { return observed.load(); }));
+  CHECK(started == 1);  // the cancelled pending task never ran
+
+  std::optional<error_code> again;
+  f.c.async_cancel(running, [&](error_code ec, task_record) { again = ec; });
+  REQUIRE(run_until(f.io, [&] { return again.has_value(); }));
+  CHECK(*again == errc::illegal_transition);
+  w.stop();
+  drain(f.io);
+}
+
+TEST_CASE("shutdown drains: running tasks finish, or are returned to pending", "[worker][drain]") {
+  engine_fixture f;
+  std::atomic<int> started{0};
+  f.exec.handle("quick", [&](task_context& c) -> asio::awaitable<json> {
+    ++started;
+    asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::hours(1));
+    co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+    co_return json(c.cancelled());
+  });
+  worker w(f.c, f.exec, {.drain_timeout = 10s});
+  bool stopped = false;
+  w.async_run([&](error_code ec) {
+    CHECK_FALSE(ec);
+    stopped = true;
+  });
+  auto id = f.enqueue({.type = "quick"});
+  REQUIRE(run_until(f.io, [&] { return started == 1; }));
+  w.stop();
+  drain(f.io);
+  CHECK_FALSE(stopped);  // still draining
+  f.clk.advance(10s);    // drain deadline: cancelled and given back
+  REQUIRE(run_until(f.io, [&] { return stopped; }));
+  auto r = f.get(id);
+  CHECK(r.status == task_status::pending);
+  CHECK(r.attempt == 0);  // the interrupted attempt does not count
+
+  // A new worker picks it up: nothing was lost.
+  f.exec.handle("quick", [](task_context&) { return json("done"); });
+  worker w2(f.c, f.exec);
+  w2.async_run(asio::detached);
+  REQUIRE(f.wait_status(id, task_status::succeeded));
+  CHECK(f.get(id).attempt == 1);
+  w2.stop();
+  drain(f.io);
+}
+
+TEST_CASE("stop before start and stop twice are harmless", "[worker][drain]") {
+  engine_fixture f;
+  worker w(f.c, f.exec);
+  w.stop();
+  w.stop();
+  bool done = false;
+  w.async_run([&](error_code ec) {
+    CHECK_FALSE(ec);
+    done = true;
+  });
+  REQUIRE(run_until(f.io, [&] { return done; }));
+  w.stop();
+  drain(f.io);
+}
+
+TEST_CASE("concurrency limits per type, queue and key; held-back work does not block others",
+          "[worker][limits]") {
+  engine_fixture f;
+  std::mutex m;
+  std::map<std::string, int> now_running, peak;
+  auto track = [&](const std::string& k, int d) {
+    std::lock_guard lock(m);
+    now_running[k] += d;
+    peak[k] = std::max(peak[k], now_running[k]);
+  };
+  auto handler = [&](task_context& c) -> asio::awaitable<json> {
+    track(c.type(), +1);
+    track("key:" + c.task().concurrency_key, +1);
+    asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::milliseconds(1));
+    co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+    track(c.type(), -1);
+    track("key:" + c.task().concurrency_key, -1);
+    co_return json();
+  };
+  f.exec.handle("report", handler);
+  f.exec.handle("mail", handler);
+  worker w(f.c, f.exec,
+           {.max_in_flight = 8, .limits = {.per_type = {{"report", 1}}, .per_key = 2}});
+  w.async_run(asio::detached);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 6; ++i) ids.push_back(f.enqueue({.type = "report", .priority = 5}));
+  for (int i = 0; i < 12; ++i)
+    ids.push_back(f.enqueue({.type = "mail", .concurrency_key = i % 2 ? "A" : "B"}));
+  REQUIRE(run_until(f.io, [&] {
+    std::optional<metrics_snapshot> s;
+    f.c.async_metrics([&](error_code, metrics_snapshot x) { s = x; });
+    drain(f.io);
+    return s && s->succeeded == ids.size();
+  }));
+  CHECK(peak["report"] == 1);
+  CHECK(peak["key:A"] <= 2);
+  CHECK(peak["key:B"] <= 2);
+  CHECK(peak["mail"] >= 2);  // mail ran beside the limited reports
+  w.stop();
+  drain(f.io);
+}
+
+TEST_CASE("pause and resume a queue through the client", "[worker][pause]") {
+  engine_fixture f;
+  std::atomic<int> runs{0};
+  f.exec.handle("t", [&](task_context&) -> asio::awaitable<json> {
+    ++runs;
+    co_return json();
+  });
+  worker w(f.c, f.exec);
+  w.async_run(asio::detached);
+  f.c.async_set_paused("default", true, [](error_code) {});
+  drain(f.io);
+  auto id = f.enqueue({.type = "t"});
+  drain(f.io);
+  CHECK(runs == 0);
+  CHECK(f.status(id) == task_status::pending);
+  f.c.async_set_paused("default", false, [](error_code) {});
+  REQUIRE(f.wait_status(id, task_status::succeeded));
+  w.stop();
+  drain(f.io);
+}
+
+TEST_CASE("a worker that dies mid-run: its lease expires and the task is rescued or dropped",
+          "[worker][lease]") {
+  engine_fixture f;
+  // A "dead" worker: reserve and claim by hand, then never finish.
+  std::optional<std::vector<lease>> leases;
+  auto id = f.enqueue({.type = "t", .max_attempts = 2});
+  f.q.async_reserve({.lease_for = 30s}, [&](error_code, std::vector<lease> l) { leases = l; });
+  drain(f.io);
+  REQUIRE(leases->size() == 1);
+  f.s.async_claim({{id}, f.clk.now()}, [](error_code, claim_result) {});
+  drain(f.io);
+  CHECK(f.status(id) == task_status::running);
+
+  std::atomic<int> runs{0};
+  f.exec.handle("t", [&](task_context& c) -> asio::awaitable<json> {
+    ++runs;
+    co_return json(c.attempt());
+  });
+  worker w(f.c, f.exec);
+  w.async_run(asio::detached);
+  drain(f.io);
+  CHECK(runs == 0);
+  f.clk.advance(30s);
+  REQUIRE(f.wait_status(id, task_status::succeeded));
+  CHECK(f.get(id).attempt == 2);
+  CHECK(f.get(id).result == 2);
+
+  // With no attempts left, the lost task is dropped.
+  auto id2 = f.enqueue({.type = "other", .queue = "lost", .max_attempts = 1});
+  leases.reset();
+  f.q.async_reserve({.queues = {"lost"}, .lease_for = 30s},
+                    [&](error_code, std::vector<lease> l) { leases = l; });
+  drain(f.io);
+  f.s.async_claim({{id2}, f.clk.now()}, [](error_code, claim_result) {});
+  drain(f.io);
+  std::atomic<int> dropped{0};
+  f.c.subscribe([&](const event& e) { dropped += e.kind == event_kind::dropped; });
+  worker w2(f.c, f.exec, {.queues = {"lost"}});
+  w2.async_run(asio::detached);
+  f.clk.advance(31s);
+  REQUIRE(f.wait_status(id2, task_status::dropped));
+  CHECK(dropped == 1);
+  w.stop();
+  w2.stop();
+  drain(f.io);
+}
+
+TEST_CASE("client: bad input, unique keys, retry, delete and prune", "[client]") {
+  engine_fixture f;
+  std::optional<error_code> ec;
+  f.c.async_enqueue({.type = ""}, [&](error_code e, std::string) { ec = e; });
+  drain(f.io);
+  CHECK(ec == make_error_code(errc::blank_type));
+
+  // A bad spec in a batch: nothing of the batch is written.
+  ec.reset();
+  f.c.async_enqueue_batch({{.type = "ok"}, {.type = "ok", .max_attempts = 0}},
+                          [&](error_code e, std::vector<std::string>) { ec = e; });
+  drain(f.io);
+  CHECK(ec == make_error_code(errc::invalid_max_attempts));
+  std::optional<task_page> page;
+  f.c.async_list({}, [&](error_code, task_page p) { page = p; });
+  drain(f.io);
+  CHECK(page->records.empty());
+
+  auto a = f.enqueue({.type = "t", .unique_key = "customer-7"});
+  ec.reset();
+  f.c.async_enqueue({.type = "t", .unique_key = "customer-7"},
+                    [&](error_code e, std::string) { ec = e; });
+  drain(f.io);
+  CHECK(ec == make_error_code(errc::duplicate_unique_key));
+
+  f.c.async_cancel(a, [](error_code, task_record) {});
+  drain(f.io);
+  auto b = f.enqueue({.type = "t", .unique_key = "customer-7"});  // key freed
+  CHECK(b != a);
+
+  // Retry a cancelled task: its key is held by b now.
+  std::optional<error_code> rec;
+  f.c.async_retry(a, [&](error_code e, task_record) { rec = e; });
+  drain(f.io);
+  CHECK(rec == make_error_code(errc::duplicate_unique_key));
+  f.c.async_remove({.ids = {b}}, [](error_code, std::vector<std::string>) {});
+  drain(f.io);
+  rec.reset();
+  f.c.async_retry(a, [&](error_code e, task_record r) {
+    rec = e;
+    CHECK(r.status == task_status::pending);
+    CHECK(r.attempt == 0);
+  });
+  drain(f.io);
+  CHECK(rec == error_code{});
+
+  // Bulk delete by label; prune finished ones by age.
+  auto l1 = f.enqueue({.type = "t", .labels = {{"batch", "9"}}});
+  auto l2 = f.enqueue({.type = "t", .labels = {{"batch", "9"}}});
+  f.enqueue({.type = "t", .labels = {{"batch", "10"}}});
+  std::optional<std::vector<std::string>> removed;
+  f.c.async_remove({.labels = {{"batch", "9"}}},
+                   [&](error_code, std::vector<std::string> ids) { removed = ids; });
+  drain(f.io);
+  REQUIRE(removed);
+  CHECK(removed->size() == 2);
+  std::optional<error_code> gone;
+  f.c.async_get(l1, [&](error_code e, task_record) { gone = e; });
+  drain(f.io);
+  CHECK(gone == make_error_code(errc::not_found));
+  (void)l2;
+
+  auto old = f.enqueue({.type = "t"});
+  f.c.async_cancel(old, [](error_code, task_record) {});
+  drain(f.io);
+  f.clk.advance(2h);
+  std::optional<std::size_t> pruned;
+  f.c.async_prune(1h, [&](error_code, std::size_t n) { pruned = n; });
+  drain(f.io);
+  CHECK(pruned == 1u);
+}
+
+TEST_CASE("client: list filters and pages", "[client]") {
+  engine_fixture f;
+  for (int i = 0; i < 5; ++i) f.enqueue({.type = "a", .queue = "q1"});
+  for (int i = 0; i < 3; ++i) f.enqueue({.type = "b", .queue = "q2", .labels = {{"k", "v"}}});
+  auto list = [&](task_filter flt) {
+    std::optional<task_page> p;
+    f.c.async_list(flt, [&](error_code, task_page x) { p = x; });
+    drain(f.io);
+    return *p;
+  };
+  CHECK(list({.types = {"a"}}).records.size() == 5);
+  CHECK(list({.queues = {"q2"}}).records.size() == 3);
+  CHECK(list({.labels = {{"k", "v"}}}).records.size() == 3);
+  CHECK(list({.statuses = {task_status::running}}).records.empty());
+  auto p1 = list({.limit = 3});
+  REQUIRE(p1.records.size() == 3);
+  REQUIRE_FALSE(p1.next_cursor.empty());
+  auto p2 = list({.limit = 3, .after_id = p1.next_cursor});
+  REQUIRE(p2.records.size() == 3);
+  auto p3 = list({.limit = 3, .after_id = p2.next_cursor});
+  CHECK(p3.records.size() == 2);
+  CHECK(p3.next_cursor.empty());
+  CHECK(p1.records.back().id < p2.records.front().id);
+}
+
+TEST_CASE("blocking client calls work from another thread and refuse the io thread",
+          "[client][blocking]") {
+  engine_fixture f;
+  std::thread io_thread([&] {
+    auto guard = asio::make_work_guard(f.io);
+    f.io.run_for(10s);
+  });
+  auto id = f.c.enqueue({.type = "t"});
+  CHECK(f.c.get(id).status == task_status::pending);
+  error_code ec;
+  f.c.get("nope", ec);
+  CHECK(ec == errc::not_found);
+  CHECK_THROWS_AS(f.c.enqueue({.type = ""}), taskq::error);
+  std::optional<error_code> inside;
+  asio::post(f.io, [&] {
+    error_code e;
+    f.c.get(id, e);
+    inside = e;
+  });
+  while (!inside) std::this_thread::yield();
+  CHECK(*inside == errc::blocking_on_io_thread);
+  f.io.stop();
+  io_thread.join();
+}

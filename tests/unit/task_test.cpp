@@ -1,0 +1,257 @@
+// The task model: statuses, transitions, validation (every bad-input error), ids, retry
+// policy, JSON mapping and the record transition rules shared by every store.
+#include <taskq/detail/record_ops.hpp>
+#include <taskq/task.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <set>
+
+using namespace taskq;
+using namespace std::chrono_literals;
+
+namespace {
+const time_point t0 = time_point{} + 1'000'000h;
+}
+
+TEST_CASE("status names round-trip and unknown names are rejected", "[task]") {
+  for (auto s : {task_status::pending, task_status::running, task_status::succeeded,
+                 task_status::failed, task_status::cancelled, task_status::dropped}) {
+    error_code ec;
+    auto parsed = parse_status(to_string(s), ec);
+    REQUIRE_FALSE(ec);
+    REQUIRE(parsed == s);
+  }
+  error_code ec;
+  CHECK_FALSE(parse_status("done", ec));
+  CHECK(ec == errc::invalid_status);
+  CHECK_THAT(ec.message(), Catch::Contains("'status'"));
+  CHECK(ec.category().name() == std::string("taskq"));
+}
+
+TEST_CASE("legal transitions follow the life-cycle diagram", "[task]") {
+  using enum task_status;
+  CHECK(is_legal_transition(pending, running));
+  CHECK(is_legal_transition(pending, cancelled));
+  CHECK(is_legal_transition(running, succeeded));
+  CHECK(is_legal_transition(running, failed));
+  CHECK(is_legal_transition(running, pending));
+  CHECK(is_legal_transition(running, dropped));
+  CHECK(is_legal_transition(failed, pending));
+  CHECK(is_legal_transition(cancelled, pending));
+  CHECK(is_legal_transition(dropped, pending));
+  CHECK_FALSE(is_legal_transition(succeeded, running));
+  CHECK_FALSE(is_legal_transition(succeeded, pending));
+  CHECK_FALSE(is_legal_transition(pending, succeeded));
+  CHECK_FALSE(is_legal_transition(failed, succeeded));
+  CHECK_FALSE(is_legal_transition(cancelled, running));
+}
+
+TEST_CASE("validation names the bad field", "[task][validation]") {
+  task_spec ok{.type = "t"};
+  REQUIRE_FALSE(validate(ok));
+
+  struct row {
+    task_spec spec;
+    errc expected;
+    const char* field;
+  };
+  std::vector<row> rows = {
+      {{.type = ""}, errc::blank_type, "'type'"},
+      {{.type = "   "}, errc::blank_type, "'type'"},
+      {{.type = "t", .queue = ""}, errc::blank_queue, "'queue'"},
+      {{.type = "t", .delay = -1s}, errc::negative_delay, "'delay'"},
+      {{.type = "t", .max_attempts = 0}, errc::invalid_max_attempts, "'max_attempts'"},
+      {{.type = "t", .max_attempts = -3}, errc::invalid_max_attempts, "'max_attempts'"},
+      {{.type = "t", .timeout = -1ms}, errc::negative_timeout, "'timeout'"},
+      {{.type = "t", .retry = {.initial_delay = -1s}}, errc::invalid_retry_policy, "'retry'"},
+      {{.type = "t", .retry = {.initial_delay = 10s, .max_delay = 1s}},
+       errc::invalid_retry_policy,
+       "'retry'"},
+      {{.type = "t", .retry = {.multiplier = 0.5}}, errc::invalid_retry_policy, "'retry'"},
+      {{.type = "t", .retry = {.jitter = 1.5}}, errc::invalid_retry_policy, "'retry'"},
+      {{.type = "t", .labels = {{"", "x"}}}, errc::invalid_label, "'labels'"},
+  };
+  for (const auto& r : rows) {
+    auto ec = validate(r.spec);
+    INFO(r.field);
+    CHECK(ec == r.expected);
+    CHECK_THAT(ec.message(), Catch::Contains(r.field));
+  }
+
+  task_spec big{.type = "t", .payload = std::string(2000, 'x')};
+  CHECK(validate(big, {.max_payload_bytes = 1000}) == errc::payload_too_large);
+  CHECK_THAT(validate(big, {.max_payload_bytes = 1000}).message(), Catch::Contains("'payload'"));
+  CHECK_FALSE(validate(big, {.max_payload_bytes = 4000}));
+}
+
+TEST_CASE("make_record fills the record from the spec", "[task]") {
+  auto r = make_record({.type = "mail",
+                        .queue = "q",
+                        .payload = {{"a", 1}},
+                        .priority = 3,
+                        .delay = 5s,
+                        .max_attempts = 4,
+                        .labels = {{"user", "7"}}},
+                       t0);
+  CHECK(r.id.size() == 36);
+  CHECK(r.type == "mail");
+  CHECK(r.queue == "q");
+  CHECK(r.payload["a"] == 1);
+  CHECK(r.priority == 3);
+  CHECK(r.available_at == t0 + 5s);
+  CHECK(r.max_attempts == 4);
+  CHECK(r.status == task_status::pending);
+  CHECK(r.attempt == 0);
+  CHECK(r.created_at == t0);
+  CHECK(r.labels.at("user") == "7");
+  auto abs = make_record({.type = "x", .delay = 5s, .run_at = t0 + 1h}, t0);
+  CHECK(abs.available_at == t0 + 1h);
+  auto given = make_record({.type = "x", .id = "my-id"}, t0);
+  CHECK(given.id == "my-id");
+}
+
+TEST_CASE("task ids are UUIDv7 and sort in creation order", "[task]") {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 10000; ++i)
+    ids.push_back(make_task_id(t0 + std::chrono::microseconds(i / 7)));
+  CHECK(std::is_sorted(ids.begin(), ids.end()));
+  CHECK(std::set<std::string>(ids.begin(), ids.end()).size() == ids.size());
+  CHECK(ids[0][14] == '7');                                          // version nibble
+  CHECK(std::string("89ab").find(ids[0][19]) != std::string::npos);  // variant
+}
+
+TEST_CASE("retry policy grows exponentially, caps and jitters", "[task][retry]") {
+  retry_policy p{.initial_delay = 1s, .max_delay = 60s, .multiplier = 2.0, .jitter = 0.0};
+  CHECK(p.delay_after(1, 0.5) == 1s);
+  CHECK(p.delay_after(2, 0.5) == 2s);
+  CHECK(p.delay_after(3, 0.5) == 4s);
+  CHECK(p.delay_after(7, 0.5) == 60s);
+  CHECK(p.delay_after(1000, 0.5) == 60s);  // no overflow
+  retry_policy j{.initial_delay = 10s, .max_delay = 1h, .multiplier = 2.0, .jitter = 0.2};
+  CHECK(j.delay_after(1, 0.0) == 8s);
+  CHECK(j.delay_after(1, 0.5) == 10s);
+  CHECK(j.delay_after(1, 1.0) == 12s);
+}
+
+TEST_CASE("records round-trip through JSON", "[task][json]") {
+  auto r = make_record({.type = "t",
+                        .queue = "q",
+                        .payload = {{"k", "v"}},
+                        .metadata = {1, 2},
+                        .priority = -2,
+                        .max_attempts = 3,
+                        .timeout = 1500ms,
+                        .labels = {{"a", "b"}},
+                        .concurrency_key = "c",
+                        .unique_key = "u",
+                        .unique_for = unique_scope::any,
+                        .scheduled_for = t0 - 1h},
+                       t0);
+  r.status = task_status::failed;
+  r.attempt = 3;
+  r.progress = {{"p", 0.5}};
+  r.result = "res";
+  r.last_error = "boom";
+  r.log.push_back({t0 + 1s, "line"});
+  r.started_at = t0 + 1s;
+  r.finished_at = t0 + 2s;
+  r.heartbeat_at = t0 + 1500ms;
+  r.cancel_requested = true;
+  auto j = to_json(r);
+  CHECK(j["v"] == 1);
+  auto back = record_from_json(j);
+  CHECK(back == r);
+}
+
+TEST_CASE("decoding a bad record names the field", "[task][json]") {
+  auto j = to_json(make_record({.type = "t"}, t0));
+  error_code ec;
+  std::string detail;
+
+  auto bad = j;
+  bad["status"] = "sleeping";
+  CHECK_FALSE(record_from_json(bad, ec, detail));
+  CHECK(ec == errc::invalid_record);
+  CHECK_THAT(detail, Catch::Contains("'status'"));
+
+  bad = j;
+  bad.erase("type");
+  CHECK_FALSE(record_from_json(bad, ec, detail));
+  CHECK_THAT(detail, Catch::Contains("'type'"));
+
+  bad = j;
+  bad["retry"]["jitter"] = "much";
+  CHECK_FALSE(record_from_json(bad, ec, detail));
+  CHECK_THAT(detail, Catch::Contains("'retry.jitter'"));
+
+  bad = j;
+  bad["v"] = 99;
+  CHECK_FALSE(record_from_json(bad, ec, detail));
+  CHECK(ec == errc::unsupported_format_version);
+
+  CHECK_FALSE(record_from_json(json::array(), ec, detail));
+  CHECK(ec == errc::invalid_record);
+  CHECK_THROWS_AS(record_from_json(json("x")), taskq::error);
+}
+
+TEST_CASE("update is a compare-and-set that refuses illegal changes", "[task][store-rules]") {
+  auto r = make_record({.type = "t"}, t0);
+  task_update u{
+      .id = r.id, .expected = task_status::running, .to = task_status::succeeded, .now = t0};
+  CHECK(detail::apply_update(r, u) == errc::status_conflict);
+  CHECK(r.status == task_status::pending);
+
+  REQUIRE(detail::apply_claim(r, t0) == detail::claim_outcome::claimed);
+  CHECK(r.status == task_status::running);
+  CHECK(r.attempt == 1);
+
+  u.expected_attempt = 2;
+  CHECK(detail::apply_update(r, u) == errc::status_conflict);
+  u.expected_attempt = 1;
+  u.result = json{{"ok", true}};
+  REQUIRE_FALSE(detail::apply_update(r, u));
+  CHECK(r.status == task_status::succeeded);
+  CHECK(r.finished_at == t0);
+  CHECK(r.result["ok"] == true);
+
+  task_update back{
+      .id = r.id, .expected = task_status::succeeded, .to = task_status::pending, .now = t0};
+  auto before = r;
+  CHECK(detail::apply_update(r, back) == errc::illegal_transition);
+  CHECK(r == before);
+}
+
+TEST_CASE("claiming a task whose worker was lost retries or drops it", "[task][store-rules]") {
+  auto r = make_record({.type = "t", .max_attempts = 2}, t0);
+  REQUIRE(detail::apply_claim(r, t0) == detail::claim_outcome::claimed);
+  // Lease expired while running: rescued into attempt 2.
+  REQUIRE(detail::apply_claim(r, t0 + 1min) == detail::claim_outcome::claimed);
+  CHECK(r.attempt == 2);
+  CHECK(r.log.back().message.find("rescued") != std::string::npos);
+  // Lost again with no attempts left: dropped.
+  CHECK(detail::apply_claim(r, t0 + 2min) == detail::claim_outcome::dropped);
+  CHECK(r.status == task_status::dropped);
+  CHECK(r.finished_at == t0 + 2min);
+  // Finished tasks are not claimable.
+  CHECK(detail::apply_claim(r, t0 + 3min) == detail::claim_outcome::skipped);
+}
+
+TEST_CASE("cancel requests and heartbeats", "[task][store-rules]") {
+  auto pending = make_record({.type = "t"}, t0);
+  REQUIRE_FALSE(detail::apply_cancel_request(pending, t0));
+  CHECK(pending.status == task_status::cancelled);
+  CHECK(detail::apply_cancel_request(pending, t0) == errc::illegal_transition);
+
+  auto running = make_record({.type = "t"}, t0);
+  detail::apply_claim(running, t0);
+  bool cancel = true;
+  REQUIRE_FALSE(detail::apply_heartbeat(running, {running.id, 1, json{{"n", 1}}, t0 + 1s}, cancel));
+  CHECK_FALSE(cancel);
+  CHECK(running.progress["n"] == 1);
+  CHECK(detail::apply_heartbeat(running, {running.id, 2, {}, t0}, cancel) == errc::status_conflict);
+  REQUIRE_FALSE(detail::apply_cancel_request(running, t0));
+  CHECK(running.status == task_status::running);
+  REQUIRE_FALSE(detail::apply_heartbeat(running, {running.id, 1, {}, t0 + 2s}, cancel));
+  CHECK(cancel);
+}
