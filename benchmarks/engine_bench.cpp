@@ -1,0 +1,310 @@
+// Engine benchmark, in-memory backends: end-to-end no-op throughput (batch and single
+// enqueue), enqueue-to-start latency at a steady rate, memory per pending task — and the same
+// workloads on a bare asio::thread_pool with a mutex-protected map, measured in the same run,
+// with the ratio.
+//
+//   taskq_engine_bench            human-readable table
+//   taskq_engine_bench --json     one {"name":...,"value":...,"unit":...} object per line
+//   taskq_engine_bench --quick    smaller counts (smoke run)
+#include <taskq/taskq.hpp>
+
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include <malloc.h>
+
+namespace asio = boost::asio;
+using namespace std::chrono_literals;
+using steady = std::chrono::steady_clock;
+
+namespace {
+
+bool json_output = false;
+std::string only;  // --only SUBSTRING: run just the matching phases (for profiling)
+
+bool wanted(const std::string& phase) { return only.empty() || phase.find(only) != std::string::npos; }
+
+void report(const std::string& name, double value, const char* unit) {
+  if (json_output)
+    std::printf("{\"name\":\"%s\",\"value\":%.6g,\"unit\":\"%s\"}\n", name.c_str(), value, unit);
+  else
+    std::printf("%-58s %14.4g %s\n", name.c_str(), value, unit);
+  std::fflush(stdout);
+}
+
+double seconds_since(steady::time_point t0) {
+  return std::chrono::duration<double>(steady::now() - t0).count();
+}
+
+// Heap bytes in use (RSS would miss reuse of memory freed by earlier phases).
+std::size_t heap_bytes() { return mallinfo2().uordblks; }
+
+// One taskq engine: memory backends, client, local executor with a no-op handler, worker.
+struct engine {
+  asio::io_context io{1};
+  taskq::memory::queue q{io.get_executor()};
+  taskq::memory::store s{io.get_executor()};
+  taskq::client c{io.get_executor(), q, s};
+  taskq::local_executor exec{io.get_executor()};
+  std::atomic<std::size_t> ran{0};
+  std::optional<taskq::worker> w;
+
+  engine() {
+    exec.handle("noop", [this](taskq::task_context&) {
+      ran.fetch_add(1, std::memory_order_relaxed);
+      return taskq::json();
+    });
+    exec.handle("noop_coro", [this](taskq::task_context&) -> asio::awaitable<taskq::json> {
+      ran.fetch_add(1, std::memory_order_relaxed);
+      co_return taskq::json();
+    });
+    w.emplace(c, exec, taskq::worker_options{.max_in_flight = 256, .reserve_batch = 256});
+    w->async_run(asio::detached);
+  }
+
+  // Runs the io_context until `n` tasks have succeeded (recorded, not just executed). Polls
+  // the client's counters every millisecond rather than subscribing, so the measurement
+  // adds no per-task work.
+  void run_until_succeeded(std::size_t n) {
+    asio::steady_timer poll(io);
+    std::function<void()> check = [&] {
+      c.async_metrics([&](taskq::error_code, taskq::metrics_snapshot m) {
+        if (m.succeeded >= n) return io.stop();
+        poll.expires_after(1ms);
+        poll.async_wait([&](boost::system::error_code) { check(); });
+      });
+    };
+    check();
+    io.run();
+    io.restart();
+  }
+
+  void stop() {
+    w->stop();
+    io.run_for(2s);
+  }
+};
+
+double taskq_throughput(std::size_t n, std::size_t batch, const std::string& type) {
+  engine e;
+  auto t0 = steady::now();
+  std::size_t issued = 0;
+  // Keep a bounded number of enqueue calls in flight, like a producer would.
+  std::function<void()> produce = [&] {
+    while (issued < n) {
+      if (batch == 1) {
+        e.c.async_enqueue({.type = type}, [](taskq::error_code ec, std::string) {
+          if (ec) std::abort();
+        });
+        ++issued;
+      } else {
+        std::vector<taskq::task_spec> specs(std::min(batch, n - issued), taskq::task_spec{.type = type});
+        issued += specs.size();
+        e.c.async_enqueue_batch(std::move(specs), [](taskq::error_code ec, std::vector<std::string>) {
+          if (ec) std::abort();
+        });
+      }
+      if (issued % 4096 < batch) {  // yield to the engine now and then
+        asio::post(e.io, produce);
+        return;
+      }
+    }
+  };
+  asio::post(e.io, produce);
+  e.run_until_succeeded(n);
+  double secs = seconds_since(t0);
+  e.stop();
+  return double(n) / secs;
+}
+
+// Baseline: asio::thread_pool executing no-op jobs; "enqueue" inserts into a mutex-protected
+// map and posts; completion updates the map.
+double baseline_throughput(std::size_t n, std::size_t batch) {
+  asio::thread_pool pool(std::max(1u, std::thread::hardware_concurrency()));
+  std::mutex m;
+  std::unordered_map<std::uint64_t, int> status;
+  std::atomic<std::size_t> done{0};
+  auto t0 = steady::now();
+  for (std::size_t i = 0; i < n;) {
+    std::size_t k = std::min(batch, n - i);
+    {
+      std::lock_guard lock(m);
+      for (std::size_t j = 0; j < k; ++j) status.emplace(i + j, 0);
+    }
+    for (std::size_t j = 0; j < k; ++j, ++i) {
+      asio::post(pool, [&, id = i] {
+        {
+          std::lock_guard lock(m);
+          status[id] = 1;
+        }
+        done.fetch_add(1, std::memory_order_relaxed);
+      });
+    }
+  }
+  while (done.load() < n) std::this_thread::yield();
+  double secs = seconds_since(t0);
+  pool.join();
+  return double(n) / secs;
+}
+
+struct latency {
+  double p50_us, p99_us;
+};
+
+// Enqueue-to-start latency at a steady rate, measured by the engine's own histogram.
+latency taskq_latency(std::size_t rate, std::chrono::seconds length) {
+  engine e;
+  const std::size_t n = rate * static_cast<std::size_t>(length.count());
+  const auto period = std::chrono::nanoseconds(1'000'000'000 / rate);
+  asio::steady_timer timer(e.io);
+  std::size_t issued = 0;
+  auto start = steady::now();
+  std::function<void()> tick = [&] {
+    // Catch up on ticks missed by timer lateness, so the rate holds.
+    auto due = static_cast<std::size_t>((steady::now() - start) / period) + 1;
+    while (issued < std::min(due, n)) {
+      e.c.async_enqueue({.type = "noop"}, [](taskq::error_code, std::string) {});
+      ++issued;
+    }
+    if (issued < n) {
+      timer.expires_at(start + period * issued);
+      timer.async_wait([&](boost::system::error_code) { tick(); });
+    }
+  };
+  tick();
+  e.run_until_succeeded(n);
+  std::optional<taskq::metrics_snapshot> snap;
+  e.c.async_metrics([&](taskq::error_code, taskq::metrics_snapshot s) { snap = std::move(s); });
+  while (!snap) e.io.run_one();
+  auto& m = *snap;
+  e.stop();
+  return {std::chrono::duration<double, std::micro>(m.enqueue_to_start.p50).count(),
+          std::chrono::duration<double, std::micro>(m.enqueue_to_start.p99).count()};
+}
+
+latency baseline_latency(std::size_t rate, std::chrono::seconds length) {
+  asio::thread_pool pool(std::max(1u, std::thread::hardware_concurrency()));
+  std::mutex m;
+  std::unordered_map<std::uint64_t, int> status;
+  const std::size_t n = rate * static_cast<std::size_t>(length.count());
+  std::vector<double> waits(n);
+  std::atomic<std::size_t> done{0};
+  const auto period = std::chrono::nanoseconds(1'000'000'000 / rate);
+  auto start = steady::now();
+  for (std::size_t i = 0; i < n; ++i) {
+    std::this_thread::sleep_until(start + period * i);
+    auto enq = steady::now();
+    {
+      std::lock_guard lock(m);
+      status.emplace(i, 0);
+    }
+    asio::post(pool, [&, i, enq] {
+      waits[i] = std::chrono::duration<double, std::micro>(steady::now() - enq).count();
+      std::lock_guard lock(m);
+      status[i] = 1;
+      done.fetch_add(1);
+    });
+  }
+  while (done.load() < n) std::this_thread::yield();
+  pool.join();
+  std::sort(waits.begin(), waits.end());
+  return {waits[n / 2], waits[std::min(n - 1, n * 99 / 100)]};
+}
+
+double taskq_bytes_per_pending(std::size_t n) {
+  asio::io_context io{1};
+  taskq::memory::queue q(io.get_executor());
+  taskq::memory::store s(io.get_executor());
+  taskq::client c(io.get_executor(), q, s);
+  auto before = heap_bytes();
+  for (std::size_t i = 0; i < n; i += 1000) {
+    std::vector<taskq::task_spec> specs(1000, taskq::task_spec{.type = "noop"});
+    c.async_enqueue_batch(std::move(specs), [](taskq::error_code ec, std::vector<std::string>) {
+      if (ec) std::abort();
+    });
+    io.poll();
+  }
+  io.run();
+  return double(heap_bytes() - before) / double(n);
+}
+
+double baseline_bytes_per_pending(std::size_t n) {
+  std::mutex m;
+  std::unordered_map<std::uint64_t, int> status;
+  auto before = heap_bytes();
+  std::vector<std::function<void()>> queued;
+  queued.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    std::lock_guard lock(m);
+    status.emplace(i, 0);
+    queued.emplace_back([&status, i] { status[i] = 1; });
+  }
+  return double(heap_bytes() - before) / double(n);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view a = argv[i];
+    if (a == "--json") json_output = true;
+    else if (a == "--quick") quick = true;
+    else if (a == "--only" && i + 1 < argc) only = argv[++i];
+  }
+  const std::size_t n_batch = quick ? 100'000 : 1'000'000;
+  const std::size_t n_single = quick ? 50'000 : 300'000;
+  const auto lat_len = quick ? 1s : 3s;
+
+  // Plain-function handlers run on the executor's thread pool (a thread hop each way);
+  // coroutine handlers run on the io_context itself.
+  double b = wanted("batch.baseline") ? baseline_throughput(n_batch, 1000) : 1;
+  report("throughput.batch_enqueue.baseline_thread_pool", b, "tasks/s");
+  for (std::string type : {"noop", "noop_coro"}) {
+    if (!wanted("batch." + type)) continue;
+    double t = taskq_throughput(n_batch, 1000, type);
+    std::string kind = type == "noop" ? "pool_handler" : "coroutine_handler";
+    report("throughput.batch_enqueue.taskq." + kind, t, "tasks/s");
+    report("throughput.batch_enqueue.ratio." + kind, t / b, "x");
+  }
+  b = wanted("single.baseline") ? baseline_throughput(n_single, 1) : 1;
+  report("throughput.single_enqueue.baseline_thread_pool", b, "tasks/s");
+  for (std::string type : {"noop", "noop_coro"}) {
+    if (!wanted("single." + type)) continue;
+    double t = taskq_throughput(n_single, 1, type);
+    std::string kind = type == "noop" ? "pool_handler" : "coroutine_handler";
+    report("throughput.single_enqueue.taskq." + kind, t, "tasks/s");
+    report("throughput.single_enqueue.ratio." + kind, t / b, "x");
+  }
+
+  if (!only.empty()) return 0;
+  auto lt = taskq_latency(10'000, lat_len);
+  auto lb = baseline_latency(10'000, lat_len);
+  report("latency.enqueue_to_start.10k_per_s.p50.taskq", lt.p50_us, "us");
+  report("latency.enqueue_to_start.10k_per_s.p99.taskq", lt.p99_us, "us");
+  report("latency.enqueue_to_start.10k_per_s.p50.baseline_thread_pool", lb.p50_us, "us");
+  report("latency.enqueue_to_start.10k_per_s.p99.baseline_thread_pool", lb.p99_us, "us");
+  report("latency.enqueue_to_start.10k_per_s.p50.ratio", lt.p50_us / lb.p50_us, "x");
+
+  const std::size_t n_mem = quick ? 100'000 : 1'000'000;
+  double mt = taskq_bytes_per_pending(n_mem);
+  double mb = baseline_bytes_per_pending(n_mem);
+  report("memory.per_pending_task.taskq", mt, "bytes");
+  report("memory.per_pending_task.baseline_map_plus_closure", mb, "bytes");
+  report("memory.per_pending_task.ratio", mt / mb, "x");
+  return 0;
+}

@@ -1,0 +1,39 @@
+# Builds the consumer project twice: against an installed taskq (find_package) and through
+# add_subdirectory, then runs each. Invoked by CTest with -DTASKQ_SOURCE_DIR and -DWORK_DIR.
+cmake_minimum_required(VERSION 3.20)
+file(REMOVE_RECURSE ${WORK_DIR})
+set(prefix ${WORK_DIR}/prefix)
+
+function(step)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "failed (${rc}): ${ARGN}\n${out}\n${err}")
+  endif()
+  set(last_output "${out}" PARENT_SCOPE)
+endfunction()
+
+# 1. Install taskq (library only) into a private prefix.
+step(${CMAKE_COMMAND} -S ${TASKQ_SOURCE_DIR} -B ${WORK_DIR}/taskq-build -G Ninja
+     -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX=${prefix} -DTASKQ_BUILD_TESTS=OFF
+     -DTASKQ_BUILD_EXAMPLES=OFF -DTASKQ_BUILD_BENCHMARKS=OFF -DTASKQ_BUILD_TOOL=OFF)
+step(${CMAKE_COMMAND} --build ${WORK_DIR}/taskq-build --parallel 2)
+step(${CMAKE_COMMAND} --install ${WORK_DIR}/taskq-build)
+
+# 2. find_package consumer.
+step(${CMAKE_COMMAND} -S ${CMAKE_CURRENT_LIST_DIR}/project -B ${WORK_DIR}/consumer-installed -G Ninja
+     -DCMAKE_PREFIX_PATH=${prefix})
+step(${CMAKE_COMMAND} --build ${WORK_DIR}/consumer-installed)
+step(${WORK_DIR}/consumer-installed/consumer)
+if(NOT last_output MATCHES "succeeded \"pong\"")
+  message(FATAL_ERROR "installed consumer printed: ${last_output}")
+endif()
+
+# 3. add_subdirectory consumer.
+step(${CMAKE_COMMAND} -S ${CMAKE_CURRENT_LIST_DIR}/project -B ${WORK_DIR}/consumer-subdir -G Ninja
+     -DTASKQ_CONSUMER_MODE=subdirectory -DTASKQ_SOURCE_DIR=${TASKQ_SOURCE_DIR})
+step(${CMAKE_COMMAND} --build ${WORK_DIR}/consumer-subdir --parallel 2)
+step(${WORK_DIR}/consumer-subdir/consumer)
+if(NOT last_output MATCHES "succeeded \"pong\"")
+  message(FATAL_ERROR "subdirectory consumer printed: ${last_output}")
+endif()
+message(STATUS "consumer builds and runs: installed package and add_subdirectory")
