@@ -36,7 +36,9 @@ namespace {
 bool json_output = false;
 std::string only;  // --only SUBSTRING: run just the matching phases (for profiling)
 
-bool wanted(const std::string& phase) { return only.empty() || phase.find(only) != std::string::npos; }
+bool wanted(const std::string& phase) {
+  return only.empty() || phase.find(only) != std::string::npos;
+}
 
 void report(const std::string& name, double value, const char* unit) {
   if (json_output)
@@ -51,7 +53,9 @@ double seconds_since(steady::time_point t0) {
 }
 
 // Heap bytes in use (RSS would miss reuse of memory freed by earlier phases).
-std::size_t heap_bytes() { return mallinfo2().uordblks; }
+std::size_t heap_bytes() {
+  return mallinfo2().uordblks;
+}
 
 // One taskq engine: memory backends, client, local executor with a no-op handler, worker.
 struct engine {
@@ -112,11 +116,13 @@ double taskq_throughput(std::size_t n, std::size_t batch, const std::string& typ
         });
         ++issued;
       } else {
-        std::vector<taskq::task_spec> specs(std::min(batch, n - issued), taskq::task_spec{.type = type});
+        std::vector<taskq::task_spec> specs(std::min(batch, n - issued),
+                                            taskq::task_spec{.type = type});
         issued += specs.size();
-        e.c.async_enqueue_batch(std::move(specs), [](taskq::error_code ec, std::vector<std::string>) {
-          if (ec) std::abort();
-        });
+        e.c.async_enqueue_batch(std::move(specs),
+                                [](taskq::error_code ec, std::vector<std::string>) {
+                                  if (ec) std::abort();
+                                });
       }
       if (issued % 4096 < batch) {  // yield to the engine now and then
         asio::post(e.io, produce);
@@ -262,9 +268,12 @@ int main(int argc, char** argv) {
   bool quick = false;
   for (int i = 1; i < argc; ++i) {
     std::string_view a = argv[i];
-    if (a == "--json") json_output = true;
-    else if (a == "--quick") quick = true;
-    else if (a == "--only" && i + 1 < argc) only = argv[++i];
+    if (a == "--json")
+      json_output = true;
+    else if (a == "--quick")
+      quick = true;
+    else if (a == "--only" && i + 1 < argc)
+      only = argv[++i];
   }
   const std::size_t n_batch = quick ? 100'000 : 1'000'000;
   const std::size_t n_single = quick ? 50'000 : 300'000;

@@ -35,6 +35,48 @@ bool detail::running_in_this_thread(const asio::any_io_executor& ex) noexcept {
   return false;
 }
 
+// --- store: the default batch update ---------------------------------------------------------
+
+namespace {
+// Applies a batch one update at a time through do_update (for backends without a batch path).
+struct sequential_updates : std::enable_shared_from_this<sequential_updates> {
+  std::vector<task_update> updates;
+  std::vector<update_result> results;
+  asio::any_completion_handler<void(error_code, std::vector<update_result>)> handler;
+  std::function<void(task_update, asio::any_completion_handler<void(error_code, task_record)>)> one;
+
+  sequential_updates(
+      std::vector<task_update> u,
+      asio::any_completion_handler<void(error_code, std::vector<update_result>)> h,
+      std::function<void(task_update, asio::any_completion_handler<void(error_code, task_record)>)>
+          f)
+      : updates(std::move(u)), handler(std::move(h)), one(std::move(f)) {
+    results.reserve(updates.size());
+  }
+
+  void next() {
+    if (results.size() == updates.size()) {
+      asio::dispatch(asio::append(std::move(handler), error_code{}, std::move(results)));
+      return;
+    }
+    one(updates[results.size()], [self = shared_from_this()](error_code ec, task_record r) {
+      self->results.push_back({ec, std::move(r)});
+      self->next();
+    });
+  }
+};
+}  // namespace
+
+void store::do_update_batch(std::vector<task_update> u,
+                            handler<void(error_code, std::vector<update_result>)> h) {
+  auto st = std::make_shared<sequential_updates>(
+      std::move(u), std::move(h),
+      [this](task_update x, asio::any_completion_handler<void(error_code, task_record)> cb) {
+        do_update(std::move(x), std::move(cb));
+      });
+  st->next();
+}
+
 // --- run_promise ----------------------------------------------------------------------------
 
 struct detail::run_state {
@@ -486,7 +528,6 @@ detail::run_outcome detail::decide_outcome(const task_record& task, const run_re
   if (r.ok()) {
     o.to = task_status::succeeded;
     o.event = event_kind::succeeded;
-    o.log = fmt::format("attempt {} succeeded", task.attempt);
     return o;
   }
   if (flags.interrupted && r.error == errc::shutting_down) {
@@ -1025,6 +1066,9 @@ struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
   std::optional<asio::any_completion_handler<void(error_code)>> run_handler;
   std::size_t claims_in_flight = 0;
   std::size_t updates_in_flight = 0;
+  std::vector<task_update> pending_updates;
+  std::vector<run_outcome> pending_outcomes;
+  bool flush_posted = false;
   std::mt19937_64 rng;
   std::atomic<std::size_t> running_count{0};
 
@@ -1097,6 +1141,12 @@ struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
       return;
     }
     if (slots.size() >= opts.max_in_flight || queues.empty()) return;
+    // Refill in batches: while work is running, wait until a quarter of a batch is free, so
+    // a busy worker makes one reserve round trip per many tasks instead of one per task.
+    const auto free_slots = opts.max_in_flight - slots.size();
+    const auto refill_at =
+        std::max<std::size_t>(1, std::min(opts.reserve_batch, opts.max_in_flight) / 4);
+    if (!slots.empty() && free_slots < refill_at) return;
     reserve_params p;
     p.queues = queues;
     p.max = std::min(opts.max_in_flight - slots.size(), opts.reserve_batch);
@@ -1206,9 +1256,26 @@ struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
     maybe_finish();
   }
 
+  // The fields of a record the worker itself needs after handing the record to the executor.
+  static task_record stub_of(const task_record& r) {
+    task_record t;
+    t.id = r.id;
+    t.type = r.type;
+    t.queue = r.queue;
+    t.attempt = r.attempt;
+    t.max_attempts = r.max_attempts;
+    t.retry = r.retry;
+    t.timeout = r.timeout;
+    t.created_at = r.created_at;
+    t.available_at = r.available_at;
+    t.scheduled_for = r.scheduled_for;
+    t.status = r.status;
+    return t;
+  }
+
   void start(slot& s, task_record rec) {
     auto now = clk().now();
-    s.task = std::move(rec);
+    s.task = stub_of(rec);
     s.started = true;
     const auto& t = s.task;
     client->enqueue_to_start.record(now - std::max(t.available_at, t.created_at));
@@ -1227,7 +1294,7 @@ struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
       finish_run(t.id, t.attempt, std::move(r));
       return;
     }
-    s.promise = exec.execute({run, t, shared_from_this()});
+    s.promise = exec.execute({std::move(run), std::move(rec), shared_from_this()});
     if (t.timeout > duration::zero()) {
       s.timeout_cancel = std::make_unique<asio::cancellation_signal>();
       client->clk.async_wait_until(
@@ -1265,21 +1332,51 @@ struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
     if (!o.error.empty()) u.error = o.error;
     u.available_at = o.retry_at;
     u.attempt = o.attempt;
-    u.log = log_entry{now, o.log};
+    if (!o.log.empty()) u.log = log_entry{now, o.log};  // failures, retries, cancels only
+    // The record after the update is needed only to tell waiters and subscribers.
+    u.return_record = client->wants_events() || client->waiter_count.load() > 0;
     ++updates_in_flight;
-    client->s.async_update(std::move(u),
-                           on_strand([self = shared_from_this(), id, o = std::move(o)](
-                                         error_code ec, task_record after) mutable {
-                             self->on_recorded(id, ec, std::move(after), std::move(o));
-                           }));
+    // Outcomes are recorded in batches: everything that finished during one turn of the
+    // strand goes to the store in one call and to the queue in one ack.
+    pending_updates.push_back(std::move(u));
+    pending_outcomes.push_back(std::move(o));
+    if (!flush_posted) {
+      flush_posted = true;
+      asio::post(strand, [self = shared_from_this()] { self->flush_updates(); });
+    }
   }
 
-  void on_recorded(const std::string& id, error_code ec, task_record after, run_outcome o) {
-    --updates_in_flight;
-    auto it = slots.find(id);
-    if (it != slots.end()) {
+  void flush_updates() {
+    flush_posted = false;
+    auto updates = std::move(pending_updates);
+    auto outcomes = std::move(pending_outcomes);
+    pending_updates.clear();
+    pending_outcomes.clear();
+    if (updates.empty()) return;
+    std::vector<std::string> ids;
+    ids.reserve(updates.size());
+    for (auto& u : updates) ids.push_back(u.id);
+    client->s.async_update_batch(
+        std::move(updates),
+        on_strand([self = shared_from_this(), ids = std::move(ids), outcomes = std::move(outcomes)](
+                      error_code ec, std::vector<update_result> results) mutable {
+          self->on_recorded(ids, ec, std::move(results), std::move(outcomes));
+        }));
+  }
+
+  void on_recorded(const std::vector<std::string>& ids, error_code batch_ec,
+                   std::vector<update_result> results, std::vector<run_outcome> outcomes) {
+    std::vector<lease> acks;
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      --updates_in_flight;
+      auto it = slots.find(ids[i]);
+      if (it == slots.end()) continue;
+      error_code ec =
+          batch_ec ? batch_ec : (i < results.size() ? results[i].error : errc::io_error);
+      const auto& o = outcomes[i];
       auto l = it->second.l;
       if (!ec) {
+        task_record& after = results[i].record;
         if (o.to == task_status::pending) {
           release_params rp;
           rp.id = l.id;
@@ -1288,17 +1385,23 @@ struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
           rp.available_at = o.retry_at;
           client->q.async_release(std::move(rp), [](error_code) {});
         } else {
-          client->q.async_ack({l}, [](error_code, std::size_t) {});
+          acks.push_back(l);
         }
         client->record_event(
-            o.event, after, o.error,
+            o.event, after.id.empty() ? it->second.task : after, o.error,
             o.to == task_status::pending ? o.retry_at : std::optional<time_point>{});
-        if (is_terminal(after.status)) client->finished(after);
+        if (is_terminal(o.to) && !after.id.empty()) client->finished(after);
+      } else if (batch_ec) {
+        // The store could not record it (an I/O error): give the lease back so the task runs
+        // again rather than hang as running; the store's own record still says running and
+        // the next claim counts that as a lost attempt.
+        give_back(l);
       }
-      // On error (status_conflict: the task moved on — its lease was lost and another
-      // worker re-claimed it, or it was deleted) the queue entry belongs to someone else now.
-      drop_slot(id);
+      // On a per-task error (status_conflict: the task moved on — its lease was lost and
+      // another worker re-claimed it, or it was deleted) the queue entry belongs to someone else.
+      drop_slot(ids[i]);
     }
+    if (!acks.empty()) client->q.async_ack(std::move(acks), [](error_code, std::size_t) {});
     pump();
     maybe_finish();
   }

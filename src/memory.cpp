@@ -588,14 +588,30 @@ struct store::impl {
     add(counts.by_queue[r.queue][i]);
   }
 
-  // Replaces a record's state, keeping counts and unique-key holders in step.
-  void commit(task_record& slot, task_record next) {
-    count(slot, -1);
-    if (detail::holds_unique_key(slot)) unique_holders.erase(slot.unique_key);
-    slot = std::move(next);
-    count(slot, +1);
-    if (detail::holds_unique_key(slot)) unique_holders[slot.unique_key] = slot.id;
+  // Changes a record in place through `f` (which leaves it unchanged when it returns an
+  // error), keeping counts and unique-key holders in step. In place: no record copy on the
+  // hot path.
+  template <class F>
+  error_code mutate(task_record& slot, F&& f) {
+    const auto old_status = slot.status;
+    const bool old_holds = detail::holds_unique_key(slot);
+    if (error_code ec = f(slot)) return ec;
+    if (slot.status != old_status) {
+      auto moved = slot.status;
+      slot.status = old_status;
+      count(slot, -1);
+      slot.status = moved;
+      count(slot, +1);
+    }
+    const bool new_holds = detail::holds_unique_key(slot);
+    if (old_holds && !new_holds)
+      unique_holders.erase(slot.unique_key);
+    else if (!old_holds && new_holds)
+      unique_holders[slot.unique_key] = slot.id;
+    return {};
   }
+
+  update_result update(const task_update& u);
 
   void erase(std::map<std::string, task_record, std::less<>>::iterator it) {
     count(it->second, -1);
@@ -662,18 +678,19 @@ void store::do_claim(claim_params p, handler<void(error_code, claim_result)> h) 
         out.skipped.push_back(std::move(id));
         continue;
       }
-      task_record next = it->second;
-      switch (detail::apply_claim(next, p.now)) {
+      auto outcome = detail::claim_outcome::skipped;
+      impl_->mutate(it->second, [&](task_record& r) {
+        outcome = detail::apply_claim(r, p.now);
+        return error_code{};
+      });
+      switch (outcome) {
         case detail::claim_outcome::claimed:
-          impl_->commit(it->second, std::move(next));
           out.claimed.push_back(it->second);
           break;
         case detail::claim_outcome::dropped:
-          impl_->commit(it->second, std::move(next));
           out.dropped.push_back(it->second);
           break;
         case detail::claim_outcome::skipped:
-          if (next.status != it->second.status) impl_->commit(it->second, std::move(next));
           out.skipped.push_back(std::move(id));
           break;
       }
@@ -682,29 +699,46 @@ void store::do_claim(claim_params p, handler<void(error_code, claim_result)> h) 
   detail::post_completion(std::move(h), impl_->ex, error_code{}, std::move(out));
 }
 
+update_result store::impl::update(const task_update& u) {
+  update_result out;
+  auto it = records.find(u.id);
+  if (it == records.end()) {
+    out.error = errc::not_found;
+    return out;
+  }
+  out.error = mutate(it->second, [&](task_record& r) -> error_code {
+    // A task coming back to life (an explicit retry) needs its unique key again.
+    const bool will_hold =
+        !r.unique_key.empty() && (r.unique_for == unique_scope::any || !is_terminal(u.to));
+    if (r.status == u.expected && will_hold && !detail::holds_unique_key(r)) {
+      auto holder = unique_holders.find(r.unique_key);
+      if (holder != unique_holders.end() && holder->second != r.id)
+        return errc::duplicate_unique_key;
+    }
+    return detail::apply_update(r, u);
+  });
+  if (!out.error && u.return_record) out.record = it->second;
+  return out;
+}
+
 void store::do_update(task_update u, handler<void(error_code, task_record)> h) {
-  error_code ec;
-  task_record after;
+  update_result r;
   {
     std::lock_guard lock(impl_->mutex);
-    auto it = impl_->records.find(u.id);
-    if (it == impl_->records.end()) {
-      ec = errc::not_found;
-    } else {
-      task_record next = it->second;
-      ec = detail::apply_update(next, u);
-      if (!ec && detail::holds_unique_key(next) && !detail::holds_unique_key(it->second)) {
-        auto holder = impl_->unique_holders.find(next.unique_key);
-        if (holder != impl_->unique_holders.end() && holder->second != next.id)
-          ec = errc::duplicate_unique_key;
-      }
-      if (!ec) {
-        impl_->commit(it->second, std::move(next));
-        after = it->second;
-      }
-    }
+    r = impl_->update(u);
   }
-  detail::post_completion(std::move(h), impl_->ex, ec, std::move(after));
+  detail::post_completion(std::move(h), impl_->ex, r.error, std::move(r.record));
+}
+
+void store::do_update_batch(std::vector<task_update> updates,
+                            handler<void(error_code, std::vector<update_result>)> h) {
+  std::vector<update_result> out;
+  out.reserve(updates.size());
+  {
+    std::lock_guard lock(impl_->mutex);
+    for (const auto& u : updates) out.push_back(impl_->update(u));
+  }
+  detail::post_completion(std::move(h), impl_->ex, error_code{}, std::move(out));
 }
 
 void store::do_heartbeat(heartbeat_params p, handler<void(error_code, bool)> h) {
@@ -744,9 +778,8 @@ void store::do_request_cancel(std::string id, time_point now,
     if (it == impl_->records.end()) {
       ec = errc::not_found;
     } else {
-      task_record next = it->second;
-      ec = detail::apply_cancel_request(next, now);
-      if (!ec) impl_->commit(it->second, std::move(next));
+      ec = impl_->mutate(it->second,
+                         [&](task_record& r) { return detail::apply_cancel_request(r, now); });
       after = it->second;
     }
   }

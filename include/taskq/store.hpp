@@ -50,6 +50,15 @@ struct task_update {
   std::optional<int> attempt{};       ///< overrides the attempt counter (retry, give-back)
   std::optional<log_entry> log{};     ///< appended to the run log
   bool clear_cancel_request = false;  ///< drop cancel_requested (on an explicit retry)
+  /// Whether the completion carries the record after the update (else an empty record):
+  /// saves a copy on hot paths that do not need it.
+  bool return_record = true;
+};
+
+/// The outcome of one update of a batch.
+struct update_result {
+  error_code error{};
+  task_record record{};  ///< the record after the update (empty unless return_record)
 };
 
 struct claim_params {
@@ -121,6 +130,17 @@ class store {
     return detail::initiate_erased<void(error_code, task_record)>(
         std::forward<CompletionToken>(token),
         [this, u = std::move(u)](auto h) mutable { do_update(std::move(u), std::move(h)); });
+  }
+
+  /// Applies several compare-and-set updates, each on its own (one failing does not stop
+  /// the others). Completion: void(error_code, std::vector<update_result>) — the error_code is
+  /// for the batch as a whole (an I/O error), per-update errors are in the results.
+  template <class CompletionToken>
+  auto async_update_batch(std::vector<task_update> updates, CompletionToken&& token) {
+    return detail::initiate_erased<void(error_code, std::vector<update_result>)>(
+        std::forward<CompletionToken>(token), [this, u = std::move(updates)](auto h) mutable {
+          do_update_batch(std::move(u), std::move(h));
+        });
   }
 
   /// Records a heartbeat of a running attempt. Completion: void(error_code, bool
@@ -197,6 +217,10 @@ class store {
   virtual void do_get(std::string id, handler<void(error_code, task_record)> h) = 0;
   virtual void do_claim(claim_params p, handler<void(error_code, claim_result)> h) = 0;
   virtual void do_update(task_update u, handler<void(error_code, task_record)> h) = 0;
+  /// Backends should override this to apply a batch at once (one lock, one journal write);
+  /// the default applies do_update to each in turn.
+  virtual void do_update_batch(std::vector<task_update> u,
+                               handler<void(error_code, std::vector<update_result>)> h);
   virtual void do_heartbeat(heartbeat_params p, handler<void(error_code, bool)> h) = 0;
   virtual void do_append_log(std::string id, log_entry e, handler<void(error_code)> h) = 0;
   virtual void do_request_cancel(std::string id, time_point now,

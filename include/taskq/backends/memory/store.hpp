@@ -26,6 +26,8 @@ class store final : public taskq::store {
   void do_get(std::string id, handler<void(error_code, task_record)> h) override;
   void do_claim(claim_params p, handler<void(error_code, claim_result)> h) override;
   void do_update(task_update u, handler<void(error_code, task_record)> h) override;
+  void do_update_batch(std::vector<task_update> u,
+                       handler<void(error_code, std::vector<update_result>)> h) override;
   void do_heartbeat(heartbeat_params p, handler<void(error_code, bool)> h) override;
   void do_append_log(std::string id, log_entry e, handler<void(error_code)> h) override;
   void do_request_cancel(std::string id, time_point now,
