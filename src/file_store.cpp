@@ -1,0 +1,1541 @@
+// The durable file backend: a Queue and a Store over one journal (see
+// include/taskq/backends/file/store.hpp and docs/file-format.md, "Record bodies").
+#include <taskq/backends/file/directory_lock.hpp>
+#include <taskq/backends/file/store.hpp>
+#include <taskq/backends/memory/queue.hpp>
+#include <taskq/detail/record_ops.hpp>
+
+#include <boost/asio/io_context.hpp>
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <set>
+#include <stdexcept>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+
+namespace taskq::file {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// --- binary body codec ----------------------------------------------------------------------
+
+/// A body that does not decode: the reason; the caller adds file and offset.
+struct decode_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+enum class op : std::uint8_t {
+  insert = 1,     // seq, record
+  claim = 2,      // id, now
+  update = 3,     // new seq (0: keep), task_update
+  heartbeat = 4,  // id, attempt, now, progress?
+  log = 5,        // id, at, message
+  cancel = 6,     // id, now
+  remove = 7,     // count, ids
+  pause = 8,      // queue, paused
+};
+
+class encoder {
+ public:
+  std::string out;
+
+  void u8(std::uint8_t v) { out.push_back(static_cast<char>(v)); }
+  void var(std::uint64_t v) {
+    while (v >= 0x80) {
+      out.push_back(static_cast<char>((v & 0x7f) | 0x80));
+      v >>= 7;
+    }
+    out.push_back(static_cast<char>(v));
+  }
+  void i64(std::int64_t v) {
+    var((static_cast<std::uint64_t>(v) << 1) ^ static_cast<std::uint64_t>(v >> 63));
+  }
+  void str(std::string_view s) {
+    var(s.size());
+    out.append(s);
+  }
+  void f64(double d) {
+    char b[8];
+    std::memcpy(b, &d, 8);
+    out.append(b, 8);
+  }
+  void dur(duration d) { i64(static_cast<std::int64_t>(d.count())); }
+  void tp(time_point t) { dur(t.time_since_epoch()); }
+  void opt_tp(const std::optional<time_point>& t) {
+    u8(t ? 1 : 0);
+    if (t) tp(*t);
+  }
+  void js(const json& j) {
+    if (j.is_null()) {
+      u8(0);
+    } else {
+      u8(1);
+      str(j.dump());
+    }
+  }
+  void opt_js(const std::optional<json>& j) {
+    u8(j ? 1 : 0);
+    if (j) js(*j);
+  }
+  void record(const task_record& r) {
+    str(r.id);
+    str(r.type);
+    str(r.queue);
+    js(r.payload);
+    js(r.metadata);
+    i64(r.priority);
+    tp(r.available_at);
+    i64(r.max_attempts);
+    dur(r.retry.initial_delay);
+    dur(r.retry.max_delay);
+    f64(r.retry.multiplier);
+    f64(r.retry.jitter);
+    dur(r.timeout);
+    var(r.labels.size());
+    for (const auto& [k, v] : r.labels) {
+      str(k);
+      str(v);
+    }
+    str(r.concurrency_key);
+    str(r.unique_key);
+    u8(static_cast<std::uint8_t>(r.unique_for));
+    opt_tp(r.scheduled_for);
+    u8(static_cast<std::uint8_t>(r.status));
+    i64(r.attempt);
+    js(r.progress);
+    js(r.result);
+    str(r.last_error);
+    var(r.log.size());
+    for (const auto& e : r.log) {
+      tp(e.at);
+      str(e.message);
+    }
+    tp(r.created_at);
+    tp(r.updated_at);
+    opt_tp(r.started_at);
+    opt_tp(r.finished_at);
+    opt_tp(r.heartbeat_at);
+    u8(r.cancel_requested ? 1 : 0);
+  }
+};
+
+class decoder {
+ public:
+  explicit decoder(std::string_view in) : in_(in) {}
+
+  bool done() const noexcept { return pos_ == in_.size(); }
+
+  std::uint8_t u8() {
+    need(1);
+    return static_cast<std::uint8_t>(in_[pos_++]);
+  }
+  std::uint64_t var() {
+    std::uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      auto b = u8();
+      v |= static_cast<std::uint64_t>(b & 0x7f) << shift;
+      if (!(b & 0x80)) return v;
+    }
+    throw decode_error("varint too long");
+  }
+  std::int64_t i64() {
+    auto u = var();
+    return static_cast<std::int64_t>((u >> 1) ^ (~(u & 1) + 1));
+  }
+  int i32() {
+    auto v = i64();
+    if (v < std::numeric_limits<int>::min() || v > std::numeric_limits<int>::max())
+      throw decode_error("integer out of range");
+    return static_cast<int>(v);
+  }
+  std::string_view view() {
+    auto n = var();
+    need(n);
+    auto s = in_.substr(pos_, n);
+    pos_ += n;
+    return s;
+  }
+  std::string str() { return std::string(view()); }
+  double f64() {
+    need(8);
+    double d;
+    std::memcpy(&d, in_.data() + pos_, 8);
+    pos_ += 8;
+    return d;
+  }
+  duration dur() { return duration(static_cast<duration::rep>(i64())); }
+  time_point tp() { return time_point(dur()); }
+  std::optional<time_point> opt_tp() {
+    if (flag()) return tp();
+    return std::nullopt;
+  }
+  bool flag() {
+    auto b = u8();
+    if (b > 1) throw decode_error("bad flag byte");
+    return b == 1;
+  }
+  json js() {
+    if (!flag()) return json();
+    auto text = view();
+    auto j = json::parse(text.begin(), text.end(), nullptr, false);
+    if (j.is_discarded()) throw decode_error("malformed JSON value");
+    return j;
+  }
+  std::optional<json> opt_js() {
+    if (flag()) return js();
+    return std::nullopt;
+  }
+  task_status status() {
+    auto s = u8();
+    if (s >= task_status_count) throw decode_error("bad status");
+    return static_cast<task_status>(s);
+  }
+  task_record record() {
+    task_record r;
+    r.id = str();
+    r.type = str();
+    r.queue = str();
+    r.payload = js();
+    r.metadata = js();
+    r.priority = i32();
+    r.available_at = tp();
+    r.max_attempts = i32();
+    r.retry.initial_delay = dur();
+    r.retry.max_delay = dur();
+    r.retry.multiplier = f64();
+    r.retry.jitter = f64();
+    r.timeout = dur();
+    auto labels = var();
+    for (std::uint64_t i = 0; i < labels; ++i) {
+      auto k = str();
+      r.labels[std::move(k)] = str();
+    }
+    r.concurrency_key = str();
+    r.unique_key = str();
+    auto uf = u8();
+    if (uf > 1) throw decode_error("bad unique scope");
+    r.unique_for = static_cast<unique_scope>(uf);
+    r.scheduled_for = opt_tp();
+    r.status = status();
+    r.attempt = i32();
+    r.progress = js();
+    r.result = js();
+    r.last_error = str();
+    auto logs = var();
+    if (logs > in_.size()) throw decode_error("bad log count");
+    r.log.reserve(logs);
+    for (std::uint64_t i = 0; i < logs; ++i) {
+      log_entry e;
+      e.at = tp();
+      e.message = str();
+      r.log.push_back(std::move(e));
+    }
+    r.created_at = tp();
+    r.updated_at = tp();
+    r.started_at = opt_tp();
+    r.finished_at = opt_tp();
+    r.heartbeat_at = opt_tp();
+    r.cancel_requested = flag();
+    return r;
+  }
+
+ private:
+  void need(std::uint64_t n) const {
+    if (n > in_.size() - pos_) throw decode_error("record body ends early");
+  }
+  std::string_view in_;
+  std::size_t pos_ = 0;
+};
+
+std::string encode_insert(std::uint64_t seq, const task_record& r) {
+  encoder e;
+  e.out.reserve(256);
+  e.u8(static_cast<std::uint8_t>(op::insert));
+  e.var(seq);
+  e.record(r);
+  return std::move(e.out);
+}
+
+std::string encode_id_time(op o, const std::string& id, time_point now) {
+  encoder e;
+  e.u8(static_cast<std::uint8_t>(o));
+  e.str(id);
+  e.tp(now);
+  return std::move(e.out);
+}
+
+std::string encode_update(std::uint64_t new_seq, const task_update& u) {
+  encoder e;
+  e.u8(static_cast<std::uint8_t>(op::update));
+  e.var(new_seq);
+  e.str(u.id);
+  e.u8(static_cast<std::uint8_t>(u.expected));
+  e.u8(u.expected_attempt ? 1 : 0);
+  if (u.expected_attempt) e.i64(*u.expected_attempt);
+  e.u8(static_cast<std::uint8_t>(u.to));
+  e.tp(u.now);
+  e.opt_js(u.result);
+  e.opt_js(u.progress);
+  e.u8(u.error ? 1 : 0);
+  if (u.error) e.str(*u.error);
+  e.opt_tp(u.available_at);
+  e.u8(u.attempt ? 1 : 0);
+  if (u.attempt) e.i64(*u.attempt);
+  e.u8(u.log ? 1 : 0);
+  if (u.log) {
+    e.tp(u.log->at);
+    e.str(u.log->message);
+  }
+  e.u8(u.clear_cancel_request ? 1 : 0);
+  return std::move(e.out);
+}
+
+task_update decode_update(decoder& d) {
+  task_update u;
+  u.id = d.str();
+  u.expected = d.status();
+  if (d.flag()) u.expected_attempt = d.i32();
+  u.to = d.status();
+  u.now = d.tp();
+  u.result = d.opt_js();
+  u.progress = d.opt_js();
+  if (d.flag()) u.error = d.str();
+  u.available_at = d.opt_tp();
+  if (d.flag()) u.attempt = d.i32();
+  if (d.flag()) {
+    log_entry e;
+    e.at = d.tp();
+    e.message = d.str();
+    u.log = std::move(e);
+  }
+  u.clear_cancel_request = d.flag();
+  return u;
+}
+
+std::string encode_heartbeat(const heartbeat_params& p) {
+  encoder e;
+  e.u8(static_cast<std::uint8_t>(op::heartbeat));
+  e.str(p.id);
+  e.i64(p.attempt);
+  e.tp(p.now);
+  e.opt_js(p.progress);
+  return std::move(e.out);
+}
+
+std::string encode_log(const std::string& id, const log_entry& l) {
+  encoder e;
+  e.u8(static_cast<std::uint8_t>(op::log));
+  e.str(id);
+  e.tp(l.at);
+  e.str(l.message);
+  return std::move(e.out);
+}
+
+std::string encode_pause(const std::string& q, bool paused) {
+  encoder e;
+  e.u8(static_cast<std::uint8_t>(op::pause));
+  e.str(q);
+  e.u8(paused ? 1 : 0);
+  return std::move(e.out);
+}
+
+// Removes are chunked so one record stays far below max_record_size.
+void encode_removes(const std::vector<std::string>& ids, std::vector<std::string>& out) {
+  constexpr std::size_t chunk = 4096;
+  for (std::size_t i = 0; i < ids.size(); i += chunk) {
+    encoder e;
+    e.u8(static_cast<std::uint8_t>(op::remove));
+    auto end = std::min(ids.size(), i + chunk);
+    e.var(end - i);
+    for (auto k = i; k < end; ++k) e.str(ids[k]);
+    out.push_back(std::move(e.out));
+  }
+}
+
+// A new queue position for a task returning to pending: a retry or an explicit retry goes
+// behind its peers; a give-back (the interrupted attempt is not counted) keeps its place.
+bool takes_new_position(const task_record& before, const task_update& u, const task_record& after) {
+  if (after.status != task_status::pending || before.status == task_status::pending) return false;
+  if (before.status == task_status::running && u.attempt && *u.attempt < before.attempt)
+    return false;
+  return true;
+}
+
+queue_entry entry_of(const task_record& r) {
+  return {r.id, r.queue, r.type, r.concurrency_key, r.priority, r.available_at};
+}
+
+// --- the write pipeline ---------------------------------------------------------------------
+
+/// What one attempt at planning a write decided (made under the state mutex).
+struct step {
+  error_code ec;                       // complete now with this (when `bodies` is empty)
+  std::optional<std::string> wait_on;  // another write of this id is in flight: wait for it
+  std::vector<std::string> ids;        // marked busy while the write is in flight
+  std::vector<std::string> keys;       // unique keys reserved while an insert is in flight
+  std::vector<std::string> bodies;     // the journal records
+  std::function<void()> commit;        // applies the change once the records are durable
+};
+
+struct op_state {
+  std::function<step()> plan;              // under the mutex; may run again after a wait
+  std::function<void(error_code)> finish;  // outside the mutex, once
+};
+using op_ptr = std::shared_ptr<op_state>;
+
+template <class Sig>
+using shared_handler = std::shared_ptr<asio::any_completion_handler<Sig>>;
+
+template <class Sig>
+shared_handler<Sig> share(asio::any_completion_handler<Sig> h) {
+  return std::make_shared<asio::any_completion_handler<Sig>>(std::move(h));
+}
+
+class file_queue;
+class file_store;
+
+}  // namespace
+
+// --- shared state -----------------------------------------------------------------------------
+
+struct backend::state : std::enable_shared_from_this<backend::state> {
+  asio::any_io_executor ex;
+  clock* clk = nullptr;
+  backend_options opts;
+  fs::path dir;
+  directory_lock lock;
+  journal_writer writer;
+  bool ro = false;
+  bool closed = false;  // under `mutex`
+  backend_recovery recovery;
+
+  mutable std::mutex mutex;
+  struct entry {
+    task_record rec;
+    std::uint64_t seq = 0;
+  };
+  std::map<std::string, entry, std::less<>> records;
+  std::unordered_map<std::string, std::string> unique_holders;
+  task_counts counts;
+  std::uint64_t next_seq = 1;
+  std::set<std::string> paused;
+
+  // Pipeline: ids with a write in flight (and the operations waiting for them), unique keys
+  // of inserts in flight, the compaction gate.
+  std::unordered_map<std::string, std::vector<op_ptr>> busy;
+  std::unordered_map<std::string, std::string> pending_keys;
+  bool gate = false;
+  std::vector<op_ptr> gated;
+  std::size_t in_flight = 0;
+  std::condition_variable idle_cv;
+
+  // Sizes, for compaction.
+  std::uint64_t journal_bytes = 0;   // since the last snapshot
+  std::uint64_t snapshot_bytes = 0;  // of the last snapshot
+  double avg_record_bytes = 256;     // running average of an insert's size
+  std::uint64_t compactions = 0;
+  std::mutex compact_mutex;  // one compaction at a time
+
+  // Maintenance thread.
+  std::thread maint;
+  std::mutex maint_mutex;
+  std::condition_variable maint_cv;
+  bool stopping = false;
+
+  std::unique_ptr<memory::queue> mq;
+  std::unique_ptr<taskq::queue> fq;
+  std::unique_ptr<taskq::store> fs;
+
+  // --- bookkeeping (mutex held) -------------------------------------------------------------
+
+  void count(const task_record& r, int delta) {
+    auto i = static_cast<std::size_t>(r.status);
+    auto add = [&](std::size_t& n) {
+      n = static_cast<std::size_t>(static_cast<long long>(n) + delta);
+    };
+    add(counts.total[i]);
+    add(counts.by_type[r.type][i]);
+    add(counts.by_queue[r.queue][i]);
+  }
+  void commit(entry& slot, task_record next) {
+    count(slot.rec, -1);
+    if (taskq::detail::holds_unique_key(slot.rec)) unique_holders.erase(slot.rec.unique_key);
+    slot.rec = std::move(next);
+    count(slot.rec, +1);
+    if (taskq::detail::holds_unique_key(slot.rec))
+      unique_holders[slot.rec.unique_key] = slot.rec.id;
+  }
+  void add(std::uint64_t seq, task_record r) {
+    auto id = r.id;
+    auto it = records.emplace_hint(records.end(), std::move(id), entry{std::move(r), seq});
+    count(it->second.rec, +1);
+    if (taskq::detail::holds_unique_key(it->second.rec))
+      unique_holders[it->second.rec.unique_key] = it->second.rec.id;
+    next_seq = std::max(next_seq, seq + 1);
+  }
+  void erase(std::map<std::string, entry, std::less<>>::iterator it) {
+    count(it->second.rec, -1);
+    if (taskq::detail::holds_unique_key(it->second.rec))
+      unique_holders.erase(it->second.rec.unique_key);
+    records.erase(it);
+  }
+  bool is_busy(const std::string& id) const { return busy.count(id) != 0; }
+
+  // --- replay ---------------------------------------------------------------------------------
+
+  entry& must_find(const std::string& id) {
+    auto it = records.find(id);
+    if (it == records.end()) throw decode_error("record for unknown task " + id);
+    return it->second;
+  }
+
+  /// Applies one journal or snapshot body (recovery). Throws decode_error.
+  void apply_body(std::string_view body) {
+    decoder d(body);
+    auto o = static_cast<op>(d.u8());
+    switch (o) {
+      case op::insert: {
+        auto seq = d.var();
+        auto r = d.record();
+        if (records.count(r.id)) throw decode_error("second insert of task " + r.id);
+        add(seq, std::move(r));
+        break;
+      }
+      case op::claim: {
+        auto id = d.str();
+        auto now = d.tp();
+        auto& e = must_find(id);
+        task_record next = e.rec;
+        taskq::detail::apply_claim(next, now);
+        commit(e, std::move(next));
+        break;
+      }
+      case op::update: {
+        auto seq = d.var();
+        auto u = decode_update(d);
+        auto& e = must_find(u.id);
+        task_record next = e.rec;
+        if (auto ec = taskq::detail::apply_update(next, u))
+          throw decode_error("update of task " + u.id + " does not apply: " + ec.message());
+        commit(e, std::move(next));
+        if (seq) {
+          e.seq = seq;
+          next_seq = std::max(next_seq, seq + 1);
+        }
+        break;
+      }
+      case op::heartbeat: {
+        heartbeat_params p;
+        p.id = d.str();
+        p.attempt = d.i32();
+        p.now = d.tp();
+        p.progress = d.opt_js();
+        auto& e = must_find(p.id);
+        bool cancel = false;
+        if (auto ec = taskq::detail::apply_heartbeat(e.rec, p, cancel))
+          throw decode_error("heartbeat of task " + p.id + " does not apply: " + ec.message());
+        break;
+      }
+      case op::log: {
+        auto id = d.str();
+        log_entry l;
+        l.at = d.tp();
+        l.message = d.str();
+        must_find(id).rec.log.push_back(std::move(l));
+        break;
+      }
+      case op::cancel: {
+        auto id = d.str();
+        auto now = d.tp();
+        auto& e = must_find(id);
+        task_record next = e.rec;
+        if (auto ec = taskq::detail::apply_cancel_request(next, now))
+          throw decode_error("cancel of task " + id + " does not apply: " + ec.message());
+        commit(e, std::move(next));
+        break;
+      }
+      case op::remove: {
+        auto n = d.var();
+        if (n > body.size()) throw decode_error("bad id count");
+        for (std::uint64_t i = 0; i < n; ++i) {
+          auto id = d.str();
+          auto it = records.find(id);
+          if (it == records.end()) throw decode_error("removal of unknown task " + id);
+          erase(it);
+        }
+        break;
+      }
+      case op::pause: {
+        auto q = d.str();
+        if (d.flag())
+          paused.insert(std::move(q));
+        else
+          paused.erase(q);
+        break;
+      }
+      default:
+        throw decode_error("unknown record type " + std::to_string(static_cast<int>(o)));
+    }
+    if (!d.done()) throw decode_error("trailing bytes after the record");
+  }
+
+  void reset() {
+    records.clear();
+    unique_holders.clear();
+    counts = task_counts{};
+    next_seq = 1;
+    paused.clear();
+  }
+
+  /// Loads snapshot + journal. Writable: through journal_writer::open (repairs the tail).
+  error_code load(std::string& detail) {
+    std::uint64_t first_segment = 1;
+    const fs::path snap = dir / snapshot_file_name;
+    auto visit = [&](const journal_record& jr) {
+      try {
+        apply_body(jr.body);
+      } catch (const std::exception& e) {
+        throw decode_error(std::to_string(jr.segment) + "\x1f" + std::to_string(jr.offset) +
+                           "\x1f" + e.what());
+      }
+    };
+    // Turns a decode failure thrown from the visitor into invalid_record naming file+offset.
+    auto describe = [&](const decode_error& e, bool in_snapshot) {
+      std::string s = e.what();
+      auto a = s.find('\x1f');
+      auto b = a == std::string::npos ? a : s.find('\x1f', a + 1);
+      if (b == std::string::npos) return s;
+      auto seg = s.substr(0, a);
+      auto off = s.substr(a + 1, b - a - 1);
+      auto file = in_snapshot ? snap : dir / segment_file_name(std::stoull(seg));
+      return (in_snapshot ? "snapshot " : "journal segment ") + file.string() + ", byte offset " +
+             off + ": " + s.substr(b + 1);
+    };
+    try {
+      std::error_code fe;
+      if (fs::exists(snap, fe)) {
+        auto r = read_snapshot(snap, visit);
+        if (r.error) {
+          detail = r.detail;
+          return r.error;
+        }
+        first_segment = std::max<std::uint64_t>(1, r.id);
+        recovery.snapshot_records = r.records;
+        snapshot_bytes = r.file_size;
+      }
+    } catch (const decode_error& e) {
+      detail = describe(e, true);
+      return errc::invalid_record;
+    }
+    try {
+      if (ro) {
+        auto r = read_journal(dir, first_segment, visit);
+        if (r.error) {
+          detail = r.detail;
+          return r.error;
+        }
+        recovery.journal_records = r.records;
+        recovery.warning = r.warning;
+      } else {
+        journal_options jo;
+        jo.mode = opts.mode;
+        jo.batch_interval = opts.batch_interval;
+        jo.fault_injector = opts.fault_injector;
+        journal_recovery jr;
+        error_code ec;
+        writer =
+            journal_writer::open(ex, dir, std::move(jo), first_segment, visit, jr, ec, &detail);
+        if (ec) return ec;
+        recovery.journal_records = jr.records;
+        recovery.warning = jr.warning;
+      }
+    } catch (const decode_error& e) {
+      detail = describe(e, false);
+      return errc::invalid_record;
+    }
+    journal_bytes = segments_bytes();
+    recovery.tasks = records.size();
+    return {};
+  }
+
+  std::uint64_t segments_bytes() const {
+    std::uint64_t n = 0;
+    std::error_code fe;
+    for (auto& de : fs::directory_iterator(dir, fe)) {
+      auto name = de.path().filename().string();
+      if (name.rfind("journal-", 0) == 0 && name.size() > 4 &&
+          name.compare(name.size() - 4, 4, ".log") == 0) {
+        std::error_code se;
+        auto s = de.file_size(se);
+        if (!se) n += s;
+      }
+    }
+    return n;
+  }
+
+  /// Builds the queue index from the records: pending and running tasks in persisted order.
+  void rebuild_queue() {
+    std::vector<const entry*> live;
+    for (auto& [id, e] : records)
+      if (e.rec.status == task_status::pending || e.rec.status == task_status::running)
+        live.push_back(&e);
+    std::sort(live.begin(), live.end(), [](auto* a, auto* b) { return a->seq < b->seq; });
+    push_params p;
+    p.entries.reserve(live.size());
+    for (auto* e : live) {
+      p.entries.push_back(entry_of(e->rec));
+      if (e->rec.status == task_status::running) ++recovery.requeued_running;
+    }
+    if (!p.entries.empty()) mq->async_push(std::move(p), [](error_code) {});
+    for (auto& q : paused) mq->async_set_paused(q, true, [](error_code) {});
+  }
+
+  // --- write pipeline -----------------------------------------------------------------------
+
+  void submit(op_ptr o) {
+    std::unique_lock lk(mutex);
+    if (ro || closed) {
+      lk.unlock();
+      o->finish(errc::store_closed);
+      return;
+    }
+    if (gate) {
+      gated.push_back(std::move(o));
+      return;
+    }
+    step s = o->plan();
+    if (s.wait_on) {
+      busy[*s.wait_on].push_back(std::move(o));
+      return;
+    }
+    if (s.bodies.empty()) {
+      lk.unlock();
+      o->finish(s.ec);
+      return;
+    }
+    for (auto& id : s.ids) busy.try_emplace(id);
+    for (std::size_t i = 0; i < s.keys.size(); ++i) pending_keys[s.keys[i]] = s.ids.front();
+    ++in_flight;
+    std::uint64_t bytes = 0;
+    for (auto& b : s.bodies) bytes += b.size() + record_frame_size;
+    writer.async_append(std::move(s.bodies),
+                        [self = shared_from_this(), o = std::move(o), ids = std::move(s.ids),
+                         keys = std::move(s.keys), commit = std::move(s.commit),
+                         bytes](error_code ec, std::uint64_t) mutable {
+                          std::vector<op_ptr> wake;
+                          {
+                            std::lock_guard lk(self->mutex);
+                            if (!ec) {
+                              commit();
+                              self->journal_bytes += bytes;
+                            }
+                            for (auto& id : ids) {
+                              auto it = self->busy.find(id);
+                              if (it == self->busy.end()) continue;
+                              for (auto& w : it->second) wake.push_back(std::move(w));
+                              self->busy.erase(it);
+                            }
+                            for (auto& k : keys) self->pending_keys.erase(k);
+                            --self->in_flight;
+                          }
+                          self->idle_cv.notify_all();
+                          o->finish(ec);
+                          for (auto& w : wake) self->submit(std::move(w));
+                        });
+  }
+
+  template <class Plan, class Finish>
+  void run(Plan plan, Finish finish) {
+    auto o = std::make_shared<op_state>();
+    o->plan = std::move(plan);
+    o->finish = std::move(finish);
+    submit(std::move(o));
+  }
+
+  // --- prune (maintenance and store) ----------------------------------------------------------
+
+  template <class Pred, class Done>
+  void remove_where(Pred pred, Done done) {
+    auto removed = std::make_shared<std::vector<std::string>>();
+    run(
+        [this, pred, removed]() -> step {
+          step s;
+          removed->clear();
+          for (auto& [id, e] : records) {
+            if (!pred(e.rec)) continue;
+            if (is_busy(id)) {
+              s.wait_on = id;
+              return s;
+            }
+            removed->push_back(id);
+          }
+          if (removed->empty()) return s;
+          encode_removes(*removed, s.bodies);
+          s.ids = *removed;
+          s.commit = [this, removed] {
+            for (auto& id : *removed)
+              if (auto it = records.find(id); it != records.end()) erase(it);
+          };
+          return s;
+        },
+        [done, removed](error_code ec) mutable {
+          done(ec, ec ? std::vector<std::string>{} : std::move(*removed));
+        });
+  }
+
+  void prune_expired() {
+    if (opts.retention <= duration::zero() || ro) return;
+    auto before = clk->now() - opts.retention;
+    remove_where(
+        [before](const task_record& r) {
+          return is_terminal(r.status) && r.finished_at && *r.finished_at < before;
+        },
+        [](error_code, std::vector<std::string>) {});
+  }
+
+  // --- compaction -----------------------------------------------------------------------------
+
+  bool wants_compaction() const {
+    if (opts.compact_min_bytes == 0 || ro) return false;
+    std::lock_guard lk(mutex);
+    double live = avg_record_bytes * static_cast<double>(records.size());
+    return journal_bytes > opts.compact_min_bytes &&
+           static_cast<double>(journal_bytes) > opts.compact_ratio * live;
+  }
+
+  void compact(error_code& ec, std::string* detail) {
+    std::lock_guard one(compact_mutex);
+    ec = {};
+    if (ro) {
+      ec = errc::store_closed;
+      return;
+    }
+    std::vector<std::string> bodies;
+    std::uint64_t n = 0;
+    std::vector<op_ptr> resume;
+    {
+      std::unique_lock lk(mutex);
+      if (closed) {
+        ec = errc::store_closed;
+        return;
+      }
+      gate = true;
+      idle_cv.wait(lk, [&] { return in_flight == 0 || closed; });
+      if (closed) {
+        gate = false;
+        resume.swap(gated);
+        lk.unlock();
+        for (auto& o : resume) submit(std::move(o));  // they fail with store_closed
+        ec = errc::store_closed;
+        return;
+      }
+      // Nothing is in flight and nothing new starts: the journal holds exactly the state.
+      std::vector<const entry*> live;
+      live.reserve(records.size());
+      for (auto& [id, e] : records) live.push_back(&e);
+      bodies.reserve(live.size() + paused.size());
+      std::uint64_t bytes = 0;
+      for (auto* e : live) {
+        bodies.push_back(encode_insert(e->seq, e->rec));
+        bytes += bodies.back().size();
+      }
+      for (auto& q : paused) bodies.push_back(encode_pause(q, true));
+      if (!live.empty()) avg_record_bytes = double(bytes) / double(live.size());
+      std::string d;
+      n = writer.rotate(ec, &d);
+      if (!ec) journal_bytes = 0;
+      gate = false;
+      resume.swap(gated);
+      if (ec && detail) *detail = d;
+    }
+    for (auto& o : resume) submit(std::move(o));
+    if (ec) return;
+    auto snap = dir / snapshot_file_name;
+    write_snapshot(snap, n, bodies, ec, detail);
+    if (ec) return;
+    writer.remove_segments_before(n, ec, detail);
+    std::error_code fe;
+    auto size = fs::file_size(snap, fe);
+    std::lock_guard lk(mutex);
+    snapshot_bytes = fe ? 0 : size;
+    ++compactions;
+  }
+
+  void maintenance() {
+    std::unique_lock lk(maint_mutex);
+    while (!stopping) {
+      maint_cv.wait_for(lk, opts.maintenance_interval, [&] { return stopping; });
+      if (stopping) break;
+      lk.unlock();
+      prune_expired();
+      if (wants_compaction()) {
+        error_code ec;
+        std::string d;
+        compact(ec, &d);
+        if (ec && opts.on_warning) opts.on_warning("compaction failed: " + d);
+      }
+      lk.lock();
+    }
+  }
+
+  void close() noexcept {
+    {
+      std::lock_guard lk(maint_mutex);
+      stopping = true;
+    }
+    maint_cv.notify_all();
+    if (maint.joinable() && maint.get_id() != std::this_thread::get_id()) maint.join();
+    {
+      std::lock_guard lk(mutex);
+      closed = true;
+      writer.close();
+    }
+    idle_cv.notify_all();
+    lock.release();
+  }
+};
+
+namespace {
+
+using state = backend::state;
+
+// --- the Store ------------------------------------------------------------------------------
+
+class file_store final : public taskq::store {
+ public:
+  explicit file_store(state& s) : s_(s) {}
+  bool durable() const noexcept override { return true; }
+
+ protected:
+  void do_insert(std::vector<task_record> recs, handler<void(error_code)> h) override {
+    auto hp = share(std::move(h));
+    auto in = std::make_shared<std::vector<task_record>>(std::move(recs));
+    auto self = s_.shared_from_this();
+    s_.run(
+        [st = self.get(), in]() -> step {
+          step s;
+          std::unordered_set<std::string_view> ids, keys;
+          for (const auto& r : *in) {
+            if (r.id.empty()) {
+              s.ec = errc::blank_id;
+              return s;
+            }
+            if (st->records.count(r.id) || !ids.insert(r.id).second) {
+              s.ec = errc::duplicate_id;
+              return s;
+            }
+            if (st->is_busy(r.id)) {
+              s.wait_on = r.id;
+              return s;
+            }
+            if (taskq::detail::holds_unique_key(r)) {
+              if (st->unique_holders.count(r.unique_key) || !keys.insert(r.unique_key).second) {
+                s.ec = errc::duplicate_unique_key;
+                return s;
+              }
+              if (auto p = st->pending_keys.find(r.unique_key); p != st->pending_keys.end()) {
+                s.wait_on = p->second;
+                return s;
+              }
+            }
+          }
+          if (in->empty()) return s;
+          auto seq = st->next_seq;
+          st->next_seq += in->size();
+          s.bodies.reserve(in->size());
+          s.ids.reserve(in->size());
+          for (std::size_t i = 0; i < in->size(); ++i) {
+            const auto& r = (*in)[i];
+            s.bodies.push_back(encode_insert(seq + i, r));
+            s.ids.push_back(r.id);
+            if (taskq::detail::holds_unique_key(r)) s.keys.push_back(r.unique_key);
+          }
+          s.commit = [st, in, seq] {
+            for (std::size_t i = 0; i < in->size(); ++i) st->add(seq + i, std::move((*in)[i]));
+          };
+          return s;
+        },
+        [self, hp](error_code ec) {
+          taskq::detail::post_completion(std::move(*hp), self->ex, ec);
+        });
+  }
+
+  void do_get(std::string id, handler<void(error_code, task_record)> h) override {
+    error_code ec;
+    task_record r;
+    {
+      std::lock_guard lock(s_.mutex);
+      auto it = s_.records.find(id);
+      if (it == s_.records.end())
+        ec = errc::not_found;
+      else
+        r = it->second.rec;
+    }
+    taskq::detail::post_completion(std::move(h), s_.ex, ec, std::move(r));
+  }
+
+  void do_claim(claim_params p, handler<void(error_code, claim_result)> h) override {
+    auto hp = share(std::move(h));
+    auto self = s_.shared_from_this();
+    auto out = std::make_shared<claim_result>();
+    auto in = std::make_shared<claim_params>(std::move(p));
+    s_.run(
+        [st = self.get(), in, out]() -> step {
+          step s;
+          *out = claim_result{};
+          for (const auto& id : in->ids) {
+            if (st->is_busy(id)) {
+              s.wait_on = id;
+              return s;
+            }
+          }
+          struct change {
+            std::string id;
+            taskq::detail::claim_outcome outcome;
+            task_record next;
+          };
+          auto changes = std::make_shared<std::vector<change>>();
+          std::unordered_set<std::string_view> seen;
+          for (const auto& id : in->ids) {
+            auto it = st->records.find(id);
+            if (it == st->records.end() || !seen.insert(id).second) {
+              out->skipped.push_back(id);
+              continue;
+            }
+            task_record next = it->second.rec;
+            auto outcome = taskq::detail::apply_claim(next, in->now);
+            if (outcome == taskq::detail::claim_outcome::skipped &&
+                next.status == it->second.rec.status) {
+              out->skipped.push_back(id);
+              continue;
+            }
+            s.bodies.push_back(encode_id_time(op::claim, id, in->now));
+            s.ids.push_back(id);
+            changes->push_back({id, outcome, std::move(next)});
+          }
+          if (s.bodies.empty()) return s;
+          s.commit = [st, changes, out] {
+            for (auto& c : *changes) {
+              auto it = st->records.find(c.id);
+              if (it == st->records.end()) continue;
+              st->commit(it->second, std::move(c.next));
+              switch (c.outcome) {
+                case taskq::detail::claim_outcome::claimed:
+                  out->claimed.push_back(it->second.rec);
+                  break;
+                case taskq::detail::claim_outcome::dropped:
+                  out->dropped.push_back(it->second.rec);
+                  break;
+                case taskq::detail::claim_outcome::skipped:
+                  out->skipped.push_back(c.id);
+                  break;
+              }
+            }
+          };
+          return s;
+        },
+        [self, hp, out](error_code ec) {
+          taskq::detail::post_completion(std::move(*hp), self->ex, ec,
+                                         ec ? claim_result{} : std::move(*out));
+        });
+  }
+
+  void do_update(task_update u, handler<void(error_code, task_record)> h) override {
+    auto hp = share(std::move(h));
+    auto self = s_.shared_from_this();
+    auto in = std::make_shared<task_update>(std::move(u));
+    auto after = std::make_shared<task_record>();
+    s_.run(
+        [st = self.get(), in, after]() -> step {
+          step s;
+          if (st->is_busy(in->id)) {
+            s.wait_on = in->id;
+            return s;
+          }
+          auto it = st->records.find(in->id);
+          if (it == st->records.end()) {
+            s.ec = errc::not_found;
+            return s;
+          }
+          task_record next = it->second.rec;
+          s.ec = taskq::detail::apply_update(next, *in);
+          if (!s.ec && taskq::detail::holds_unique_key(next) &&
+              !taskq::detail::holds_unique_key(it->second.rec)) {
+            auto holder = st->unique_holders.find(next.unique_key);
+            if ((holder != st->unique_holders.end() && holder->second != next.id) ||
+                st->pending_keys.count(next.unique_key))
+              s.ec = errc::duplicate_unique_key;
+          }
+          if (s.ec) return s;
+          std::uint64_t seq = 0;
+          if (takes_new_position(it->second.rec, *in, next)) seq = st->next_seq++;
+          s.bodies.push_back(encode_update(seq, *in));
+          s.ids.push_back(in->id);
+          auto shared_next = std::make_shared<task_record>(std::move(next));
+          s.commit = [st, id = in->id, shared_next, seq, after] {
+            auto it = st->records.find(id);
+            if (it == st->records.end()) return;
+            st->commit(it->second, std::move(*shared_next));
+            if (seq) it->second.seq = seq;
+            *after = it->second.rec;
+          };
+          return s;
+        },
+        [self, hp, after](error_code ec) {
+          taskq::detail::post_completion(std::move(*hp), self->ex, ec,
+                                         ec ? task_record{} : std::move(*after));
+        });
+  }
+
+  void do_update_batch(std::vector<task_update> us,
+                       handler<void(error_code, std::vector<update_result>)> h) override {
+    auto hp = share(std::move(h));
+    auto self = s_.shared_from_this();
+    auto in = std::make_shared<std::vector<task_update>>(std::move(us));
+    auto out = std::make_shared<std::vector<update_result>>();
+    s_.run(
+        [st = self.get(), in, out]() -> step {
+          step s;
+          for (const auto& u : *in) {
+            if (st->is_busy(u.id)) {
+              s.wait_on = u.id;
+              return s;
+            }
+          }
+          out->assign(in->size(), update_result{});
+          // Updates of one id in the batch apply in turn, each to the result of the last.
+          struct change {
+            std::size_t index;
+            std::uint64_t seq;
+          };
+          auto nexts = std::make_shared<std::unordered_map<std::string, task_record>>();
+          auto changes = std::make_shared<std::vector<change>>();
+          for (std::size_t i = 0; i < in->size(); ++i) {
+            const auto& u = (*in)[i];
+            auto it = st->records.find(u.id);
+            if (it == st->records.end()) {
+              (*out)[i].error = errc::not_found;
+              continue;
+            }
+            auto [n, fresh] = nexts->try_emplace(u.id);
+            if (fresh) n->second = it->second.rec;
+            task_record next = n->second;
+            auto ec = taskq::detail::apply_update(next, u);
+            if (!ec && taskq::detail::holds_unique_key(next) &&
+                !taskq::detail::holds_unique_key(n->second)) {
+              auto holder = st->unique_holders.find(next.unique_key);
+              if ((holder != st->unique_holders.end() && holder->second != next.id) ||
+                  st->pending_keys.count(next.unique_key))
+                ec = errc::duplicate_unique_key;
+            }
+            if (ec) {
+              (*out)[i].error = ec;
+              continue;
+            }
+            std::uint64_t seq = takes_new_position(n->second, u, next) ? st->next_seq++ : 0;
+            n->second = std::move(next);
+            s.bodies.push_back(encode_update(seq, u));
+            if (std::find(s.ids.begin(), s.ids.end(), u.id) == s.ids.end()) s.ids.push_back(u.id);
+            changes->push_back({i, seq});
+          }
+          if (s.bodies.empty()) return s;
+          s.commit = [st, in, out, nexts, changes] {
+            for (auto& [id, next] : *nexts) {
+              auto it = st->records.find(id);
+              if (it != st->records.end() && next.id == id) st->commit(it->second, std::move(next));
+            }
+            for (auto& c : *changes) {
+              auto it = st->records.find((*in)[c.index].id);
+              if (it == st->records.end()) continue;
+              if (c.seq) it->second.seq = c.seq;
+              if ((*in)[c.index].return_record) (*out)[c.index].record = it->second.rec;
+            }
+          };
+          return s;
+        },
+        [self, hp, out](error_code ec) {
+          if (ec) out->clear();
+          taskq::detail::post_completion(std::move(*hp), self->ex, ec, std::move(*out));
+        });
+  }
+
+  void do_heartbeat(heartbeat_params p, handler<void(error_code, bool)> h) override {
+    auto hp = share(std::move(h));
+    auto self = s_.shared_from_this();
+    auto in = std::make_shared<heartbeat_params>(std::move(p));
+    auto cancel = std::make_shared<bool>(false);
+    s_.run(
+        [st = self.get(), in, cancel]() -> step {
+          step s;
+          if (st->is_busy(in->id)) {
+            s.wait_on = in->id;
+            return s;
+          }
+          auto it = st->records.find(in->id);
+          if (it == st->records.end()) {
+            s.ec = errc::not_found;
+            return s;
+          }
+          task_record next = it->second.rec;
+          s.ec = taskq::detail::apply_heartbeat(next, *in, *cancel);
+          if (s.ec) return s;
+          s.bodies.push_back(encode_heartbeat(*in));
+          s.ids.push_back(in->id);
+          auto shared_next = std::make_shared<task_record>(std::move(next));
+          s.commit = [st, id = in->id, shared_next] {
+            auto it = st->records.find(id);
+            if (it != st->records.end()) it->second.rec = std::move(*shared_next);
+          };
+          return s;
+        },
+        [self, hp, cancel](error_code ec) {
+          taskq::detail::post_completion(std::move(*hp), self->ex, ec, !ec && *cancel);
+        });
+  }
+
+  void do_append_log(std::string id, log_entry e, handler<void(error_code)> h) override {
+    auto hp = share(std::move(h));
+    auto self = s_.shared_from_this();
+    auto in = std::make_shared<std::pair<std::string, log_entry>>(std::move(id), std::move(e));
+    s_.run(
+        [st = self.get(), in]() -> step {
+          step s;
+          if (st->is_busy(in->first)) {
+            s.wait_on = in->first;
+            return s;
+          }
+          if (!st->records.count(in->first)) {
+            s.ec = errc::not_found;
+            return s;
+          }
+          s.bodies.push_back(encode_log(in->first, in->second));
+          s.ids.push_back(in->first);
+          s.commit = [st, in] {
+            auto it = st->records.find(in->first);
+            if (it != st->records.end()) it->second.rec.log.push_back(std::move(in->second));
+          };
+          return s;
+        },
+        [self, hp](error_code ec) {
+          taskq::detail::post_completion(std::move(*hp), self->ex, ec);
+        });
+  }
+
+  void do_request_cancel(std::string id, time_point now,
+                         handler<void(error_code, task_record)> h) override {
+    auto hp = share(std::move(h));
+    auto self = s_.shared_from_this();
+    auto after = std::make_shared<task_record>();
+    s_.run(
+        [st = self.get(), id, now, after]() -> step {
+          step s;
+          if (st->is_busy(id)) {
+            s.wait_on = id;
+            return s;
+          }
+          auto it = st->records.find(id);
+          if (it == st->records.end()) {
+            s.ec = errc::not_found;
+            return s;
+          }
+          task_record next = it->second.rec;
+          s.ec = taskq::detail::apply_cancel_request(next, now);
+          if (s.ec) {
+            *after = it->second.rec;
+            return s;
+          }
+          s.bodies.push_back(encode_id_time(op::cancel, id, now));
+          s.ids.push_back(id);
+          auto shared_next = std::make_shared<task_record>(std::move(next));
+          s.commit = [st, id, shared_next, after] {
+            auto it = st->records.find(id);
+            if (it == st->records.end()) return;
+            st->commit(it->second, std::move(*shared_next));
+            *after = it->second.rec;
+          };
+          return s;
+        },
+        [self, hp, after](error_code ec) {
+          taskq::detail::post_completion(std::move(*hp), self->ex, ec, std::move(*after));
+        });
+  }
+
+  void do_list(task_filter f, handler<void(error_code, task_page)> h) override {
+    task_page page;
+    {
+      std::lock_guard lock(s_.mutex);
+      auto it = f.after_id.empty() ? s_.records.begin() : s_.records.upper_bound(f.after_id);
+      for (; it != s_.records.end(); ++it) {
+        if (!matches(it->second.rec, f)) continue;
+        if (page.records.size() == f.limit) {
+          page.next_cursor = page.records.back().id;
+          break;
+        }
+        page.records.push_back(it->second.rec);
+      }
+    }
+    taskq::detail::post_completion(std::move(h), s_.ex, error_code{}, std::move(page));
+  }
+
+  void do_remove(task_filter f, handler<void(error_code, std::vector<std::string>)> h) override {
+    auto hp = share(std::move(h));
+    auto self = s_.shared_from_this();
+    s_.remove_where(
+        [f = std::move(f)](const task_record& r) {
+          return r.status != task_status::running && matches(r, f);
+        },
+        [self, hp](error_code ec, std::vector<std::string> ids) {
+          taskq::detail::post_completion(std::move(*hp), self->ex, ec, std::move(ids));
+        });
+  }
+
+  void do_prune(time_point before, handler<void(error_code, std::size_t)> h) override {
+    auto hp = share(std::move(h));
+    auto self = s_.shared_from_this();
+    s_.remove_where(
+        [before](const task_record& r) {
+          return is_terminal(r.status) && r.finished_at && *r.finished_at < before;
+        },
+        [self, hp](error_code ec, std::vector<std::string> ids) {
+          taskq::detail::post_completion(std::move(*hp), self->ex, ec, ids.size());
+        });
+  }
+
+  void do_counts(handler<void(error_code, task_counts)> h) override {
+    task_counts c;
+    {
+      std::lock_guard lock(s_.mutex);
+      c = s_.counts;
+    }
+    auto zero = [](const task_counts::by_status& s) {
+      return std::all_of(s.begin(), s.end(), [](std::size_t n) { return n == 0; });
+    };
+    std::erase_if(c.by_type, [&](auto& kv) { return zero(kv.second); });
+    std::erase_if(c.by_queue, [&](auto& kv) { return zero(kv.second); });
+    taskq::detail::post_completion(std::move(h), s_.ex, error_code{}, std::move(c));
+  }
+
+ private:
+  state& s_;
+};
+
+// --- the Queue: the in-memory queue, rebuilt on open; pauses are journaled --------------------
+
+class file_queue final : public taskq::queue {
+ public:
+  explicit file_queue(state& s) : s_(s) {}
+
+  bool is_paused(const std::string& queue_name) const override {
+    return s_.mq->is_paused(queue_name);
+  }
+
+ protected:
+  void do_push(push_params p, handler<void(error_code)> h) override {
+    if (s_.ro)
+      return taskq::detail::post_completion(std::move(h), s_.ex, error_code(errc::store_closed));
+    s_.mq->async_push(std::move(p), std::move(h));
+  }
+  void do_reserve(reserve_params p, handler<void(error_code, std::vector<lease>)> h) override {
+    s_.mq->async_reserve(std::move(p), std::move(h));
+  }
+  void do_ack(std::vector<lease> l, handler<void(error_code, std::size_t)> h) override {
+    s_.mq->async_ack(std::move(l), std::move(h));
+  }
+  void do_extend(std::vector<lease> l, duration lease_for,
+                 handler<void(error_code, std::vector<bool>)> h) override {
+    s_.mq->async_extend(std::move(l), lease_for, std::move(h));
+  }
+  void do_release(release_params p, handler<void(error_code)> h) override {
+    s_.mq->async_release(std::move(p), std::move(h));
+  }
+  void do_remove(std::string id, handler<void(error_code, bool)> h) override {
+    s_.mq->async_remove(std::move(id), std::move(h));
+  }
+  void do_set_paused(std::string queue_name, bool paused, handler<void(error_code)> h) override {
+    auto hp = share(std::move(h));
+    auto self = s_.shared_from_this();
+    auto key = std::make_shared<std::string>("\x01queue:" + queue_name);
+    s_.run(
+        [st = self.get(), key, queue_name, paused]() -> step {
+          step s;
+          if (st->is_busy(*key)) {
+            s.wait_on = *key;
+            return s;
+          }
+          if (st->paused.count(queue_name) == (paused ? 1u : 0u)) return s;  // unchanged
+          s.bodies.push_back(encode_pause(queue_name, paused));
+          s.ids.push_back(*key);
+          s.commit = [st, queue_name, paused] {
+            if (paused)
+              st->paused.insert(queue_name);
+            else
+              st->paused.erase(queue_name);
+          };
+          return s;
+        },
+        [self, hp, queue_name, paused](error_code ec) {
+          if (ec) return taskq::detail::post_completion(std::move(*hp), self->ex, ec);
+          self->mq->async_set_paused(queue_name, paused, std::move(*hp));
+        });
+  }
+  void do_stats(std::string queue_name, handler<void(error_code, queue_stats)> h) override {
+    s_.mq->async_stats(std::move(queue_name), std::move(h));
+  }
+
+ private:
+  state& s_;
+};
+
+std::shared_ptr<state> make_state(asio::any_io_executor ex, const fs::path& dir,
+                                  backend_options opts, bool ro) {
+  auto s = std::make_shared<state>();
+  s->ex = std::move(ex);
+  s->clk = opts.time ? opts.time : &default_clock();
+  s->opts = std::move(opts);
+  s->dir = dir;
+  s->ro = ro;
+  s->mq = std::make_unique<memory::queue>(s->ex, *s->clk);
+  s->fq = std::make_unique<file_queue>(*s);
+  s->fs = std::make_unique<file_store>(*s);
+  return s;
+}
+
+}  // namespace
+
+// --- backend ----------------------------------------------------------------------------------
+
+backend::backend(std::shared_ptr<state> s) noexcept : state_(std::move(s)) {}
+
+backend::~backend() {
+  close();
+}
+
+std::unique_ptr<backend> backend::open(asio::any_io_executor ex, const fs::path& dir,
+                                       backend_options opts, error_code& ec, std::string* detail) {
+  ec = {};
+  std::string d;
+  auto fail = [&](error_code e) -> std::unique_ptr<backend> {
+    ec = e;
+    if (detail) *detail = d;
+    return nullptr;
+  };
+  if (opts.compact_ratio <= 0 || opts.maintenance_interval.count() <= 0 ||
+      opts.retention < duration::zero()) {
+    d = "file backend option 'compact_ratio', 'maintenance_interval' or 'retention' is out of "
+        "range";
+    return fail(errc::invalid_option);
+  }
+  auto s = make_state(std::move(ex), dir, std::move(opts), false);
+  s->lock = directory_lock::acquire(dir, ec, &d);
+  if (ec) return fail(ec);
+  if (auto e = s->load(d)) {
+    s->lock.release();
+    return fail(e);
+  }
+  if (!s->recovery.warning.empty() && s->opts.on_warning) s->opts.on_warning(s->recovery.warning);
+  s->rebuild_queue();
+  s->maint = std::thread([st = s.get()] { st->maintenance(); });
+  return std::unique_ptr<backend>(new backend(std::move(s)));
+}
+
+std::unique_ptr<backend> backend::open(asio::any_io_executor ex, const fs::path& dir,
+                                       backend_options opts) {
+  error_code ec;
+  std::string d;
+  auto b = open(std::move(ex), dir, std::move(opts), ec, &d);
+  throw_if(ec, d);
+  return b;
+}
+
+std::unique_ptr<backend> backend::open_read_only(asio::any_io_executor ex, const fs::path& dir,
+                                                 error_code& ec, std::string* detail) {
+  ec = {};
+  std::error_code fe;
+  if (!fs::is_directory(dir, fe)) {
+    ec = errc::io_error;
+    if (detail) *detail = dir.string() + ": no such store directory";
+    return nullptr;
+  }
+  // The owner may compact meanwhile (a segment or snapshot disappears under us): retry.
+  std::string d;
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    auto s = make_state(ex, dir, {}, true);
+    if (auto e = s->load(d)) {
+      ec = e;
+      if (e == errc::io_error || e == errc::corrupt_journal) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20 * (attempt + 1)));
+        continue;
+      }
+      break;
+    }
+    s->rebuild_queue();
+    ec = {};
+    return std::unique_ptr<backend>(new backend(std::move(s)));
+  }
+  if (detail) *detail = d;
+  return nullptr;
+}
+
+taskq::queue& backend::queue() noexcept {
+  return *state_->fq;
+}
+taskq::store& backend::store() noexcept {
+  return *state_->fs;
+}
+const backend_recovery& backend::recovery() const noexcept {
+  return state_->recovery;
+}
+bool backend::read_only() const noexcept {
+  return state_->ro;
+}
+
+backend_info backend::info() const {
+  backend_info i;
+  i.journal_bytes = state_->segments_bytes();
+  std::error_code fe;
+  auto snap = fs::file_size(state_->dir / snapshot_file_name, fe);
+  i.snapshot_bytes = fe ? 0 : snap;
+  {
+    std::lock_guard lk(state_->mutex);
+    i.live_bytes = static_cast<std::uint64_t>(state_->avg_record_bytes *
+                                              static_cast<double>(state_->records.size()));
+    i.compactions = state_->compactions;
+  }
+  std::lock_guard lk(state_->mutex);
+  if (!state_->ro && !state_->closed) i.journal = state_->writer.stats();
+  return i;
+}
+
+void backend::compact(error_code& ec, std::string* detail) {
+  state_->compact(ec, detail);
+}
+void backend::prune_expired() {
+  state_->prune_expired();
+}
+void backend::close() noexcept {
+  state_->close();
+}
+
+std::uint64_t verify_store(const fs::path& dir, error_code& ec, std::string& detail,
+                           std::string& warning) {
+  ec = {};
+  std::error_code fe;
+  if (!fs::is_directory(dir, fe)) {
+    ec = errc::io_error;
+    detail = dir.string() + ": no such store directory";
+    return 0;
+  }
+  asio::io_context io;
+  auto s = make_state(io.get_executor(), dir, {}, true);
+  if ((ec = s->load(detail))) return 0;
+  warning = s->recovery.warning;
+  return s->recovery.snapshot_records + s->recovery.journal_records;
+}
+
+}  // namespace taskq::file
