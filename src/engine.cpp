@@ -14,6 +14,7 @@
 
 #include <fmt/format.h>
 
+#include <array>
 #include <bit>
 #include <list>
 #include <random>
@@ -592,39 +593,17 @@ struct client_core : std::enable_shared_from_this<client_core> {
   std::atomic<std::size_t> waiter_count{0};
   std::vector<std::weak_ptr<worker_core>> workers;
 
-  std::atomic<std::uint64_t> enqueued{0}, started{0}, succeeded{0}, failed{0}, retried{0},
-      cancelled{0}, dropped{0};
+  std::array<std::atomic<std::uint64_t>, 8> event_counts{};  // by event_kind
+  std::uint64_t count_of(event_kind k) const {
+    return event_counts[static_cast<std::size_t>(k)].load(std::memory_order_relaxed);
+  }
   histogram enqueue_to_start, run_duration;
 
   client_core(asio::any_io_executor e, taskq::queue& qq, taskq::store& ss, client_options o)
       : ex(std::move(e)), q(qq), s(ss), clk(o.time ? *o.time : default_clock()), opts(o) {}
 
   void emit(const event& e) {
-    switch (e.kind) {
-      case event_kind::enqueued:
-        ++enqueued;
-        break;
-      case event_kind::started:
-        ++started;
-        break;
-      case event_kind::succeeded:
-        ++succeeded;
-        break;
-      case event_kind::failed:
-        ++failed;
-        break;
-      case event_kind::retry_scheduled:
-        ++retried;
-        break;
-      case event_kind::cancelled:
-        ++cancelled;
-        break;
-      case event_kind::dropped:
-        ++dropped;
-        break;
-      case event_kind::progress:
-        break;
-    }
+    event_counts[static_cast<std::size_t>(e.kind)].fetch_add(1, std::memory_order_relaxed);
     if (!has_subscribers.load(std::memory_order_acquire)) return;
     std::vector<std::shared_ptr<client::subscriber>> subs;
     {
@@ -779,7 +758,7 @@ void client::do_enqueue_batch(
             return;
           }
           if (for_events.empty()) {
-            core->enqueued += ids.size();
+            core->event_counts[static_cast<std::size_t>(event_kind::enqueued)] += ids.size();
           } else {
             for (auto& r : for_events) core->record_event(event_kind::enqueued, r);
           }
@@ -912,13 +891,13 @@ void client::do_metrics(asio::any_completion_handler<void(error_code, metrics_sn
   core->s.async_counts([core, h = std::move(h)](error_code ec, task_counts c) mutable {
     metrics_snapshot m;
     m.counts = std::move(c);
-    m.enqueued = core->enqueued;
-    m.started = core->started;
-    m.succeeded = core->succeeded;
-    m.failed = core->failed;
-    m.retried = core->retried;
-    m.cancelled = core->cancelled;
-    m.dropped = core->dropped;
+    m.enqueued = core->count_of(event_kind::enqueued);
+    m.started = core->count_of(event_kind::started);
+    m.succeeded = core->count_of(event_kind::succeeded);
+    m.failed = core->count_of(event_kind::failed);
+    m.retried = core->count_of(event_kind::retry_scheduled);
+    m.cancelled = core->count_of(event_kind::cancelled);
+    m.dropped = core->count_of(event_kind::dropped);
     m.enqueue_to_start = summarize(core->enqueue_to_start);
     m.run_duration = summarize(core->run_duration);
     finish(std::move(h), core->ex, ec, std::move(m));
