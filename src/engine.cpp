@@ -246,7 +246,8 @@ void task_context::request_cancel(error_code reason) {
     reason_.store(static_cast<int>(errc::run_cancelled), std::memory_order_release);
   if (cancelled_.exchange(true, std::memory_order_acq_rel)) return;
   // A cancellation_signal is not thread-safe: emit it on the executor coroutine handlers use.
-  asio::post(io_ex_, [this] { signal_.emit(asio::cancellation_type::terminal); });
+  if (auto self = weak_from_this().lock())
+    asio::post(io_ex_, [self] { self->signal_.emit(asio::cancellation_type::terminal); });
 }
 
 bool task_context::heartbeat(json progress) {

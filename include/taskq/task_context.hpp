@@ -39,7 +39,7 @@ struct run_request {
 
 /// A handler's view of its run. Passed by reference to handlers; valid until the handler
 /// returns (for coroutine handlers: until the coroutine completes). Thread-safe.
-class task_context {
+class task_context : public std::enable_shared_from_this<task_context> {
  public:
   task_context(run_request req, time_point started_at, asio::any_io_executor io_ex);
 
@@ -94,7 +94,8 @@ class task_context {
   }
 
   /// Used by executors: marks the context cancelled and emits the cancellation slot (on
-  /// the run's I/O executor).
+  /// the run's I/O executor). The context must be owned by a std::shared_ptr (the emission
+  /// is posted and keeps it alive).
   void request_cancel(error_code reason);
 
  private:
