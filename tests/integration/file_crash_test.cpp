@@ -1,0 +1,448 @@
+// The file backend's durability proofs: reopen, torn tail, corruption, injected disk-full and
+// I/O errors, the lock, compaction, read-only open, retention, and the kill test (a child
+// process SIGKILLed at random moments, hundreds of times).
+#include "conformance/backends.hpp"
+#include "engine_fixture.hpp"
+
+#include <taskq/backends/file/store.hpp>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
+#include <random>
+#include <set>
+#include <sstream>
+#include <unordered_map>
+
+using namespace taskq;
+using namespace taskq::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct harness {
+  asio::io_context io;
+  manual_clock clk;
+  temp_dir tmp;
+  fs::path dir = tmp.path / "store";
+  std::unique_ptr<file::backend> b;
+
+  file::backend_options options() {
+    return {.retention = duration::zero(), .compact_min_bytes = 0, .time = &clk};
+  }
+  error_code open(file::backend_options o, std::string* detail = nullptr) {
+    error_code ec;
+    if (b) b->close();
+    b.reset();
+    b = file::backend::open(io.get_executor(), dir, std::move(o), ec, detail);
+    return ec;
+  }
+  void open() { REQUIRE_FALSE(open(options())); }
+  void reopen() {
+    b->close();
+    drain(io);
+    b.reset();
+    open();
+  }
+
+  template <class... Ts, class Start>
+  std::tuple<error_code, Ts...> call(Start start) {
+    std::optional<std::tuple<error_code, Ts...>> out;
+    start([&](error_code ec, Ts... ts) { out.emplace(ec, std::move(ts)...); });
+    REQUIRE(run_until(io, [&] { return out.has_value(); }));
+    return std::move(*out);
+  }
+  task_record rec(std::string id, task_spec spec = {.type = "t"}) {
+    spec.id = std::move(id);
+    return make_record(std::move(spec), clk.now());
+  }
+  error_code insert(std::vector<task_record> rs) {
+    auto [ec] = call<>([&](auto cb) { b->store().async_insert(std::move(rs), cb); });
+    return ec;
+  }
+  std::pair<error_code, task_record> get(const std::string& id) {
+    auto [ec, r] = call<task_record>([&](auto cb) { b->store().async_get(id, cb); });
+    return {ec, r};
+  }
+  std::vector<std::string> reserve_ids(std::size_t n) {
+    auto [ec, ls] = call<std::vector<lease>>(
+        [&](auto cb) { b->queue().async_reserve({.max = n, .lease_for = 24h}, cb); });
+    REQUIRE_FALSE(ec);
+    std::vector<std::string> out;
+    for (auto& l : ls) out.push_back(l.id);
+    return out;
+  }
+  std::vector<task_record> all() {
+    auto [ec, p] = call<task_page>([&](auto cb) { b->store().async_list({.limit = 1000000}, cb); });
+    REQUIRE_FALSE(ec);
+    return p.records;
+  }
+};
+
+fs::path last_segment(const fs::path& dir) {
+  error_code ec;
+  auto segs = file::list_segments(dir, ec);
+  REQUIRE_FALSE(ec);
+  REQUIRE_FALSE(segs.empty());
+  return dir / file::segment_file_name(segs.back());
+}
+
+}  // namespace
+
+TEST_CASE("file: state survives a clean close and reopen, queue order included", "[file]") {
+  harness h;
+  h.open();
+  REQUIRE_FALSE(h.insert({h.rec("a"), h.rec("b", {.type = "t", .priority = 5}), h.rec("c"),
+                          h.rec("d", {.type = "t", .max_attempts = 1}),
+                          h.rec("e", {.type = "t", .delay = 1h})}));
+  auto [e1, claim] = h.call<claim_result>([&](auto cb) {
+    h.b->store().async_claim({{"a", "d"}, h.clk.now()}, cb);
+  });
+  REQUIRE(claim.claimed.size() == 2);
+  auto [e2] = h.call<>([&](auto cb) { h.b->queue().async_set_paused("other", true, cb); });
+  REQUIRE_FALSE(e2);
+  auto before = h.all();
+  h.reopen();
+  CHECK(h.all() == before);
+  CHECK(h.b->recovery().tasks == 5);
+  CHECK(h.b->recovery().requeued_running == 2);
+  CHECK(h.b->queue().is_paused("other"));
+  CHECK_FALSE(h.b->queue().is_paused("default"));
+  // Priority first, then enqueue order; the running ones (their process died) are ready in
+  // their original place; e is still delayed.
+  CHECK(h.reserve_ids(10) == std::vector<std::string>{"b", "a", "c", "d"});
+  auto [e3, again] = h.call<claim_result>([&](auto cb) {
+    h.b->store().async_claim({{"a", "d"}, h.clk.now()}, cb);
+  });
+  REQUIRE(again.claimed.size() == 1);
+  CHECK(again.claimed[0].attempt == 2);  // rescued, the lost attempt counted
+  REQUIRE(again.dropped.size() == 1);
+  CHECK(again.dropped[0].id == "d");  // no attempts left
+  h.clk.advance(1h);
+  CHECK(h.reserve_ids(10) == std::vector<std::string>{"e"});
+  // And once more, after those changes.
+  before = h.all();
+  h.reopen();
+  CHECK(h.all() == before);
+}
+
+TEST_CASE("file: a torn tail is cut off with a warning; acknowledged records stay", "[file]") {
+  harness h;
+  h.open();
+  REQUIRE_FALSE(h.insert({h.rec("a"), h.rec("b")}));
+  h.b->close();
+  h.b.reset();
+  auto seg = last_segment(h.dir);
+  auto size = fs::file_size(seg);
+  {
+    std::ofstream out(seg, std::ios::binary | std::ios::app);
+    out.write("\x40\x00\x00\x00\x12\x34", 6);  // half a frame: what a crash mid-write leaves
+  }
+  std::string warning;
+  auto o = h.options();
+  o.on_warning = [&](const std::string& w) { warning = w; };
+  REQUIRE_FALSE(h.open(o));
+  CHECK_THAT(warning, Catch::Contains(seg.string()));
+  CHECK_FALSE(h.b->recovery().warning.empty());
+  CHECK(fs::file_size(seg) == size);
+  CHECK(h.all().size() == 2);
+  REQUIRE_FALSE(h.insert({h.rec("c")}));
+  h.reopen();
+  CHECK(h.all().size() == 3);
+}
+
+TEST_CASE("file: corruption before the tail is a clear error naming file and offset", "[file]") {
+  harness h;
+  h.open();
+  REQUIRE_FALSE(h.insert({h.rec("a")}));
+  REQUIRE_FALSE(h.insert({h.rec("b")}));
+  REQUIRE_FALSE(h.insert({h.rec("c")}));
+  h.b->close();
+  h.b.reset();
+  auto seg = last_segment(h.dir);
+  {
+    std::fstream f(seg, std::ios::binary | std::ios::in | std::ios::out);
+    f.seekp(file::journal_header_size + 20);  // inside the first record's body
+    f.put('\x7f');
+  }
+  std::string detail;
+  auto ec = h.open(h.options(), &detail);
+  CHECK(ec == errc::corrupt_journal);
+  CHECK_THAT(detail, Catch::Contains(seg.string()));
+  CHECK_THAT(detail, Catch::Contains("byte offset 32"));
+  // verify reports the same, and read-only open refuses too.
+  std::string vd, vw;
+  error_code vec;
+  file::verify_store(h.dir, vec, vd, vw);
+  CHECK(vec == errc::corrupt_journal);
+  CHECK_THAT(vd, Catch::Contains("byte offset 32"));
+}
+
+TEST_CASE("file: disk full and I/O errors reach the caller and change nothing", "[file]") {
+  harness h;
+  std::atomic<int> fail_errno{0};
+  auto o = h.options();
+  o.fault_injector = [&](file::journal_op op, const fs::path&) {
+    file::journal_fault f;
+    if (op == file::journal_op::write) f.errno_value = fail_errno.load();
+    return f;
+  };
+  REQUIRE_FALSE(h.open(o));
+  REQUIRE_FALSE(h.insert({h.rec("a")}));
+
+  fail_errno = ENOSPC;
+  CHECK(h.insert({h.rec("b")}) == errc::disk_full);
+  CHECK(h.get("b").first == errc::not_found);
+  auto [e1, after] = h.call<task_record>([&](auto cb) {
+    h.b->store().async_update(
+        {.id = "a", .expected = task_status::pending, .to = task_status::cancelled}, cb);
+  });
+  CHECK(e1 == errc::disk_full);
+  CHECK(h.get("a").second.status == task_status::pending);
+  auto [e2, claimed] = h.call<claim_result>([&](auto cb) {
+    h.b->store().async_claim({{"a"}, h.clk.now()}, cb);
+  });
+  CHECK(e2 == errc::disk_full);
+  CHECK(h.get("a").second.status == task_status::pending);
+
+  fail_errno = EIO;
+  CHECK(h.insert({h.rec("c")}) == errc::io_error);
+
+  fail_errno = 0;  // space is back
+  REQUIRE_FALSE(h.insert({h.rec("d")}));
+  std::string vd, vw;
+  error_code vec;
+  CHECK(file::verify_store(h.dir, vec, vd, vw) >= 2);
+  CHECK_FALSE(vec);
+  h.reopen();
+  std::vector<std::string> ids;
+  for (auto& r : h.all()) ids.push_back(r.id);
+  CHECK(ids == std::vector<std::string>{"a", "d"});
+  CHECK(h.get("a").second.status == task_status::pending);
+}
+
+TEST_CASE("file: a second opener gets store_locked; read-only open works alongside", "[file]") {
+  harness h;
+  h.open();
+  REQUIRE_FALSE(h.insert({h.rec("a")}));
+  asio::io_context io2;
+  error_code ec;
+  std::string detail;
+  auto second = file::backend::open(io2.get_executor(), h.dir, {}, ec, &detail);
+  CHECK(ec == errc::store_locked);
+  CHECK_FALSE(second);
+  CHECK_THAT(detail, Catch::Contains(std::to_string(::getpid())));
+
+  auto ro = file::backend::open_read_only(io2.get_executor(), h.dir, ec, &detail);
+  REQUIRE_FALSE(ec);
+  REQUIRE(ro);
+  CHECK(ro->read_only());
+  std::optional<task_record> got;
+  ro->store().async_get("a", [&](error_code e, task_record r) {
+    CHECK_FALSE(e);
+    got = r;
+  });
+  drain(io2);
+  REQUIRE(got);
+  CHECK(got->id == "a");
+  std::optional<error_code> wec;
+  ro->store().async_insert({h.rec("z")}, [&](error_code e) { wec = e; });
+  drain(io2);
+  CHECK(wec == errc::store_closed);
+
+  auto missing = file::backend::open_read_only(io2.get_executor(), h.tmp.path / "nope", ec);
+  CHECK(ec == errc::io_error);
+}
+
+TEST_CASE("file: compaction keeps the state and bounds disk use; retention prunes", "[file]") {
+  harness h;
+  h.open();
+  std::vector<std::string> ids;
+  for (int batch = 0; batch < 20; ++batch) {
+    std::vector<task_record> rs;
+    for (int i = 0; i < 50; ++i) {
+      rs.push_back(h.rec("t-" + std::to_string(1000 + batch * 50 + i),
+                         {.type = "t", .payload = {{"n", i}, {"pad", std::string(100, 'x')}}}));
+      ids.push_back(rs.back().id);
+    }
+    REQUIRE_FALSE(h.insert(std::move(rs)));
+  }
+  // Finish most of them, with a few updates each.
+  for (std::size_t i = 0; i < 900; i += 100) {
+    std::vector<std::string> some(ids.begin() + i, ids.begin() + i + 100);
+    h.call<claim_result>([&](auto cb) { h.b->store().async_claim({some, h.clk.now()}, cb); });
+    std::vector<task_update> us;
+    for (auto& id : some)
+      us.push_back({.id = id,
+                    .expected = task_status::running,
+                    .to = task_status::succeeded,
+                    .now = h.clk.now()});
+    auto [ec, res] = h.call<std::vector<update_result>>(
+        [&](auto cb) { h.b->store().async_update_batch(std::move(us), cb); });
+    REQUIRE_FALSE(ec);
+  }
+  auto before = h.all();
+  auto journal_before = h.b->info().journal_bytes;
+  error_code ec;
+  std::string detail;
+  h.b->compact(ec, &detail);
+  REQUIRE_FALSE(ec);
+  auto info = h.b->info();
+  CHECK(info.compactions == 1);
+  CHECK(info.snapshot_bytes > 0);
+  CHECK(info.journal_bytes < 100);  // a fresh segment: just its header
+  CHECK(info.snapshot_bytes < journal_before);
+  REQUIRE_FALSE(h.insert({h.rec("after")}));
+  before = h.all();
+  h.reopen();
+  auto after = h.all();
+  REQUIRE(after.size() == before.size());
+  for (std::size_t i = 0; i < after.size(); ++i) {
+    INFO(to_json(after[i]).dump() << "\n" << to_json(before[i]).dump());
+    CHECK(after[i] == before[i]);
+  }
+  CHECK(h.b->recovery().snapshot_records == 1000);
+
+  // Retention: finished tasks older than it are pruned (journaled like any delete).
+  h.b->close();
+  h.b.reset();
+  auto o = h.options();
+  o.retention = 1h;
+  REQUIRE_FALSE(h.open(o));
+  h.clk.advance(2h);
+  h.b->prune_expired();
+  REQUIRE(run_until(h.io, [&] { return h.all().size() == 101; }));
+  h.reopen();
+  CHECK(h.all().size() == 101);
+}
+
+// --- the kill test ------------------------------------------------------------------------------
+
+namespace {
+
+std::vector<std::string> read_lines(const fs::path& p) {
+  std::vector<std::string> out;
+  std::ifstream in(p);
+  std::string line;
+  while (std::getline(in, line))
+    if (line.size() == 36) out.push_back(line);  // a complete id
+  return out;
+}
+
+pid_t spawn_child(const fs::path& dir, const fs::path& acks, const fs::path& execs, int n) {
+  auto count = std::to_string(n);
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    int devnull = ::open("/dev/null", O_WRONLY);
+    if (devnull >= 0) ::dup2(devnull, 1);
+    ::execl(TASKQ_KILL_CHILD, TASKQ_KILL_CHILD, dir.c_str(), acks.c_str(), execs.c_str(),
+            count.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  return pid;
+}
+
+}  // namespace
+
+TEST_CASE("file: kill test — SIGKILL at random moments loses nothing acknowledged",
+          "[file][kill]") {
+  temp_dir tmp;
+  auto dir = tmp.path / "store";
+  auto acks = tmp.path / "acks";
+  auto execs = tmp.path / "execs";
+  fs::create_directories(tmp.path);
+  std::mt19937 rng(20240607);
+  const int kills = 220;
+  int killed_alive = 0;
+  std::set<std::string> finished;  // succeeded as of the last check
+  std::size_t exec_lines_at_check = 0;
+  std::size_t reruns_of_finished = 0;
+  auto start = std::chrono::steady_clock::now();
+
+  auto check = [&](bool final) {
+    asio::io_context io;
+    error_code ec;
+    std::string detail;
+    auto b =
+        file::backend::open(io.get_executor(), dir,
+                            {.retention = duration::zero(), .compact_min_bytes = 0}, ec, &detail);
+    INFO(detail);
+    REQUIRE_FALSE(ec);
+    std::optional<task_page> page;
+    b->store().async_list({.limit = 10000000}, [&](error_code e, task_page p) {
+      REQUIRE_FALSE(e);
+      page = std::move(p);
+    });
+    drain(io);
+    REQUIRE(page);
+    std::unordered_map<std::string, task_status> status;
+    for (auto& r : page->records) status[r.id] = r.status;
+    auto acked = read_lines(acks);
+    std::size_t missing = 0;
+    for (auto& id : acked)
+      if (!status.count(id)) ++missing;
+    CHECK(missing == 0);
+    if (final) {
+      std::size_t unfinished = 0;  // every task, acknowledged or not, ran to success
+      for (auto& [id, st] : status)
+        if (st != task_status::succeeded) ++unfinished;
+      CHECK(unfinished == 0);
+    }
+    CHECK(status.size() >= acked.size());  // plus enqueues durable but not yet reported
+    // A task succeeded at an earlier check must not have run again since.
+    auto ran = read_lines(execs);
+    for (std::size_t i = exec_lines_at_check; i < ran.size(); ++i)
+      if (finished.count(ran[i])) ++reruns_of_finished;
+    exec_lines_at_check = ran.size();
+    for (auto& [id, st] : status)
+      if (st == task_status::succeeded) finished.insert(id);
+    b->close();
+    drain(io);
+  };
+
+  for (int k = 0; k < kills; ++k) {
+    pid_t pid = spawn_child(dir, acks, execs, 5000);
+    // Mostly early (during recovery, enqueue bursts); every 8th later (compactions run).
+    auto wait_us = k % 8 == 7 ? 40000 + rng() % 120000 : 1000 + rng() % 30000;
+    std::this_thread::sleep_for(std::chrono::microseconds(wait_us));
+    ::kill(pid, SIGKILL);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    if (WIFSIGNALED(status)) ++killed_alive;
+    check(false);
+  }
+  // Let a last child finish everything.
+  pid_t pid = spawn_child(dir, acks, execs, 0);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  check(true);
+
+  auto acked = read_lines(acks);
+  auto ran = read_lines(execs);
+  std::unordered_map<std::string, int> runs;
+  for (auto& id : ran) ++runs[id];
+  std::size_t reruns = 0;
+  for (auto& [id, n] : runs) reruns += static_cast<std::size_t>(n - 1);
+  auto secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  WARN("kill test: " << kills << " kills (" << killed_alive << " while running), " << acked.size()
+                     << " tasks acknowledged (" << runs.size() << " enqueued), all succeeded; "
+                     << ran.size() << " executions, " << reruns
+                     << " re-runs of tasks in flight at a kill; " << secs << " s; snapshot "
+                     << (fs::exists(dir / file::snapshot_file_name) ? "present" : "absent"));
+  CHECK(acked.size() > 1000);
+  // Each acknowledged task ran; so did enqueues that were durable when the kill came but
+  // not yet reported to the parent.
+  std::size_t never_ran = 0;
+  for (auto& id : acked)
+    if (!runs.count(id)) ++never_ran;
+  CHECK(never_ran == 0);
+  CHECK(runs.size() >= acked.size());
+  CHECK(reruns_of_finished == 0);
+  CHECK(killed_alive >= 200);
+}
