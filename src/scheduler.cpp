@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <deque>
+#include <list>
 #include <mutex>
 #include <set>
 #include <unordered_map>
@@ -340,6 +341,7 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
     time_point due;
     task_spec spec;
     bool manual = false;
+    int retries = 0;  // failed enqueues of this occurrence so far
   };
 
   client& c;
@@ -366,6 +368,7 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
   std::uint64_t generation = 0;
   asio::cancellation_signal wait_cancel;
   std::atomic<bool> arm_posted{false};
+  std::list<asio::cancellation_signal> retry_waits;  // occurrences waiting to be enqueued again
 
   scheduler_core(client& cl, scheduler_options o)
       : c(cl),
@@ -431,6 +434,34 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
       armed_at.reset();
       wait_cancel.emit(asio::cancellation_type::terminal);
     }
+    for (auto& w : retry_waits) w.emit(asio::cancellation_type::terminal);
+  }
+
+  // A scheduled occurrence whose enqueue failed for a reason that may pass (an I/O error, the
+  // backend unreachable): enqueue it again after a backoff (1 s doubling to 1 min) while the
+  // scheduler runs, so a transient store failure does not lose the occurrence. Strand only.
+  void retry_later(job j) {
+    if (!running) return;
+    auto delay = std::min<duration>(std::chrono::seconds(1) * (1 << std::min(j.retries, 6)),
+                                    std::chrono::minutes(1));
+    ++j.retries;
+    auto sig = retry_waits.emplace(retry_waits.end());
+    clk.async_wait_until(
+        io_ex, clk.now() + delay,
+        asio::bind_cancellation_slot(
+            sig->slot(), asio::bind_executor(strand, [self = shared_from_this(), sig,
+                                                      j = std::move(j)](error_code ec) mutable {
+              self->retry_waits.erase(sig);
+              if (ec || !self->running) return;
+              {
+                std::lock_guard lock(self->mutex);
+                auto it = self->entries.find(j.schedule);
+                if (it == self->entries.end()) return;  // removed meanwhile
+                self->active.emplace(j.spec.id, active_run{j.schedule, false});
+                ++it->second.occ.pending;
+              }
+              self->enqueue_one(std::move(j), {});
+            })));
   }
 
   // --- firing -----------------------------------------------------------------------------
@@ -541,6 +572,11 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
     }
     // Write-behind: the occurrence is already enqueued (dedupe makes a lost save harmless).
     store.async_save(std::move(*save), [](error_code) {});
+    // Validation errors (taskq's codes below 100) would fail again; anything else may pass.
+    const bool permanent = ec.category() == taskq::category() && ec.value() < 100;
+    if (ec && ec != errc::duplicate_unique_key && !j.manual && !permanent)
+      asio::post(strand,
+                 [self = shared_from_this(), j]() mutable { self->retry_later(std::move(j)); });
   }
 
   // Drops a run from tracking (mutex held); returns its entry's iterator (or end).

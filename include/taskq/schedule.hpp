@@ -92,7 +92,7 @@ struct schedule_counts {
   std::uint64_t deduplicated = 0;  ///< occurrences some other instance (or run) already enqueued
   std::uint64_t skipped = 0;       ///< occurrences dropped by the overlap or catch-up policy
   std::uint64_t manual = 0;        ///< run_now and backfill runs enqueued
-  std::uint64_t errors = 0;        ///< enqueues that failed
+  std::uint64_t errors = 0;        ///< enqueues that failed (transient failures are retried)
 };
 
 /// One line of scheduler::list().

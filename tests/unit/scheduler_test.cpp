@@ -693,3 +693,102 @@ TEST_CASE("scheduler: blocking forms work from another thread", "[scheduler][blo
   f.io.stop();
   io_thread.join();
 }
+
+namespace {
+
+// A store that fails the next `fail_inserts` inserts with an I/O error, else forwards.
+class flaky_store final : public taskq::store {
+ public:
+  flaky_store(asio::any_io_executor ex, taskq::store& inner) : ex_(std::move(ex)), inner_(inner) {}
+  std::atomic<int> fail_inserts{0};
+  bool durable() const noexcept override { return false; }
+
+ protected:
+  void do_insert(std::vector<task_record> r, handler<void(error_code)> h) override {
+    if (fail_inserts.load() > 0) {
+      --fail_inserts;
+      return asio::post(ex_, [h = std::move(h)]() mutable { std::move(h)(errc::io_error); });
+    }
+    inner_.async_insert(std::move(r), std::move(h));
+  }
+  void do_get(std::string id, handler<void(error_code, task_record)> h) override {
+    inner_.async_get(std::move(id), std::move(h));
+  }
+  void do_claim(claim_params p, handler<void(error_code, claim_result)> h) override {
+    inner_.async_claim(std::move(p), std::move(h));
+  }
+  void do_update(task_update u, handler<void(error_code, task_record)> h) override {
+    inner_.async_update(std::move(u), std::move(h));
+  }
+  void do_heartbeat(heartbeat_params p, handler<void(error_code, bool)> h) override {
+    inner_.async_heartbeat(std::move(p), std::move(h));
+  }
+  void do_append_log(std::string id, log_entry e, handler<void(error_code)> h) override {
+    inner_.async_append_log(std::move(id), std::move(e), std::move(h));
+  }
+  void do_request_cancel(std::string id, time_point now,
+                         handler<void(error_code, task_record)> h) override {
+    inner_.async_request_cancel(std::move(id), now, std::move(h));
+  }
+  void do_list(task_filter f, handler<void(error_code, task_page)> h) override {
+    inner_.async_list(std::move(f), std::move(h));
+  }
+  void do_remove(task_filter f, handler<void(error_code, std::vector<std::string>)> h) override {
+    inner_.async_remove(std::move(f), std::move(h));
+  }
+  void do_prune(time_point before, handler<void(error_code, std::size_t)> h) override {
+    inner_.async_prune(before, std::move(h));
+  }
+  void do_counts(handler<void(error_code, task_counts)> h) override {
+    inner_.async_counts(std::move(h));
+  }
+
+ private:
+  asio::any_io_executor ex_;
+  taskq::store& inner_;
+};
+
+}  // namespace
+
+TEST_CASE("scheduler: an occurrence whose enqueue fails transiently is retried, not lost",
+          "[scheduler][reliability]") {
+  asio::io_context io;
+  manual_clock clk(t0);
+  memory::queue q(io.get_executor(), clk);
+  memory::store inner(io.get_executor());
+  flaky_store s(io.get_executor(), inner);
+  client c(io.get_executor(), q, s, {.time = &clk});
+  memory::schedule_store store(io.get_executor());
+  scheduler sched(c, {.store = &store});
+  sched.async_run(asio::detached);
+  std::optional<error_code> ensured;
+  sched.async_ensure_schedule(every_minute("m"),
+                              [&](error_code ec, ensure_result) { ensured = ec; });
+  REQUIRE(run_until(io, [&] { return ensured.has_value(); }));
+  REQUIRE_FALSE(*ensured);
+
+  auto count = [&] {
+    std::optional<std::size_t> n;
+    c.async_list({}, [&](error_code, task_page p) { n = p.records.size(); });
+    run_until(io, [&] { return n.has_value(); });
+    return *n;
+  };
+  s.fail_inserts = 2;
+  clk.set(t0 + 60s);  // due: the first enqueue fails
+  drain(io);
+  CHECK(count() == 0);
+  clk.advance(1s);  // first retry fails too
+  drain(io);
+  CHECK(count() == 0);
+  clk.advance(2s);  // second retry succeeds
+  drain(io);
+  REQUIRE(count() == 1);
+  std::optional<task_page> page;
+  c.async_list({}, [&](error_code, task_page p) { page = std::move(p); });
+  run_until(io, [&] { return page.has_value(); });
+  CHECK(page->records.front().scheduled_for == t0 + 60s);
+  CHECK(sched.metrics().totals.errors == 2);
+  CHECK(sched.metrics().totals.fired == 1);
+  sched.stop();
+  drain(io);
+}
