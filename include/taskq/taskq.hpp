@@ -12,6 +12,8 @@
 #include <taskq/metrics.hpp>
 #include <taskq/queue.hpp>
 #include <taskq/run_promise.hpp>
+#include <taskq/schedule.hpp>
+#include <taskq/scheduler.hpp>
 #include <taskq/store.hpp>
 #include <taskq/task.hpp>
 #include <taskq/task_context.hpp>
