@@ -738,9 +738,14 @@ void client::do_enqueue_batch(
     push.entries.push_back(entry_of(records.back()));
     ids.push_back(records.back().id);
   }
-  // Events need the records after the store has them; keep a light copy only if someone listens.
-  std::vector<task_record> for_events;
-  if (core->wants_events()) for_events = records;
+  // The events go out after the store and queue have the tasks; build them (small) only if
+  // someone listens.
+  std::vector<event> for_events;
+  if (core->wants_events()) {
+    for_events.reserve(records.size());
+    for (const auto& r : records)
+      for_events.push_back(detail::client_core::make_event(event_kind::enqueued, r, now));
+  }
   core->s.async_insert(std::move(records), [core, push = std::move(push), ids = std::move(ids),
                                             for_events = std::move(for_events),
                                             h = std::move(h)](error_code ec) mutable {
@@ -761,7 +766,7 @@ void client::do_enqueue_batch(
           if (for_events.empty()) {
             core->event_counts[static_cast<std::size_t>(event_kind::enqueued)] += ids.size();
           } else {
-            for (auto& r : for_events) core->record_event(event_kind::enqueued, r);
+            for (auto& e : for_events) core->emit(e);
           }
           finish(std::move(h), core->ex, error_code{}, std::move(ids));
         });
