@@ -5,6 +5,7 @@
 
 #include <iosfwd>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace taskq::tool {
@@ -13,5 +14,10 @@ using args = std::vector<std::string>;
 
 /// taskq cron next EXPR [--tz ZONE] [--from ISO-8601-TIME] [--count N]
 int cron_command(const args& a, std::ostream& out, std::ostream& err);
+
+/// File-store administration: enqueue, list, show, cancel, retry, prune, stats, verify
+/// (tools/store_commands.cpp). Exit codes as above.
+bool is_store_command(std::string_view name);
+int store_command(std::string_view name, const args& a, std::ostream& out, std::ostream& err);
 
 }  // namespace taskq::tool

@@ -11,7 +11,19 @@ constexpr std::string_view usage =
     "\n"
     "commands:\n"
     "  cron next EXPR [--tz ZONE] [--from ISO-8601-TIME] [--count N]\n"
-    "                 print the next N fire times of a cron expression\n";
+    "                 print the next N fire times of a cron expression\n"
+    "\n"
+    "file store (DIR) commands; add --json for machine-readable output:\n"
+    "  enqueue DIR --type T [--queue Q] [--payload JSON] [--priority N] [--delay D] [--stdin]\n"
+    "          [--create]     enqueue; prints each id once it is durable\n"
+    "  list DIR [--status S] [--type T] [--queue Q] [--limit N]\n"
+    "  show DIR ID            record, progress and run log\n"
+    "  cancel DIR ID          retry DIR ID\n"
+    "  prune DIR --older-than D\n"
+    "  stats DIR              counts by status, queue and type\n"
+    "  verify DIR             check every record (reports file and offset of corruption)\n"
+    "list, show, stats and verify work while an application holds the store; the others need\n"
+    "its lock.\n";
 
 }  // namespace
 
@@ -23,6 +35,8 @@ int main(int argc, char** argv) {
   std::string_view command = argv[1];
   taskq::tool::args rest(argv + 2, argv + argc);
   if (command == "cron") return taskq::tool::cron_command(rest, std::cout, std::cerr);
+  if (taskq::tool::is_store_command(command))
+    return taskq::tool::store_command(command, rest, std::cout, std::cerr);
   if (command == "--help" || command == "-h" || command == "help") {
     std::cout << usage;
     return 0;
