@@ -516,11 +516,9 @@ duration histogram::max() const noexcept {
       std::chrono::nanoseconds(max_.load(std::memory_order_relaxed)));
 }
 
-namespace {
-latency_summary summarize(const histogram& h) {
-  return {h.count(), h.quantile(0.5), h.quantile(0.9), h.quantile(0.99), h.max()};
+latency_summary histogram::summary() const noexcept {
+  return {count(), quantile(0.5), quantile(0.9), quantile(0.99), max()};
 }
-}  // namespace
 
 // --- outcome rules --------------------------------------------------------------------------
 
@@ -904,8 +902,8 @@ void client::do_metrics(asio::any_completion_handler<void(error_code, metrics_sn
     m.retried = core->count_of(event_kind::retry_scheduled);
     m.cancelled = core->count_of(event_kind::cancelled);
     m.dropped = core->count_of(event_kind::dropped);
-    m.enqueue_to_start = summarize(core->enqueue_to_start);
-    m.run_duration = summarize(core->run_duration);
+    m.enqueue_to_start = core->enqueue_to_start.summary();
+    m.run_duration = core->run_duration.summary();
     finish(std::move(h), core->ex, ec, std::move(m));
   });
 }

@@ -334,6 +334,7 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
   struct active_run {
     std::string schedule;
     bool running = false;
+    std::optional<time_point> enqueued_at{};
   };
   // One enqueue the shell must make.
   struct job {
@@ -358,6 +359,7 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
   std::set<std::pair<time_point, const std::string*>> due;  // next due -> name
   std::unordered_map<std::string, active_run> active;       // task id -> its schedule
   histogram lateness;
+  histogram queue_wait;    // a run's enqueued -> started
   schedule_counts totals;  // of removed schedules too
 
   // Strand-only state: the single clock wait.
@@ -597,6 +599,11 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
   }
 
   void on_event(const event& ev) {
+    if (ev.kind == event_kind::enqueued) {
+      std::lock_guard lock(mutex);
+      if (auto a = active.find(ev.task_id); a != active.end()) a->second.enqueued_at = ev.at;
+      return;
+    }
     auto st = status_of(ev.kind);
     if (!st) return;
     bool kick = false;
@@ -604,6 +611,10 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
       std::lock_guard lock(mutex);
       auto a = active.find(ev.task_id);
       if (a == active.end()) return;
+      if (ev.kind == event_kind::started && a->second.enqueued_at) {
+        queue_wait.record(std::max(ev.at - *a->second.enqueued_at, duration::zero()));
+        a->second.enqueued_at.reset();  // a retry's wait is measured from its own enqueue
+      }
       auto it = entries.find(a->second.schedule);
       if (is_terminal(*st)) {
         it = forget_run(ev.task_id);
@@ -1069,8 +1080,8 @@ void scheduler::stop() {
 scheduler_metrics scheduler::metrics() const {
   std::lock_guard lock(core_->mutex);
   scheduler_metrics m;
-  auto& l = core_->lateness;
-  m.lateness = {l.count(), l.quantile(0.5), l.quantile(0.9), l.quantile(0.99), l.max()};
+  m.lateness = core_->lateness.summary();
+  m.queue_wait = core_->queue_wait.summary();
   m.totals = core_->totals;
   m.schedules = core_->entries.size();
   m.active_runs = core_->active.size();

@@ -37,6 +37,12 @@ struct event {
   std::optional<time_point> retry_at{};  ///< retry_scheduled: when the next attempt may start
 };
 
+/// Percentiles of a histogram at one moment.
+struct latency_summary {
+  std::uint64_t count = 0;
+  duration p50{}, p90{}, p99{}, max{};
+};
+
 /// A lock-free latency histogram with log-linear buckets (about 3% relative precision,
 /// 1 ns to ~584 years). record() is wait-free; reads are approximate under concurrent writes.
 class histogram {
@@ -46,6 +52,8 @@ class histogram {
   /// The value at quantile q in [0, 1] (upper edge of its bucket); zero when empty.
   duration quantile(double q) const noexcept;
   duration max() const noexcept;
+  /// Count, p50, p90, p99 and max at once.
+  latency_summary summary() const noexcept;
 
  private:
   static constexpr int sub_bits = 5;  // 32 sub-buckets per power of two
@@ -56,12 +64,6 @@ class histogram {
   std::array<std::atomic<std::uint64_t>, buckets> counts_{};
   std::atomic<std::uint64_t> total_{0};
   std::atomic<std::uint64_t> max_{0};
-};
-
-/// Percentiles of a histogram at one moment.
-struct latency_summary {
-  std::uint64_t count = 0;
-  duration p50{}, p90{}, p99{}, max{};
 };
 
 /// A point-in-time view of the engine.

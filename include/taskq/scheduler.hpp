@@ -53,7 +53,8 @@ struct backfill_result {
 
 /// A point-in-time view of the scheduler.
 struct scheduler_metrics {
-  latency_summary lateness{};  ///< occurrence due -> its enqueue completed
+  latency_summary lateness{};    ///< occurrence due -> its enqueue completed
+  latency_summary queue_wait{};  ///< a schedule's run enqueued -> started (this process's workers)
   schedule_counts totals{};
   std::size_t schedules = 0;
   std::size_t active_runs = 0;  ///< runs pending or running, as tracked

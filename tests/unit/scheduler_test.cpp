@@ -636,6 +636,9 @@ TEST_CASE("scheduler: the handler sees scheduled_for, due and start times", "[sc
   CHECK(scheduled_for == t0 + 10s);
   CHECK(due == t0 + 15s);  // the template's delay applies after the enqueue
   CHECK(started == t0 + 15s);
+  auto waited = f.sched->metrics().queue_wait;  // enqueued at t0+10s, started at t0+15s
+  CHECK(waited.count == 1);
+  CHECK(waited.max == 5s);
   CHECK_FALSE(f.info("once").next_due);  // a one-shot fires once
   w.stop();
   drain(f.io);
