@@ -56,6 +56,11 @@ struct sequential_updates : std::enable_shared_from_this<sequential_updates> {
   }
 
   void next() {
+    if (updates.empty()) {  // nothing to do: still never complete inside the initiating call
+      asio::post(asio::system_executor(),
+                 asio::append(std::move(handler), error_code{}, std::move(results)));
+      return;
+    }
     if (results.size() == updates.size()) {
       asio::dispatch(asio::append(std::move(handler), error_code{}, std::move(results)));
       return;
@@ -115,11 +120,9 @@ struct detail::run_state {
       cancel_hook = nullptr;
     }
     cv.notify_all();
-    for (auto& w : ws) {
-      auto slot = asio::get_associated_cancellation_slot(w.handler);
-      if (slot.is_connected()) slot.clear();
-      detail::post_completion(std::move(w.handler), io_ex, result->error, *result);
-    }
+    // The waiters' cancellation handlers stay installed: clearing a slot here could race
+    // with its owner emitting it; the handlers look their waiter up and find nothing.
+    for (auto& w : ws) detail::post_completion(std::move(w.handler), io_ex, result->error, *result);
     if (hook) hook(cancel_reason);
     for (auto& h : hooks) h(*result);
     return true;
@@ -269,12 +272,15 @@ void task_context::do_heartbeat(json progress,
   }
   std::optional<json> p;
   if (!progress.is_null()) p = std::move(progress);
+  // The adapter runs on the caller's executor, so calling `h` from it keeps the contract.
+  auto ex = asio::get_associated_executor(h, io_ex_);
   req_.hooks->heartbeat(req_.task, std::move(p),
-                        [this, h = std::move(h)](error_code ec, bool cancel_requested) mutable {
+                        asio::bind_executor(ex, [this, h = std::move(h)](
+                                                    error_code ec, bool cancel_requested) mutable {
                           // A heartbeat that cannot be recorded (the task moved on) also means:
                           // stop.
                           std::move(h)(ec, !ec && !cancel_requested && !cancelled());
-                        });
+                        }));
 }
 
 void task_context::log(std::string message) {
@@ -650,11 +656,7 @@ struct client_core : std::enable_shared_from_this<client_core> {
       waiters.erase(b, e);
       waiter_count -= ws.size();
     }
-    for (auto& w : ws) {
-      auto slot = asio::get_associated_cancellation_slot(w.handler);
-      if (slot.is_connected()) slot.clear();
-      detail::post_completion(std::move(w.handler), ex, error_code{}, r);
-    }
+    for (auto& w : ws) detail::post_completion(std::move(w.handler), ex, error_code{}, r);
   }
 
   std::vector<std::shared_ptr<worker_core>> live_workers() {
@@ -708,10 +710,13 @@ void client::do_enqueue(task_spec spec,
                         asio::any_completion_handler<void(error_code, std::string)> h) {
   std::vector<task_spec> one;
   one.push_back(std::move(spec));
+  // The adapter runs on the caller's executor, so calling `h` from it keeps the contract.
+  auto ex = asio::get_associated_executor(h, core_->ex);
   do_enqueue_batch(std::move(one),
-                   [h = std::move(h)](error_code ec, std::vector<std::string> ids) mutable {
-                     std::move(h)(ec, ec ? std::string() : std::move(ids.front()));
-                   });
+                   asio::bind_executor(
+                       ex, [h = std::move(h)](error_code ec, std::vector<std::string> ids) mutable {
+                         std::move(h)(ec, ec ? std::string() : std::move(ids.front()));
+                       }));
 }
 
 void client::do_enqueue_batch(
@@ -774,13 +779,11 @@ void client::do_enqueue_batch(
 void client::do_wait(std::string id,
                      asio::any_completion_handler<void(error_code, task_record)> h) {
   auto core = core_;
-  std::uint64_t wid;
   auto slot = asio::get_associated_cancellation_slot(h);
+  std::uint64_t wid;
   {
     std::lock_guard lock(core->mutex);
     wid = ++core->next_id;
-    core->waiters.emplace(id, detail::client_core::waiter{wid, std::move(h)});
-    ++core->waiter_count;
   }
   // Take the waiter back out (if still there): whoever removes it completes it.
   auto take =
@@ -798,20 +801,24 @@ void client::do_wait(std::string id,
     }
     return std::nullopt;
   };
-  if (slot.is_connected()) {
-    slot.assign([take, core](asio::cancellation_type) {
-      if (auto handler = take())
-        detail::post_completion(std::move(*handler), core->ex,
-                                error_code(asio::error::operation_aborted), task_record{});
-    });
+  {
+    // Register and install the cancellation handler under one lock, so finished() cannot
+    // complete the waiter between the two. The handler stays installed after completion
+    // (clearing could race with the owner's emit); it then finds nothing to take.
+    std::lock_guard lock(core->mutex);
+    core->waiters.emplace(id, detail::client_core::waiter{wid, std::move(h)});
+    ++core->waiter_count;
+    if (slot.is_connected()) {
+      slot.assign([take, core](asio::cancellation_type) {
+        if (auto handler = take())
+          detail::post_completion(std::move(*handler), core->ex,
+                                  error_code(asio::error::operation_aborted), task_record{});
+      });
+    }
   }
   core->s.async_get(id, [core, take](error_code ec, task_record r) {
     if (!ec && !is_terminal(r.status)) return;  // finished() will complete it
-    if (auto handler = take()) {
-      auto s = asio::get_associated_cancellation_slot(*handler);
-      if (s.is_connected()) s.clear();
-      finish(std::move(*handler), core->ex, ec, std::move(r));
-    }
+    if (auto handler = take()) finish(std::move(*handler), core->ex, ec, std::move(r));
   });
 }
 
@@ -1052,6 +1059,7 @@ struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
   std::vector<task_update> pending_updates;
   std::vector<run_outcome> pending_outcomes;
   bool flush_posted = false;
+  bool retry_armed = false;
   std::mt19937_64 rng;
   std::atomic<std::size_t> running_count{0};
 
@@ -1162,7 +1170,13 @@ struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
     }
     std::vector<std::string> ids;
     for (auto& l : leases) {
-      if (stopping || slots.size() >= opts.max_in_flight || !admits(l) || slots.count(l.id)) {
+      if (auto held = slots.find(l.id); held != slots.end()) {
+        // Our own lease on it lapsed (a stalled strand, a failed extend) and we reserved it
+        // again: keep running it under the new lease rather than giving it back in a loop.
+        held->second.l = l;
+        continue;
+      }
+      if (stopping || slots.size() >= opts.max_in_flight || !admits(l)) {
         give_back(l);  // original position; another worker (or a later round) takes it
         continue;
       }
@@ -1181,6 +1195,27 @@ struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
     pump();
   }
 
+  // Puts a task whose attempt ended in a retry back with its backoff. If our lease lapsed
+  // meanwhile (its entry went back to ready at the old time), take it out and push it again
+  // with the retry time, so the backoff holds.
+  void requeue(const lease& l, const run_outcome& o) {
+    release_params rp;
+    rp.id = l.id;
+    rp.token = l.token;
+    rp.keep_position = o.keep_position;
+    rp.available_at = o.retry_at;
+    client->q.async_release(std::move(rp), [c = client, l, o](error_code ec) {
+      if (ec != errc::not_leased) return;
+      c->q.async_remove(l.id, [c, l, o](error_code, bool removed) {
+        if (!removed) return;  // leased by someone else: its claim decides
+        push_params p;
+        p.entries.push_back({l.id, l.queue, l.type, l.concurrency_key, l.priority,
+                             o.retry_at.value_or(c->clk.now())});
+        c->q.async_push(std::move(p), [](error_code) {});
+      });
+    });
+  }
+
   void give_back(const lease& l) {
     release_params rp;
     rp.id = l.id;
@@ -1191,10 +1226,13 @@ struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
 
   void retry_later() {
     // The queue failed (a durable backend's I/O error, say): try again shortly rather than spin.
+    if (retry_armed) return;  // one wait at a time: stop() cancels it through one slot
+    retry_armed = true;
     client->clk.async_wait_until(
         strand, clk().now() + std::chrono::milliseconds(100),
         asio::bind_cancellation_slot(retry_cancel.slot(),
                                      on_strand([self = shared_from_this()](error_code ec) {
+                                       self->retry_armed = false;
                                        if (!ec) self->pump();
                                      })));
   }
@@ -1222,6 +1260,17 @@ struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
     for (auto& id : r.skipped) {
       if (auto it = slots.find(id); it != slots.end()) done.push_back(it->second.l);
       drop_slot(id);
+      // A skipped task may have just become cancelled by this claim (a cancel requested while
+      // its worker was lost, or before its retry): tell waiters and subscribers.
+      client->s.async_get(id, [c = client](error_code ec, task_record rec) {
+        // Only the claim's own cancellation (its log line) is news; a task cancelled while
+        // pending was already announced by the client.
+        if (ec || rec.status != task_status::cancelled || rec.log.empty() ||
+            rec.log.back().message.rfind("cancelled: ", 0) != 0)
+          return;
+        c->record_event(event_kind::cancelled, rec, rec.log.empty() ? "" : rec.log.back().message);
+        c->finished(rec);
+      });
     }
     for (auto& rec : r.dropped) {
       if (auto it = slots.find(rec.id); it != slots.end()) done.push_back(it->second.l);
@@ -1361,20 +1410,24 @@ struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
       if (!ec) {
         task_record& after = results[i].record;
         if (o.to == task_status::pending) {
-          release_params rp;
-          rp.id = l.id;
-          rp.token = l.token;
-          rp.keep_position = o.keep_position;
-          rp.available_at = o.retry_at;
-          client->q.async_release(std::move(rp), [](error_code) {});
+          requeue(l, o);
         } else {
           acks.push_back(l);
         }
         client->record_event(
             o.event, after.id.empty() ? it->second.task : after, o.error,
             o.to == task_status::pending ? o.retry_at : std::optional<time_point>{});
-        if (is_terminal(o.to) && !after.id.empty()) client->finished(after);
-      } else if (batch_ec) {
+        if (is_terminal(o.to)) {
+          if (!after.id.empty()) {
+            client->finished(after);
+          } else if (client->waiter_count.load() > 0) {
+            // A waiter arrived after the update was sent without its record: fetch it.
+            client->s.async_get(ids[i], [c = client](error_code e, task_record rec) {
+              if (!e) c->finished(rec);
+            });
+          }
+        }
+      } else if (ec != errc::status_conflict && ec != errc::not_found) {
         // The store could not record it (an I/O error): give the lease back so the task runs
         // again rather than hang as running; the store's own record still says running and
         // the next claim counts that as a lost attempt.
@@ -1444,7 +1497,7 @@ struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
                                      [](error_code, std::vector<bool>) {});
         if (cancel) self->cancel_requested(task_id);
       });
-      std::move(h)(ec, cancel);
+      finish(std::move(h), self->client->ex, ec, cancel);
     });
   }
 

@@ -101,8 +101,8 @@ void manual_clock::fire_due() {
 }
 
 void manual_clock::complete(std::unique_ptr<waiter> w, error_code ec) {
-  auto slot = asio::get_associated_cancellation_slot(w->handler);
-  if (slot.is_connected()) slot.clear();
+  // The cancellation handler stays installed (clearing could race with an emit); it finds
+  // no waiter with its id and does nothing.
   auto ex = w->ex;
   detail::post_completion(std::move(w->handler), ex, ec);
 }
@@ -162,6 +162,9 @@ struct item {
   enum class where { ready, delayed, leased } state = where::ready;
   time_point lease_expires{};
   std::uint64_t token = 0;
+  // Pushed again while leased (an explicit retry racing the old holder's ack): the ack puts
+  // it back with this entry instead of removing it.
+  std::optional<queue_entry> repushed;
 };
 
 // Ready order: higher priority first, then FIFO by sequence number.
@@ -241,6 +244,12 @@ struct queue::impl : std::enable_shared_from_this<queue::impl> {
       item* it = *leased.begin();
       leased.erase(leased.begin());
       it->token = 0;
+      if (it->repushed) {  // pushed again meanwhile: that entry wins
+        it->entry = std::move(*it->repushed);
+        it->repushed.reset();
+        place(*it, now);
+        continue;
+      }
       make_ready(*it);  // same priority and seq: back in its original position
     }
   }
@@ -302,9 +311,9 @@ struct queue::impl : std::enable_shared_from_this<queue::impl> {
       }
       auto h = std::make_shared<parked>(std::move(*it));
       it = waiting.erase(it);
+      // Its cancellation handler stays installed (clearing could race with the owner's
+      // emit); it finds no parked entry with its id and does nothing.
       done.push_back([h, leases = std::move(leases)]() mutable {
-        auto slot = asio::get_associated_cancellation_slot(h->handler);
-        if (slot.is_connected()) slot.clear();
         detail::post_completion(std::move(h->handler), h->work, error_code{}, std::move(leases));
       });
     }
@@ -383,13 +392,19 @@ void queue::do_push(push_params p, handler<void(error_code)> h) {
         ec = errc::blank_queue;
         break;
       }
-      if (impl_->items.count(e.id) || !batch.insert(e.id).second) {
+      auto existing = impl_->items.find(e.id);
+      bool leased = existing != impl_->items.end() && existing->second.state == item::where::leased;
+      if ((existing != impl_->items.end() && !leased) || !batch.insert(e.id).second) {
         ec = errc::duplicate_id;
         break;
       }
     }
     if (!ec) {
       for (auto& e : p.entries) {
+        if (auto existing = impl_->items.find(e.id); existing != impl_->items.end()) {
+          existing->second.repushed = std::move(e);  // leased: takes effect at its ack
+          continue;
+        }
         auto id = e.id;
         auto [it, _] = impl_->items.try_emplace(std::move(id));
         it->second.entry = std::move(e);
@@ -445,6 +460,7 @@ void queue::do_reserve(reserve_params p, handler<void(error_code, std::vector<le
 
 void queue::do_ack(std::vector<lease> leases, handler<void(error_code, std::size_t)> h) {
   std::size_t removed = 0;
+  std::vector<completion> done;
   {
     std::lock_guard lock(impl_->mutex);
     for (const auto& l : leases) {
@@ -453,10 +469,21 @@ void queue::do_ack(std::vector<lease> leases, handler<void(error_code, std::size
       item& i = it->second;
       if (i.state != item::where::leased || i.token != l.token) continue;
       impl_->leased.erase(&i);
-      impl_->items.erase(it);
       ++removed;
+      if (i.repushed) {
+        // Pushed again while this lease was held: it is new work, queued behind its peers.
+        i.entry = std::move(*i.repushed);
+        i.repushed.reset();
+        i.token = 0;
+        i.seq = ++impl_->next_seq;
+        impl_->place(i, impl_->clk.now());
+        continue;
+      }
+      impl_->items.erase(it);
     }
+    impl_->serve_parked(impl_->clk.now(), done);
   }
+  for (auto& d : done) d();
   detail::post_completion(std::move(h), impl_->ex, error_code{}, removed);
 }
 
@@ -496,6 +523,11 @@ void queue::do_release(release_params p, handler<void(error_code)> h) {
       item& i = it->second;
       impl_->leased.erase(&i);
       i.token = 0;
+      if (i.repushed) {  // pushed again meanwhile: that entry wins over the holder's release
+        i.entry = std::move(*i.repushed);
+        i.repushed.reset();
+        p.available_at.reset();
+      }
       if (p.available_at) i.entry.available_at = *p.available_at;
       if (!p.keep_position) i.seq = ++impl_->next_seq;
       impl_->place(i, now);

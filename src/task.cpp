@@ -454,6 +454,15 @@ claim_outcome apply_claim(task_record& r, time_point now) {
     r.log.push_back({now, fmt::format("worker lost during attempt {}; rescued", r.attempt)});
   } else if (r.status != task_status::pending) {
     return claim_outcome::skipped;
+  } else if (r.cancel_requested) {
+    // Cancel was requested while its last attempt ran and that attempt ended in a retry: the
+    // cancel wins over the retry. (An explicit retry clears the flag, so only this path gets
+    // here.)
+    r.status = task_status::cancelled;
+    r.updated_at = now;
+    r.finished_at = now;
+    r.log.push_back({now, "cancelled: cancel was requested before the retry started"});
+    return claim_outcome::skipped;
   }
   r.status = task_status::running;
   ++r.attempt;

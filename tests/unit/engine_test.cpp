@@ -688,3 +688,55 @@ TEST_CASE("blocking client calls work from another thread and refuse the io thre
   f.io.stop();
   io_thread.join();
 }
+
+TEST_CASE("a retry racing the old holder's ack is not lost", "[client][queue][race]") {
+  engine_fixture f;
+  auto id = f.enqueue({.type = "t"});
+  // A worker holds a lease on the pending task...
+  std::optional<std::vector<lease>> held;
+  f.q.async_reserve({}, [&](error_code, std::vector<lease> l) { held = l; });
+  drain(f.io);
+  REQUIRE(held->size() == 1);
+  // ...the client cancels it (the queue entry stays: it is leased)...
+  f.c.async_cancel(id, [](error_code, task_record) {});
+  drain(f.io);
+  // ...the worker's claim skips it...
+  std::optional<claim_result> claimed;
+  f.s.async_claim({{id}, f.clk.now()}, [&](error_code, claim_result r) { claimed = r; });
+  drain(f.io);
+  REQUIRE(claimed->skipped.size() == 1);
+  // ...the client retries it before the worker acks...
+  std::optional<error_code> retried;
+  f.c.async_retry(id, [&](error_code ec, task_record) { retried = ec; });
+  drain(f.io);
+  REQUIRE(retried == error_code{});
+  // ...and the worker's ack of its old lease must not take the retried task away.
+  f.q.async_ack(*held, [](error_code, std::size_t) {});
+  drain(f.io);
+  std::optional<std::vector<lease>> again;
+  f.q.async_reserve({}, [&](error_code, std::vector<lease> l) { again = l; });
+  drain(f.io);
+  REQUIRE(again->size() == 1);
+  CHECK(again->front().id == id);
+  CHECK(f.status(id) == task_status::pending);
+}
+
+TEST_CASE("waiting for a task whose outcome is being recorded still completes", "[client][race]") {
+  engine_fixture f;
+  std::atomic<bool> go{false};
+  f.exec.handle("t", [&](task_context&) {
+    while (!go) std::this_thread::yield();
+    return json(1);
+  });
+  worker w(f.c, f.exec);
+  w.async_run(asio::detached);
+  auto id = f.enqueue({.type = "t"});
+  REQUIRE(run_until(f.io, [&] { return w.running() == 1; }));
+  go = true;  // finishes with nobody waiting: the update goes out without its record
+  std::optional<task_record> done;
+  f.c.async_wait(id, [&](error_code, task_record r) { done = r; });
+  REQUIRE(run_until(f.io, [&] { return done.has_value(); }));
+  CHECK(done->status == task_status::succeeded);
+  w.stop();
+  drain(f.io);
+}

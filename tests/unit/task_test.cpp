@@ -255,3 +255,20 @@ TEST_CASE("cancel requests and heartbeats", "[task][store-rules]") {
   REQUIRE_FALSE(detail::apply_heartbeat(running, {running.id, 1, {}, t0 + 2s}, cancel));
   CHECK(cancel);
 }
+
+TEST_CASE("a cancel requested during an attempt that ends in a retry wins at the next claim",
+          "[task][store-rules]") {
+  auto r = make_record({.type = "t", .max_attempts = 3}, t0);
+  REQUIRE(detail::apply_claim(r, t0) == detail::claim_outcome::claimed);
+  REQUIRE_FALSE(detail::apply_cancel_request(r, t0 + 1s));  // running: flagged
+  task_update retry{.id = r.id,
+                    .expected = task_status::running,
+                    .to = task_status::pending,
+                    .now = t0 + 2s,
+                    .available_at = t0 + 10s};
+  REQUIRE_FALSE(detail::apply_update(r, retry));
+  CHECK(r.cancel_requested);
+  CHECK(detail::apply_claim(r, t0 + 10s) == detail::claim_outcome::skipped);
+  CHECK(r.status == task_status::cancelled);
+  CHECK(r.attempt == 1);
+}
