@@ -11,18 +11,22 @@
 
 #include <fmt/format.h>
 
+#include <filesystem>
 #include <thread>
 
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
 
-int main() {
+int main(int argc, char** argv) {
   asio::io_context io;
 
-  // Backends: in memory here (see examples/ for the durable file store).
-  taskq::memory::queue queue(io.get_executor());
-  taskq::memory::store store(io.get_executor());
-  taskq::client client(io.get_executor(), queue, store);
+  // A durable store in a directory: every enqueue and state change is in its journal (fsynced,
+  // group-committed) before it completes, so tasks survive a crash or restart. Swap in
+  // taskq::memory::queue / taskq::memory::store for tests and throw-away work.
+  const std::filesystem::path dir = argc > 1 ? argv[1] : "taskq-quickstart-data";
+  auto backend = taskq::file::backend::open(io.get_executor(), dir);
+  fmt::print("store {}: {} task(s) recovered\n", dir.string(), backend->recovery().tasks);
+  taskq::client client(io.get_executor(), backend->queue(), backend->store());
 
   // Handlers are registered per task type. This one runs on the executor's thread pool.
   taskq::local_executor executor(io.get_executor());
