@@ -1,0 +1,132 @@
+// taskq — the PostgreSQL backend: many processes (and hosts) share one queue and one store.
+//
+// Storage: three tables in a schema of the caller's choosing (default "taskq"), created and
+// migrated by open() under a transaction-scoped advisory lock, so several processes starting
+// at once are safe; applied versions are kept in SCHEMA.migrations.
+//   tasks          one row per task record (filterable columns + the record as jsonb, in the
+//                  stable JSON mapping of task.hpp); every change is a compare-and-set on a
+//                  row version, so the status rules of detail/record_ops.hpp hold across
+//                  processes exactly as in one.
+//   queue          one row per queued task (priority, FIFO sequence, available_at, lease).
+//   paused_queues  the names of paused queues.
+//
+// Reserve is `SELECT ... ORDER BY priority DESC, seq LIMIT n FOR UPDATE SKIP LOCKED` turned
+// into a lease (leased_until, lease token) in one statement: any number of processes reserve
+// concurrently without handing a task out twice; an expired lease makes the task reservable
+// again by any process, in its original position. Pushes, inserts, updates, acks and lease
+// extensions of a batch are one statement each (JSON array or array parameters), never one
+// round trip per task.
+//
+// Waiting reserves wake on LISTEN/NOTIFY (a push or a release notifies, in the same statement),
+// on the injected clock when the next delay or lease runs out, and on a slow real-time fallback
+// poll (`poll_interval`) that covers a lost notification.
+//
+// I/O: libpq in non-blocking mode, driven by the host's io_context (each connection's socket
+// is waited on by Asio); no threads are started. A small pool (`pool_size`) serves the
+// operations; one more connection listens for notifications. A broken connection is dropped
+// and replaced on demand, new connections are tried with exponential backoff
+// (`reconnect_min`..`reconnect_max`); an operation whose connection fails completes with
+// errc::backend_unavailable (nothing is half-written: each operation is one statement or a
+// version-checked write). While open, the backend keeps work outstanding on the io_context
+// (the listener); close() (or the destructor) releases it.
+//
+// Times (available_at, leases, created/finished) are the injected clock's, stored as
+// microseconds since the Unix epoch, so every process must use the same time source.
+//
+// Errors that mean the database cannot be used come as errc::backend_unavailable, with a
+// detail (open()'s `detail`, last_error(), on_error) that says which: "server unreachable",
+// "authentication failed", "database does not exist", "missing privileges", "connection lost".
+#pragma once
+
+#include <taskq/clock.hpp>
+#include <taskq/queue.hpp>
+#include <taskq/store.hpp>
+
+#include <boost/asio/any_io_executor.hpp>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+// libpq's connection handle (libpq-fe.h declares the same typedef), so that this header does
+// not need libpq's headers.
+typedef struct pg_conn PGconn;
+
+namespace taskq::postgres {
+
+struct backend_options {
+  /// A libpq connection string ("host=... port=... dbname=... user=...") or URI.
+  std::string conninfo{};
+  /// The schema holding taskq's tables (created when missing). At most 48 characters.
+  std::string schema = "taskq";
+  /// Connections serving operations (the listener is one more). At least 1.
+  std::size_t pool_size = 4;
+  /// Real-time fallback poll of waiting reserves, in case a notification was lost.
+  std::chrono::milliseconds poll_interval{2000};
+  /// Backoff between attempts to open a connection after a failure (doubling up to max).
+  std::chrono::milliseconds reconnect_min{100};
+  std::chrono::milliseconds reconnect_max{5000};
+  /// Time source for leases, delays and record times; must outlive the backend.
+  clock* time = nullptr;
+  /// Told every backend error detail (connection failures, failed statements).
+  std::function<void(const std::string&)> on_error{};
+};
+
+/// A Queue and a Store over one PostgreSQL database. Thread-safe.
+class backend {
+ public:
+  /// Connects (blocking, on the calling thread), creates or migrates the schema, and starts
+  /// listening for notifications on `ex`. On failure returns null and sets `ec`
+  /// (errc::backend_unavailable, errc::invalid_option, errc::unsupported_format_version when
+  /// the schema was migrated by a newer taskq) and `detail`.
+  static std::unique_ptr<backend> open(asio::any_io_executor ex, backend_options opts,
+                                       error_code& ec, std::string* detail = nullptr);
+  /// Throwing form: throws taskq::error with the detail.
+  static std::unique_ptr<backend> open(asio::any_io_executor ex, backend_options opts);
+
+  ~backend();
+  backend(const backend&) = delete;
+  backend& operator=(const backend&) = delete;
+
+  taskq::queue& queue() noexcept;
+  taskq::store& store() noexcept;
+
+  /// The detail of the most recent error (empty if none).
+  std::string last_error() const;
+
+  /// The schema name in use.
+  const std::string& schema() const noexcept;
+
+  /// Stops listening and closes idle connections; operations in flight finish (or fail with
+  /// errc::store_closed), new ones fail with errc::store_closed. Idempotent.
+  void close() noexcept;
+
+  struct state;
+
+ private:
+  explicit backend(std::shared_ptr<state> s) noexcept;
+  std::shared_ptr<state> state_;
+};
+
+/// The schema version this library creates (the highest migration it knows).
+int schema_version() noexcept;
+
+/// Transactional enqueue: inserts the tasks (record and queue entry) on the host's own
+/// connection `conn`, so that they exist if and only if the host's transaction commits
+/// (workers are notified at commit). Blocking; `conn` must not have a query in progress. When
+/// `conn` is inside a transaction block the statement runs under a savepoint, so a failure
+/// (errc::duplicate_id, errc::duplicate_unique_key) leaves the host's transaction usable;
+/// outside a transaction block the statement commits on its own. The schema must exist
+/// (opened once by backend::open). Returns the task ids in order; on failure returns none
+/// and sets `ec` (validation errors as taskq::validate reports them) and `detail`.
+std::vector<std::string> enqueue(PGconn* conn, const std::string& schema,
+                                 std::vector<task_spec> specs, time_point now, error_code& ec,
+                                 std::string* detail = nullptr);
+
+/// Throwing form of enqueue().
+std::vector<std::string> enqueue(PGconn* conn, const std::string& schema,
+                                 std::vector<task_spec> specs, time_point now);
+
+}  // namespace taskq::postgres

@@ -1,0 +1,1807 @@
+// The PostgreSQL backend: libpq driven by Asio, a connection pool, migrations, the Queue and
+// the Store, LISTEN/NOTIFY wake-ups and transactional enqueue. See backends/postgres/backend.hpp.
+#include <taskq/backends/postgres/backend.hpp>
+#include <taskq/detail/record_ops.hpp>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/prefer.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <libpq-fe.h>
+
+#include <algorithm>
+#include <list>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <tuple>
+#include <unordered_map>
+#include <unordered_set>
+
+namespace taskq::postgres {
+
+namespace {
+
+using asio::awaitable;
+using steady = std::chrono::steady_clock;
+using wait_type = asio::posix::descriptor_base::wait_type;
+using params = std::vector<std::optional<std::string>>;
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+
+std::int64_t to_us(time_point t) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count();
+}
+time_point from_us(std::int64_t us) {
+  return time_point(std::chrono::duration_cast<duration>(std::chrono::microseconds(us)));
+}
+
+std::string quote_ident(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  return out + '"';
+}
+
+/// A text[] literal: {"a","b"} with backslash escapes.
+std::string text_array(const std::vector<std::string>& v) {
+  std::string out = "{";
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    if (i) out += ',';
+    out += '"';
+    for (char c : v[i]) {
+      if (c == '"' || c == '\\') out += '\\';
+      out += c;
+    }
+    out += '"';
+  }
+  return out + '}';
+}
+
+std::string int_array(const std::vector<std::int64_t>& v) {
+  std::string out = "{";
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    if (i) out += ',';
+    out += std::to_string(v[i]);
+  }
+  return out + '}';
+}
+
+void ignore_notice(void*, const char*) {}
+
+std::string trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+/// Says which configuration problem a failed connection attempt shows.
+std::string classify_connect_failure(const std::string& message) {
+  auto has = [&](const char* w) { return message.find(w) != std::string::npos; };
+  std::string what;
+  if (has("password authentication failed") || has("no password supplied") ||
+      has("authentication failed") || has("pg_hba.conf"))
+    what = "authentication failed";
+  else if (has("database") && has("does not exist"))
+    what = "database does not exist";
+  else if (has("role") && has("does not exist"))
+    what = "authentication failed (no such role)";
+  else if (has("permission denied"))
+    what = "missing privileges";
+  else
+    what = "server unreachable";
+  return "PostgreSQL " + what + ": " + trim(message);
+}
+
+// --- results and connections ----------------------------------------------------------------
+
+struct result {
+  std::shared_ptr<PGresult> res{};
+  int rows() const { return res ? PQntuples(res.get()) : 0; }
+  const char* get(int row, int col) const { return PQgetvalue(res.get(), row, col); }
+  bool null(int row, int col) const { return PQgetisnull(res.get(), row, col) != 0; }
+  std::int64_t i64(int row, int col) const { return std::stoll(get(row, col)); }
+  std::size_t affected() const {
+    const char* n = res ? PQcmdTuples(res.get()) : "";
+    return *n ? std::stoull(n) : 0;
+  }
+};
+
+struct reply {
+  error_code ec{};
+  std::string detail{};
+  result res{};
+};
+
+/// Maps a failed statement to taskq's errors.
+reply error_reply(PGresult* r, PGconn* c) {
+  reply out;
+  const char* state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : nullptr;
+  const char* constraint = r ? PQresultErrorField(r, PG_DIAG_CONSTRAINT_NAME) : nullptr;
+  std::string code = state ? state : "";
+  std::string msg = trim(r ? PQresultErrorMessage(r) : PQerrorMessage(c));
+  if (msg.empty()) msg = trim(PQerrorMessage(c));
+  if (code == "23505") {
+    std::string cn = constraint ? constraint : "";
+    out.ec = cn.find("unique_key") != std::string::npos ? errc::duplicate_unique_key
+                                                        : errc::duplicate_id;
+  } else if (code == "42501") {
+    out.ec = errc::backend_unavailable;
+    out.detail = "PostgreSQL missing privileges: " + msg;
+  } else if (code.rfind("08", 0) == 0 || code.rfind("57P", 0) == 0 ||
+             PQstatus(c) == CONNECTION_BAD) {
+    out.ec = errc::backend_unavailable;
+    out.detail = "PostgreSQL connection lost: " + msg;
+  } else if (code.rfind("28", 0) == 0) {
+    out.ec = errc::backend_unavailable;
+    out.detail = "PostgreSQL authentication failed: " + msg;
+  } else if (code == "3D000" || code == "3F000" || code == "42P01") {
+    out.ec = errc::backend_unavailable;
+    out.detail = "PostgreSQL schema or database missing: " + msg;
+  } else {
+    out.ec = errc::io_error;
+    out.detail = "PostgreSQL statement failed (" + code + "): " + msg;
+  }
+  return out;
+}
+
+struct connection {
+  PGconn* pg = nullptr;
+  asio::posix::stream_descriptor sd;
+  bool broken = false;
+
+  connection(asio::any_io_executor ex, PGconn* c) : pg(c), sd(ex) { sd.assign(PQsocket(c)); }
+  ~connection() {
+    sd.release();  // the socket is libpq's
+    PQfinish(pg);
+  }
+  connection(const connection&) = delete;
+  connection& operator=(const connection&) = delete;
+
+  reply lost(const char* what) {
+    broken = true;
+    reply out;
+    out.ec = errc::backend_unavailable;
+    out.detail =
+        std::string("PostgreSQL connection lost (") + what + "): " + trim(PQerrorMessage(pg));
+    return out;
+  }
+
+  /// Whether an idle connection is still usable (reads what the server sent meanwhile, e.g.
+  /// the termination notice of pg_terminate_backend).
+  bool healthy() {
+    if (broken) return false;
+    // A terminated session leaves an error message and then end-of-file in the socket: read
+    // both (twice), and let libpq parse what it read.
+    for (int i = 0; i < 2; ++i)
+      if (!PQconsumeInput(pg)) return false;
+    (void)PQisBusy(pg);
+    return PQstatus(pg) != CONNECTION_BAD;
+  }
+};
+
+awaitable<error_code> wait_for(connection& c, wait_type w) {
+  auto [ec] = co_await c.sd.async_wait(w, use_tuple);
+  co_return ec;
+}
+
+/// Runs one statement (extended protocol, text parameters) without blocking.
+awaitable<reply> exec(connection& c, const std::string& sql, const params& ps) {
+  std::vector<const char*> values;
+  values.reserve(ps.size());
+  for (const auto& p : ps) values.push_back(p ? p->c_str() : nullptr);
+  if (!PQsendQueryParams(c.pg, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(),
+                         nullptr, nullptr, 0))
+    co_return c.lost("send");
+  for (;;) {
+    int f = PQflush(c.pg);
+    if (f == 0) break;
+    if (f < 0) co_return c.lost("flush");
+    auto ec = co_await wait_for(c, wait_type::wait_write);
+    if (ec) co_return c.lost("wait");
+    if (!PQconsumeInput(c.pg)) co_return c.lost("read");
+  }
+  reply out;
+  bool failed = false;
+  for (;;) {
+    bool done = false;
+    while (!PQisBusy(c.pg)) {
+      PGresult* r = PQgetResult(c.pg);
+      if (!r) {
+        done = true;
+        break;
+      }
+      auto st = PQresultStatus(r);
+      if (st == PGRES_FATAL_ERROR || st == PGRES_BAD_RESPONSE || st == PGRES_NONFATAL_ERROR) {
+        if (!failed) {
+          auto e = error_reply(r, c.pg);
+          out.ec = e.ec;
+          out.detail = std::move(e.detail);
+          failed = true;
+        }
+        PQclear(r);
+      } else {
+        out.res.res.reset(r, &PQclear);
+      }
+    }
+    if (done) break;
+    auto ec = co_await wait_for(c, wait_type::wait_read);
+    if (ec) co_return c.lost("wait");
+    if (!PQconsumeInput(c.pg)) co_return c.lost("read");
+  }
+  if (PQstatus(c.pg) == CONNECTION_BAD) {
+    c.broken = true;
+    if (!out.ec) co_return c.lost("status");
+  }
+  co_return out;
+}
+
+/// Opens a connection without blocking (PQconnectStart / PQconnectPoll on Asio waits).
+awaitable<std::tuple<error_code, std::string, std::unique_ptr<connection>>> connect_async(
+    asio::any_io_executor ex, std::string conninfo) {
+  std::tuple<error_code, std::string, std::unique_ptr<connection>> out;
+  PGconn* c = PQconnectStart(conninfo.c_str());
+  if (!c || PQstatus(c) == CONNECTION_BAD) {
+    std::get<0>(out) = errc::backend_unavailable;
+    std::get<1>(out) = classify_connect_failure(c ? PQerrorMessage(c) : "out of memory");
+    if (c) PQfinish(c);
+    co_return out;
+  }
+  auto st = PGRES_POLLING_WRITING;
+  while (st != PGRES_POLLING_OK) {
+    if (st == PGRES_POLLING_FAILED) {
+      std::get<0>(out) = errc::backend_unavailable;
+      std::get<1>(out) = classify_connect_failure(PQerrorMessage(c));
+      PQfinish(c);
+      co_return out;
+    }
+    asio::posix::stream_descriptor sd(ex, PQsocket(c));
+    auto w = st == PGRES_POLLING_READING ? wait_type::wait_read : wait_type::wait_write;
+    auto [ec] = co_await sd.async_wait(w, use_tuple);
+    sd.release();
+    if (ec) {
+      std::get<0>(out) = errc::store_closed;
+      std::get<1>(out) = "connection attempt cancelled";
+      PQfinish(c);
+      co_return out;
+    }
+    st = PQconnectPoll(c);
+  }
+  PQsetnonblocking(c, 1);
+  PQsetNoticeProcessor(c, &ignore_notice, nullptr);
+  std::get<2>(out) = std::make_unique<connection>(ex, c);
+  co_return out;
+}
+
+// --- SQL ------------------------------------------------------------------------------------
+
+constexpr int advisory_class = 0x7461736b;  // "task"
+
+/// The migrations, in order; version n is migrations[n - 1]. "@" stands for the quoted schema.
+const std::vector<std::string>& migrations() {
+  static const std::vector<std::string> all = {
+      R"(
+CREATE TABLE @.tasks (
+  id text COLLATE "C" PRIMARY KEY,
+  type text NOT NULL,
+  queue text NOT NULL,
+  status smallint NOT NULL,
+  attempt integer NOT NULL,
+  unique_key text NOT NULL,
+  unique_any boolean NOT NULL,
+  created_at bigint NOT NULL,
+  finished_at bigint,
+  labels jsonb NOT NULL,
+  version bigint NOT NULL DEFAULT 0,
+  record jsonb NOT NULL);
+CREATE UNIQUE INDEX tasks_unique_key ON @.tasks (unique_key)
+  WHERE unique_key <> '' AND (unique_any OR status < 2);
+CREATE INDEX tasks_finished ON @.tasks (status, finished_at);
+CREATE SEQUENCE @.queue_order;
+CREATE SEQUENCE @.lease_tokens;
+CREATE TABLE @.queue (
+  id text COLLATE "C" PRIMARY KEY,
+  queue text NOT NULL,
+  type text NOT NULL,
+  concurrency_key text NOT NULL,
+  priority integer NOT NULL,
+  available_at bigint NOT NULL,
+  seq bigint NOT NULL DEFAULT nextval('@.queue_order'),
+  leased_until bigint,
+  token bigint NOT NULL DEFAULT 0);
+CREATE INDEX queue_order_idx ON @.queue (queue, priority DESC, seq);
+CREATE TABLE @.paused_queues (name text PRIMARY KEY);
+)"};
+  return all;
+}
+
+std::string with_schema(const std::string& text, const std::string& quoted) {
+  std::string out;
+  for (char c : text) {
+    if (c == '@')
+      out += quoted;
+    else
+      out += c;
+  }
+  return out;
+}
+
+// Columns of a record row, as JSON for jsonb_array_elements.
+json row_json(const task_record& r, std::int64_t version) {
+  return json{{"id", r.id},
+              {"v", version},
+              {"type", r.type},
+              {"queue", r.queue},
+              {"status", static_cast<int>(r.status)},
+              {"attempt", r.attempt},
+              {"uk", r.unique_key},
+              {"ua", r.unique_for == unique_scope::any},
+              {"ca", to_us(r.created_at)},
+              {"fa", r.finished_at ? json(to_us(*r.finished_at)) : json()},
+              {"labels", r.labels},
+              {"r", to_json(r)}};
+}
+
+json entry_json(const queue_entry& e) {
+  return json{{"id", e.id},
+              {"queue", e.queue},
+              {"type", e.type},
+              {"key", e.concurrency_key},
+              {"priority", e.priority},
+              {"at", to_us(e.available_at)}};
+}
+
+struct sql_text {
+  std::string insert_tasks, load, write_back, get, counts, prune;
+  std::string push, reserve, hint, ack, extend, release, remove_entry, stats, pause, resume,
+      paused_names;
+  std::string enqueue;
+
+  explicit sql_text(const std::string& q) {
+    auto s = [&](const char* t) { return with_schema(t, q); };
+    const char* insert_sel =
+        "SELECT x->>'id', x->>'type', x->>'queue', (x->>'status')::smallint, "
+        "(x->>'attempt')::integer, x->>'uk', (x->>'ua')::boolean, (x->>'ca')::bigint, "
+        "(x->>'fa')::bigint, x->'labels', x->'r' FROM jsonb_array_elements($1::jsonb) x";
+    insert_tasks = s("INSERT INTO @.tasks (id, type, queue, status, attempt, unique_key, "
+                     "unique_any, created_at, finished_at, labels, record) ") +
+                   insert_sel;
+    load = s("SELECT id, version, record::text FROM @.tasks WHERE id = ANY($1::text[])");
+    write_back =
+        s("UPDATE @.tasks t SET status = (x->>'status')::smallint, attempt = "
+          "(x->>'attempt')::integer, unique_any = (x->>'ua')::boolean, finished_at = "
+          "(x->>'fa')::bigint, record = x->'r', version = t.version + 1 "
+          "FROM jsonb_array_elements($1::jsonb) x "
+          "WHERE t.id = x->>'id' AND t.version = (x->>'v')::bigint RETURNING t.id");
+    get = s("SELECT record::text FROM @.tasks WHERE id = $1");
+    counts = s("SELECT status, type, queue, count(*) FROM @.tasks GROUP BY 1, 2, 3");
+    prune = s("DELETE FROM @.tasks WHERE status >= 2 AND finished_at < $1");
+    const char* push_ins =
+        "INSERT INTO @.queue (id, queue, type, concurrency_key, priority, available_at) "
+        "SELECT x->>'id', x->>'queue', x->>'type', x->>'key', (x->>'priority')::integer, "
+        "(x->>'at')::bigint FROM jsonb_array_elements($E::jsonb) WITH ORDINALITY AS t(x, n) "
+        "ORDER BY n RETURNING queue, available_at";
+    const char* notify_sel =
+        " SELECT pg_notify($C, 'p' || chr(9) || queue || chr(9) || min(available_at)::text) "
+        "FROM ins GROUP BY queue";
+    auto fill = [&](std::string t, const char* e, const char* c) {
+      t = s(t.c_str());
+      for (auto pos = t.find("$E"); pos != std::string::npos; pos = t.find("$E"))
+        t.replace(pos, 2, e);
+      for (auto pos = t.find("$C"); pos != std::string::npos; pos = t.find("$C"))
+        t.replace(pos, 2, c);
+      return t;
+    };
+    push = fill(std::string("WITH ins AS (") + push_ins + ")" + notify_sel, "$1", "$2");
+    enqueue =
+        fill(std::string("WITH t AS (INSERT INTO @.tasks (id, type, queue, status, attempt, "
+                         "unique_key, unique_any, created_at, finished_at, labels, record) ") +
+                 insert_sel + "), ins AS (" + push_ins + ")" + notify_sel,
+             "$2", "$3");
+    reserve =
+        s("WITH picked AS (SELECT e.id FROM @.queue e WHERE e.queue = ANY($1::text[]) "
+          "AND NOT EXISTS (SELECT 1 FROM @.paused_queues p WHERE p.name = e.queue) "
+          "AND e.available_at <= $2 AND (e.leased_until IS NULL OR e.leased_until <= $2) "
+          "AND NOT (e.type = ANY($4::text[])) "
+          "AND NOT (e.concurrency_key <> '' AND e.concurrency_key = ANY($5::text[])) "
+          "ORDER BY e.priority DESC, e.seq LIMIT $3 FOR UPDATE SKIP LOCKED) "
+          "UPDATE @.queue e SET leased_until = $6, token = nextval('@.lease_tokens') "
+          "FROM picked WHERE e.id = picked.id "
+          "RETURNING e.id, e.queue, e.type, e.concurrency_key, e.priority, e.token, e.seq");
+    hint =
+        s("SELECT least(min(available_at) FILTER (WHERE available_at > $2 AND (leased_until IS "
+          "NULL OR leased_until <= $2)), min(leased_until) FILTER (WHERE leased_until > $2)) "
+          "FROM @.queue WHERE queue = ANY($1::text[])");
+    ack =
+        s("DELETE FROM @.queue e USING (SELECT unnest($1::text[]) AS id, unnest($2::bigint[]) AS "
+          "tok) x WHERE e.id = x.id AND e.token = x.tok");
+    extend =
+        s("UPDATE @.queue e SET leased_until = $3 FROM (SELECT unnest($1::text[]) AS id, "
+          "unnest($2::bigint[]) AS tok) x WHERE e.id = x.id AND e.token = x.tok AND "
+          "e.leased_until > $4 RETURNING e.id");
+    release = s(
+        "WITH ins AS (UPDATE @.queue SET leased_until = NULL, token = 0, available_at = "
+        "COALESCE($3::bigint, available_at), seq = CASE WHEN $4::boolean THEN seq ELSE "
+        "nextval('@.queue_order') END WHERE id = $1 AND token = $2::bigint AND leased_until > $5 "
+        "RETURNING queue, available_at) SELECT queue, available_at, pg_notify($6, 'p' || chr(9) || "
+        "queue || chr(9) || available_at::text) FROM ins");
+    remove_entry =
+        s("DELETE FROM @.queue WHERE id = $1 AND (leased_until IS NULL OR leased_until <= $2)");
+    stats =
+        s("SELECT count(*) FILTER (WHERE (leased_until IS NULL OR leased_until <= $1) AND "
+          "available_at <= $1), count(*) FILTER (WHERE (leased_until IS NULL OR leased_until <= "
+          "$1) AND available_at > $1), count(*) FILTER (WHERE leased_until > $1) FROM @.queue "
+          "WHERE $2 = '' OR queue = $2");
+    pause =
+        s("WITH x AS (INSERT INTO @.paused_queues (name) VALUES ($1) ON CONFLICT DO NOTHING) "
+          "SELECT pg_notify($2, 's' || chr(9) || $1)");
+    resume =
+        s("WITH x AS (DELETE FROM @.paused_queues WHERE name = $1) "
+          "SELECT pg_notify($2, 'r' || chr(9) || $1)");
+    paused_names = s("SELECT name FROM @.paused_queues");
+  }
+};
+
+std::string channel_for(const std::string& schema) {
+  return "taskq_" + schema;
+}
+
+// --- the synchronous part (open, migrations, transactional enqueue) -------------------------
+
+struct sync_result {
+  PGresult* r = nullptr;
+  ~sync_result() {
+    if (r) PQclear(r);
+  }
+};
+
+/// Runs statements on a blocking connection; false (with ec/detail) on failure.
+bool run_sync(PGconn* c, const std::string& sql, error_code& ec, std::string& detail,
+              const params& ps = {}, sync_result* keep = nullptr) {
+  std::vector<const char*> values;
+  for (const auto& p : ps) values.push_back(p ? p->c_str() : nullptr);
+  PGresult* r = ps.empty() ? PQexec(c, sql.c_str())
+                           : PQexecParams(c, sql.c_str(), static_cast<int>(values.size()), nullptr,
+                                          values.data(), nullptr, nullptr, 0);
+  auto st = PQresultStatus(r);
+  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+    auto e = error_reply(r, c);
+    ec = e.ec;
+    detail = e.detail.empty() ? std::string(ec.message()) : e.detail;
+    PQclear(r);
+    return false;
+  }
+  if (keep)
+    keep->r = r;
+  else
+    PQclear(r);
+  return true;
+}
+
+bool migrate(PGconn* c, const std::string& schema, error_code& ec, std::string& detail) {
+  auto q = quote_ident(schema);
+  if (!run_sync(c, "BEGIN", ec, detail)) return false;
+  auto fail = [&] {
+    PGresult* r = PQexec(c, "ROLLBACK");
+    PQclear(r);
+    return false;
+  };
+  // Serialises concurrent openers of the same schema until this transaction ends.
+  params lock{std::to_string(advisory_class), schema};
+  if (!run_sync(c, "SELECT pg_advisory_xact_lock($1::integer, hashtext($2))", ec, detail, lock))
+    return fail();
+  if (!run_sync(c, "CREATE SCHEMA IF NOT EXISTS " + q, ec, detail)) return fail();
+  if (!run_sync(c,
+                "CREATE TABLE IF NOT EXISTS " + q +
+                    ".migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL "
+                    "DEFAULT now())",
+                ec, detail))
+    return fail();
+  sync_result cur;
+  if (!run_sync(c, "SELECT coalesce(max(version), 0) FROM " + q + ".migrations", ec, detail, {},
+                &cur))
+    return fail();
+  int version = std::stoi(PQgetvalue(cur.r, 0, 0));
+  const auto& all = migrations();
+  if (version > static_cast<int>(all.size())) {
+    ec = errc::unsupported_format_version;
+    detail = "schema " + schema + " is at version " + std::to_string(version) +
+             ", newer than this taskq (" + std::to_string(all.size()) + ")";
+    return fail();
+  }
+  for (int v = version + 1; v <= static_cast<int>(all.size()); ++v) {
+    if (!run_sync(c, with_schema(all[static_cast<std::size_t>(v - 1)], q), ec, detail))
+      return fail();
+    if (!run_sync(c,
+                  "INSERT INTO " + q + ".migrations (version) VALUES (" + std::to_string(v) + ")",
+                  ec, detail))
+      return fail();
+  }
+  return run_sync(c, "COMMIT", ec, detail);
+}
+
+}  // namespace
+
+int schema_version() noexcept {
+  return static_cast<int>(migrations().size());
+}
+
+// --- state ----------------------------------------------------------------------------------
+
+namespace {
+
+class pg_queue;
+class pg_store;
+
+}  // namespace
+
+struct backend::state : std::enable_shared_from_this<backend::state> {
+  asio::any_io_executor ex;
+  backend_options opts;
+  clock& clk;
+  sql_text sql;
+  std::string channel;
+
+  mutable std::mutex mutex;
+  bool closed = false;
+  std::string last_error;
+  // pool
+  std::vector<std::unique_ptr<connection>> idle;
+  std::size_t open_conns = 0;
+  std::list<std::shared_ptr<asio::steady_timer>> pool_waiters;
+  steady::time_point next_connect{};
+  std::chrono::milliseconds backoff{0};
+  // queue
+  std::unordered_set<std::string> paused;
+  struct waiter {
+    std::uint64_t id = 0;
+    reserve_params params{};
+    asio::any_completion_handler<void(error_code, std::vector<lease>)> handler;
+    asio::any_io_executor work{};
+    bool in_flight = false;
+    bool cancelled = false;
+    std::uint64_t gen = 0;
+  };
+  std::list<waiter> waiting;
+  std::uint64_t next_waiter = 0;
+  std::uint64_t wake_gen = 0;
+  std::optional<time_point> alarm_at;
+  asio::cancellation_signal alarm_cancel;
+  std::uint64_t alarm_gen = 0;
+  // listener and fallback poll
+  connection* listener = nullptr;
+  asio::steady_timer poll_timer;
+  asio::steady_timer listen_backoff;
+
+  std::unique_ptr<taskq::queue> q;
+  std::unique_ptr<taskq::store> s;
+
+  state(asio::any_io_executor e, backend_options o)
+      : ex(std::move(e)),
+        opts(std::move(o)),
+        clk(opts.time ? *opts.time : default_clock()),
+        sql(quote_ident(opts.schema)),
+        channel(channel_for(opts.schema)),
+        poll_timer(ex),
+        listen_backoff(ex) {}
+
+  void note_error(const std::string& detail) {
+    if (detail.empty()) return;
+    {
+      std::lock_guard lock(mutex);
+      last_error = detail;
+    }
+    if (opts.on_error) opts.on_error(detail);
+  }
+
+  // --- pool ---
+
+  awaitable<std::tuple<error_code, std::unique_ptr<connection>>> acquire() {
+    std::tuple<error_code, std::unique_ptr<connection>> out;
+    for (;;) {
+      std::shared_ptr<asio::steady_timer> wait;
+      std::unique_ptr<connection> got;
+      bool make = false;
+      steady::time_point not_before;
+      {
+        std::lock_guard lock(mutex);
+        if (closed) {
+          std::get<0>(out) = errc::store_closed;
+          co_return out;
+        }
+        while (!idle.empty() && !got) {
+          got = std::move(idle.back());
+          idle.pop_back();
+          if (!got->healthy()) {
+            got.reset();
+            --open_conns;
+          }
+        }
+        if (!got) {
+          if (open_conns < opts.pool_size) {
+            ++open_conns;
+            make = true;
+            not_before = next_connect;
+          } else {
+            wait = std::make_shared<asio::steady_timer>(ex, steady::time_point::max());
+            pool_waiters.push_back(wait);
+          }
+        }
+      }
+      if (got) {
+        std::get<1>(out) = std::move(got);
+        co_return out;
+      }
+      if (make) {
+        if (steady::now() < not_before) {
+          asio::steady_timer t(ex, not_before);
+          co_await t.async_wait(use_tuple);
+        }
+        auto [ec, detail, conn] = co_await connect_async(ex, opts.conninfo);
+        if (ec) {
+          {
+            std::lock_guard lock(mutex);
+            --open_conns;
+            backoff = std::clamp(backoff * 2, opts.reconnect_min, opts.reconnect_max);
+            next_connect = steady::now() + backoff;
+            wake_pool_waiter();
+          }
+          note_error(detail);
+          std::get<0>(out) = ec;
+          co_return out;
+        }
+        {
+          std::lock_guard lock(mutex);
+          backoff = std::chrono::milliseconds(0);
+        }
+        std::get<1>(out) = std::move(conn);
+        co_return out;
+      }
+      co_await wait->async_wait(use_tuple);
+    }
+  }
+
+  void wake_pool_waiter() {  // mutex held
+    if (pool_waiters.empty()) return;
+    auto w = pool_waiters.front();
+    pool_waiters.pop_front();
+    asio::post(ex, [w] { w->cancel(); });
+  }
+
+  void release(std::unique_ptr<connection> c) {
+    std::unique_ptr<connection> drop;
+    std::lock_guard lock(mutex);
+    if (c->broken || closed) {
+      --open_conns;
+      drop = std::move(c);
+    } else {
+      idle.push_back(std::move(c));
+    }
+    wake_pool_waiter();
+  }
+
+  /// Runs one statement on a pooled connection.
+  awaitable<reply> query(std::string sql_text, params ps) {
+    auto [ec, conn] = co_await acquire();
+    if (ec) {
+      reply r;
+      r.ec = ec;
+      co_return r;
+    }
+    reply r = co_await exec(*conn, sql_text, ps);
+    release(std::move(conn));
+    if (r.ec) note_error(r.detail);
+    co_return r;
+  }
+
+  // --- waking waiting reserves ---
+
+  void wake(const std::string* queue_name);
+  void rearm(time_point at);  // mutex held
+  void on_pushed(const std::string& queue_name, time_point at);
+  void handle_notification(const std::string& payload);
+  awaitable<void> attempt(std::uint64_t id);
+  awaitable<void> listen_loop();
+  awaitable<void> poll_loop();
+};
+
+namespace {
+
+using state = backend::state;
+
+/// Runs `coro` (an awaitable<std::tuple<error_code, R...>>) and completes `h` with its
+/// result, posted (never inline).
+template <class Tuple, class Handler>
+void launch(const std::shared_ptr<state>& st, Handler h, awaitable<Tuple> coro) {
+  asio::co_spawn(
+      st->ex, std::move(coro), [st, h = std::move(h)](std::exception_ptr e, Tuple t) mutable {
+        if (e) {
+          t = Tuple{};
+          std::get<0>(t) = errc::io_error;
+          try {
+            std::rethrow_exception(e);
+          } catch (const std::exception& x) {
+            st->note_error(std::string("taskq postgres: ") + x.what());
+          }
+        }
+        std::apply(
+            [&](auto&&... a) { detail::post_completion(std::move(h), st->ex, std::move(a)...); },
+            std::move(t));
+      });
+}
+
+std::optional<task_record> parse_record(const char* text) {
+  error_code ec;
+  std::string detail;
+  return record_from_json(json::parse(text), ec, detail);
+}
+
+// --- read, modify, write with a version check -----------------------------------------------
+
+/// Loads the records of `ids`, calls `apply(id, record or nullptr)` (true: changed), writes
+/// the changed ones back if their version is unchanged, and re-applies to those that moved
+/// meanwhile. A write refused by the unique-key index is retried one record at a time and
+/// `on_unique(id)` is told of each refused one.
+template <class Apply, class OnUnique>
+awaitable<reply> rmw(std::shared_ptr<state> st, std::vector<std::string> ids, Apply apply,
+                     OnUnique on_unique) {
+  auto [aec, conn] = co_await st->acquire();
+  reply out;
+  if (aec) {
+    out.ec = aec;
+    co_return out;
+  }
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  for (int round = 0; !ids.empty(); ++round) {
+    if (round == 50) {
+      out.ec = errc::status_conflict;
+      out.detail = "taskq postgres: records kept changing under an update";
+      break;
+    }
+    params lp{text_array(ids)};
+    reply loaded = co_await exec(*conn, st->sql.load, lp);
+    if (loaded.ec) {
+      out = std::move(loaded);
+      break;
+    }
+    std::unordered_map<std::string, std::pair<std::int64_t, task_record>> rows;
+    for (int i = 0; i < loaded.res.rows(); ++i) {
+      auto rec = parse_record(loaded.res.get(i, 2));
+      if (!rec) {
+        out.ec = errc::invalid_record;
+        out.detail = std::string("taskq postgres: undecodable record ") + loaded.res.get(i, 0);
+        break;
+      }
+      rows.emplace(loaded.res.get(i, 0), std::make_pair(loaded.res.i64(i, 1), std::move(*rec)));
+    }
+    if (out.ec) break;
+    json batch = json::array();
+    std::vector<std::string> changed;
+    for (const auto& id : ids) {
+      auto it = rows.find(id);
+      task_record* rec = it == rows.end() ? nullptr : &it->second.second;
+      if (apply(id, rec)) {
+        batch.push_back(row_json(*rec, it->second.first));
+        changed.push_back(id);
+      }
+    }
+    if (changed.empty()) break;
+    params wp{batch.dump()};
+    reply w = co_await exec(*conn, st->sql.write_back, wp);
+    std::vector<std::string> again;
+    if (w.ec == errc::duplicate_unique_key) {
+      for (std::size_t k = 0; k < changed.size(); ++k) {
+        params one{"[" + batch[k].dump() + "]"};
+        reply w1 = co_await exec(*conn, st->sql.write_back, one);
+        if (w1.ec == errc::duplicate_unique_key) {
+          on_unique(changed[k]);
+        } else if (w1.ec) {
+          out = std::move(w1);
+          break;
+        } else if (w1.res.rows() == 0) {
+          again.push_back(changed[k]);
+        }
+      }
+      if (out.ec) break;
+    } else if (w.ec) {
+      out = std::move(w);
+      break;
+    } else {
+      std::unordered_set<std::string> written;
+      for (int i = 0; i < w.res.rows(); ++i) written.insert(w.res.get(i, 0));
+      for (auto& id : changed)
+        if (!written.count(id)) again.push_back(id);
+    }
+    ids = std::move(again);
+  }
+  st->release(std::move(conn));
+  if (out.ec) st->note_error(out.detail);
+  co_return out;
+}
+
+// --- the queue ------------------------------------------------------------------------------
+
+std::vector<lease> parse_leases(const result& r, time_point expires) {
+  std::vector<std::pair<std::int64_t, lease>> rows;
+  for (int i = 0; i < r.rows(); ++i) {
+    lease l;
+    l.id = r.get(i, 0);
+    l.queue = r.get(i, 1);
+    l.type = r.get(i, 2);
+    l.concurrency_key = r.get(i, 3);
+    l.priority = static_cast<int>(r.i64(i, 4));
+    l.token = static_cast<std::uint64_t>(r.i64(i, 5));
+    l.expires_at = expires;
+    rows.emplace_back(r.i64(i, 6), std::move(l));
+  }
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) {
+    if (a.second.priority != b.second.priority) return a.second.priority > b.second.priority;
+    return a.first < b.first;
+  });
+  std::vector<lease> out;
+  out.reserve(rows.size());
+  for (auto& [seq, l] : rows) out.push_back(std::move(l));
+  return out;
+}
+
+struct reserve_outcome {
+  error_code ec{};
+  std::vector<lease> leases{};
+  std::optional<time_point> next{};  ///< when something may become visible (if asked)
+};
+
+awaitable<reserve_outcome> reserve_once(std::shared_ptr<state> st, reserve_params p,
+                                        bool want_hint) {
+  reserve_outcome out;
+  auto now = st->clk.now();
+  auto until = now + p.lease_for;
+  params ps{text_array(p.queues),     std::to_string(to_us(now)), std::to_string(p.max),
+            text_array(p.skip_types), text_array(p.skip_keys),    std::to_string(to_us(until))};
+  reply r = co_await st->query(st->sql.reserve, ps);
+  if (r.ec) {
+    out.ec = r.ec;
+    co_return out;
+  }
+  out.leases = parse_leases(r.res, until);
+  if (out.leases.empty() && want_hint) {
+    params hp{text_array(p.queues), std::to_string(to_us(now))};
+    reply h = co_await st->query(st->sql.hint, hp);
+    if (!h.ec && h.res.rows() == 1 && !h.res.null(0, 0)) out.next = from_us(h.res.i64(0, 0));
+  }
+  co_return out;
+}
+
+awaitable<error_code> release_leases(std::shared_ptr<state> st, std::vector<lease> leases) {
+  error_code ec;
+  auto now = st->clk.now();
+  for (const auto& l : leases) {
+    params ps{l.id,   std::to_string(l.token),    std::nullopt,
+              "true", std::to_string(to_us(now)), st->channel};
+    reply r = co_await st->query(st->sql.release, ps);
+    if (r.ec) ec = r.ec;
+  }
+  co_return ec;
+}
+
+bool serves(const reserve_params& p, const std::string& queue_name) {
+  return std::find(p.queues.begin(), p.queues.end(), queue_name) != p.queues.end();
+}
+
+}  // namespace
+
+void backend::state::wake(const std::string* queue_name) {
+  std::vector<std::uint64_t> ids;
+  {
+    std::lock_guard lock(mutex);
+    if (closed) return;
+    ++wake_gen;
+    for (auto& w : waiting) {
+      if (w.in_flight || (queue_name && !serves(w.params, *queue_name))) continue;
+      w.in_flight = true;
+      w.gen = wake_gen;
+      ids.push_back(w.id);
+    }
+  }
+  for (auto id : ids) asio::co_spawn(ex, attempt(id), asio::detached);
+}
+
+void backend::state::rearm(time_point at) {
+  if (closed || (alarm_at && *alarm_at <= at)) return;
+  if (alarm_at) {
+    ++alarm_gen;
+    alarm_cancel.emit(asio::cancellation_type::terminal);
+  }
+  alarm_at = at;
+  auto gen = ++alarm_gen;
+  std::weak_ptr<state> weak = shared_from_this();
+  clk.async_wait_until(
+      ex, at, asio::bind_cancellation_slot(alarm_cancel.slot(), [weak, gen](error_code ec) {
+        auto self = weak.lock();
+        if (!self || ec) return;
+        {
+          std::lock_guard lock(self->mutex);
+          if (gen != self->alarm_gen) return;
+          self->alarm_at.reset();
+        }
+        self->wake(nullptr);
+      }));
+}
+
+void backend::state::on_pushed(const std::string& queue_name, time_point at) {
+  if (at <= clk.now()) {
+    wake(&queue_name);
+    return;
+  }
+  std::lock_guard lock(mutex);
+  bool any = std::any_of(waiting.begin(), waiting.end(),
+                         [&](const waiter& w) { return serves(w.params, queue_name); });
+  if (any) rearm(at);
+}
+
+void backend::state::handle_notification(const std::string& payload) {
+  // "p\tQUEUE\tAVAILABLE_US" (pushed or released), "s\tQUEUE" (paused), "r\tQUEUE" (resumed)
+  if (payload.size() < 2 || payload[1] != '\t') return;
+  auto rest = payload.substr(2);
+  if (payload[0] == 'p') {
+    auto tab = rest.rfind('\t');
+    if (tab == std::string::npos) return;
+    std::int64_t us = 0;
+    try {
+      us = std::stoll(rest.substr(tab + 1));
+    } catch (const std::exception&) {
+      return;
+    }
+    on_pushed(rest.substr(0, tab), from_us(us));
+  } else if (payload[0] == 's') {
+    std::lock_guard lock(mutex);
+    paused.insert(rest);
+  } else if (payload[0] == 'r') {
+    {
+      std::lock_guard lock(mutex);
+      paused.erase(rest);
+    }
+    wake(&rest);
+  }
+}
+
+awaitable<void> backend::state::attempt(std::uint64_t id) {
+  auto self = shared_from_this();
+  for (;;) {
+    reserve_params p;
+    {
+      std::lock_guard lock(mutex);
+      auto it =
+          std::find_if(waiting.begin(), waiting.end(), [&](const waiter& w) { return w.id == id; });
+      if (it == waiting.end()) co_return;
+      p = it->params;
+    }
+    auto r = co_await reserve_once(self, p, true);
+    std::optional<waiter> done;
+    error_code ec = r.ec;
+    {
+      std::lock_guard lock(mutex);
+      auto it =
+          std::find_if(waiting.begin(), waiting.end(), [&](const waiter& w) { return w.id == id; });
+      if (it == waiting.end()) co_return;
+      if (it->cancelled || !r.leases.empty() || (ec && ec != errc::backend_unavailable)) {
+        done.emplace(std::move(*it));
+        waiting.erase(it);
+      } else if (it->gen != wake_gen) {
+        it->gen = wake_gen;
+        continue;  // woken while the query ran: look again
+      } else {
+        // Nothing yet (or the server is away: the fallback poll retries): wait for a wake-up.
+        it->in_flight = false;
+        if (r.next) rearm(*r.next);
+        co_return;
+      }
+    }
+    if (done->cancelled) {
+      if (!r.leases.empty()) co_await release_leases(self, std::move(r.leases));
+      r.leases.clear();
+      ec = asio::error::operation_aborted;
+    } else {
+      auto slot = asio::get_associated_cancellation_slot(done->handler);
+      if (slot.is_connected()) slot.clear();
+    }
+    detail::post_completion(std::move(done->handler), done->work, ec, std::move(r.leases));
+    co_return;
+  }
+}
+
+awaitable<void> backend::state::listen_loop() {
+  auto self = shared_from_this();
+  auto delay = opts.reconnect_min;
+  const std::string listen_sql = "LISTEN " + quote_ident(channel);
+  for (;;) {
+    {
+      std::lock_guard lock(mutex);
+      if (closed) co_return;
+    }
+    auto [ec, detail, conn] = co_await connect_async(ex, opts.conninfo);
+    if (!ec) {
+      reply r = co_await exec(*conn, listen_sql, {});
+      if (!r.ec) r = co_await exec(*conn, sql.paused_names, {});
+      if (r.ec) {
+        ec = r.ec;
+        detail = r.detail;
+      } else {
+        std::unordered_set<std::string> names;
+        for (int i = 0; i < r.res.rows(); ++i) names.insert(r.res.get(i, 0));
+        {
+          std::lock_guard lock(mutex);
+          if (closed) co_return;
+          paused = std::move(names);
+          listener = conn.get();
+        }
+        delay = opts.reconnect_min;
+        wake(nullptr);  // notifications may have been missed while disconnected
+        for (;;) {
+          // Notifications may already sit in libpq's buffer (read with the last reply).
+          while (PGnotify* n = PQnotifies(conn->pg)) {
+            std::string payload = n->extra ? n->extra : "";
+            PQfreemem(n);
+            handle_notification(payload);
+          }
+          auto wec = co_await wait_for(*conn, wait_type::wait_read);
+          if (wec || !PQconsumeInput(conn->pg)) break;
+        }
+        {
+          std::lock_guard lock(mutex);
+          listener = nullptr;
+          if (closed) co_return;
+        }
+        detail = "PostgreSQL connection lost (listener): " + trim(PQerrorMessage(conn->pg));
+      }
+    }
+    if (ec == errc::store_closed) co_return;
+    note_error(detail);
+    conn.reset();
+    listen_backoff.expires_after(delay);
+    auto [tec] = co_await listen_backoff.async_wait(use_tuple);
+    if (tec) co_return;
+    delay = std::min(delay * 2, opts.reconnect_max);
+  }
+}
+
+awaitable<void> backend::state::poll_loop() {
+  auto self = shared_from_this();
+  for (;;) {
+    poll_timer.expires_after(opts.poll_interval);
+    auto [ec] = co_await poll_timer.async_wait(use_tuple);
+    if (ec) co_return;
+    {
+      std::lock_guard lock(mutex);
+      if (closed) co_return;
+      if (waiting.empty()) continue;
+    }
+    wake(nullptr);
+  }
+}
+
+namespace {
+
+class pg_queue final : public taskq::queue {
+ public:
+  explicit pg_queue(state& s) : st_(s) {}
+
+  bool is_paused(const std::string& queue_name) const override {
+    std::lock_guard lock(st_.mutex);
+    return st_.paused.count(queue_name) != 0;
+  }
+
+ protected:
+  void do_push(push_params p, handler<void(error_code)> h) override {
+    auto st = st_.shared_from_this();
+    std::unordered_set<std::string_view> seen;
+    for (const auto& e : p.entries) {
+      error_code ec;
+      if (e.id.empty())
+        ec = errc::blank_id;
+      else if (e.queue.empty())
+        ec = errc::blank_queue;
+      else if (!seen.insert(e.id).second)
+        ec = errc::duplicate_id;
+      if (ec) return detail::post_completion(std::move(h), st->ex, ec);
+    }
+    launch(st, std::move(h), push(st, std::move(p)));
+  }
+
+  static awaitable<std::tuple<error_code>> push(std::shared_ptr<state> st, push_params p) {
+    if (p.entries.empty()) co_return std::tuple<error_code>{};
+    json arr = json::array();
+    for (const auto& e : p.entries) arr.push_back(entry_json(e));
+    params ps{arr.dump(), st->channel};
+    reply r = co_await st->query(st->sql.push, ps);
+    if (!r.ec) {
+      // Wake this process's waiters now (the notification also comes back, later).
+      std::unordered_map<std::string, time_point> first;
+      for (const auto& e : p.entries) {
+        auto [it, fresh] = first.try_emplace(e.queue, e.available_at);
+        if (!fresh) it->second = std::min(it->second, e.available_at);
+      }
+      for (const auto& [q, at] : first) st->on_pushed(q, at);
+    }
+    co_return std::tuple<error_code>{r.ec};
+  }
+
+  void do_reserve(reserve_params p, handler<void(error_code, std::vector<lease>)> h) override {
+    auto st = st_.shared_from_this();
+    if (p.max == 0 || p.lease_for <= duration::zero())
+      return detail::post_completion(std::move(h), st->ex, error_code(errc::invalid_option),
+                                     std::vector<lease>{});
+    if (!p.wait) return launch(st, std::move(h), reserve_now(st, std::move(p)));
+    auto slot = asio::get_associated_cancellation_slot(h);
+    std::uint64_t id;
+    {
+      std::lock_guard lock(st->mutex);
+      if (st->closed)
+        return detail::post_completion(std::move(h), st->ex, error_code(errc::store_closed),
+                                       std::vector<lease>{});
+      id = ++st->next_waiter;
+      auto& w = st->waiting.emplace_back(state::waiter{
+          id, std::move(p), std::move(h),
+          asio::prefer(st->ex, asio::execution::outstanding_work.tracked), true, false, 0});
+      w.gen = st->wake_gen;
+    }
+    if (slot.is_connected()) {
+      std::weak_ptr<state> weak = st;
+      slot.assign([weak, id](asio::cancellation_type) {
+        auto self = weak.lock();
+        if (!self) return;
+        std::optional<state::waiter> gone;
+        {
+          std::lock_guard lock(self->mutex);
+          auto it = std::find_if(self->waiting.begin(), self->waiting.end(),
+                                 [&](const state::waiter& w) { return w.id == id; });
+          if (it == self->waiting.end()) return;
+          if (it->in_flight) {
+            it->cancelled = true;  // the query in flight finishes and gives back what it got
+            return;
+          }
+          gone.emplace(std::move(*it));
+          self->waiting.erase(it);
+        }
+        detail::post_completion(std::move(gone->handler), gone->work,
+                                error_code(asio::error::operation_aborted), std::vector<lease>{});
+      });
+    }
+    asio::co_spawn(st->ex, st->attempt(id), asio::detached);
+  }
+
+  static awaitable<std::tuple<error_code, std::vector<lease>>> reserve_now(
+      std::shared_ptr<state> st, reserve_params p) {
+    auto r = co_await reserve_once(st, std::move(p), false);
+    co_return std::make_tuple(r.ec, std::move(r.leases));
+  }
+
+  void do_ack(std::vector<lease> l, handler<void(error_code, std::size_t)> h) override {
+    auto st = st_.shared_from_this();
+    launch(st, std::move(h), ack(st, std::move(l)));
+  }
+
+  static std::pair<std::string, std::string> id_token_arrays(const std::vector<lease>& l) {
+    std::vector<std::string> ids;
+    std::vector<std::int64_t> tokens;
+    for (const auto& x : l) {
+      ids.push_back(x.id);
+      tokens.push_back(static_cast<std::int64_t>(x.token));
+    }
+    return {text_array(ids), int_array(tokens)};
+  }
+
+  static awaitable<std::tuple<error_code, std::size_t>> ack(std::shared_ptr<state> st,
+                                                            std::vector<lease> l) {
+    if (l.empty()) co_return std::make_tuple(error_code{}, std::size_t{0});
+    auto [ids, tokens] = id_token_arrays(l);
+    params ps{ids, tokens};
+    reply r = co_await st->query(st->sql.ack, ps);
+    co_return std::make_tuple(r.ec, r.ec ? std::size_t{0} : r.res.affected());
+  }
+
+  void do_extend(std::vector<lease> l, duration lease_for,
+                 handler<void(error_code, std::vector<bool>)> h) override {
+    auto st = st_.shared_from_this();
+    launch(st, std::move(h), extend(st, std::move(l), lease_for));
+  }
+
+  static awaitable<std::tuple<error_code, std::vector<bool>>> extend(std::shared_ptr<state> st,
+                                                                     std::vector<lease> l,
+                                                                     duration lease_for) {
+    std::vector<bool> kept(l.size(), false);
+    if (l.empty()) co_return std::make_tuple(error_code{}, std::move(kept));
+    auto now = st->clk.now();
+    auto [ids, tokens] = id_token_arrays(l);
+    params ps{ids, tokens, std::to_string(to_us(now + lease_for)), std::to_string(to_us(now))};
+    reply r = co_await st->query(st->sql.extend, ps);
+    if (!r.ec) {
+      std::unordered_set<std::string> got;
+      for (int i = 0; i < r.res.rows(); ++i) got.insert(r.res.get(i, 0));
+      for (std::size_t k = 0; k < l.size(); ++k) kept[k] = got.count(l[k].id) != 0;
+    }
+    co_return std::make_tuple(r.ec, std::move(kept));
+  }
+
+  void do_release(release_params p, handler<void(error_code)> h) override {
+    auto st = st_.shared_from_this();
+    launch(st, std::move(h), release(st, std::move(p)));
+  }
+
+  static awaitable<std::tuple<error_code>> release(std::shared_ptr<state> st, release_params p) {
+    auto now = st->clk.now();
+    params ps{p.id,
+              std::to_string(p.token),
+              p.available_at ? std::optional<std::string>(std::to_string(to_us(*p.available_at)))
+                             : std::nullopt,
+              p.keep_position ? "true" : "false",
+              std::to_string(to_us(now)),
+              st->channel};
+    reply r = co_await st->query(st->sql.release, ps);
+    if (r.ec) co_return std::tuple<error_code>{r.ec};
+    if (r.res.rows() == 0) co_return std::tuple<error_code>{errc::not_leased};
+    st->on_pushed(r.res.get(0, 0), from_us(r.res.i64(0, 1)));  // wake this process's waiters
+    co_return std::tuple<error_code>{};
+  }
+
+  void do_remove(std::string id, handler<void(error_code, bool)> h) override {
+    auto st = st_.shared_from_this();
+    launch(st, std::move(h), remove(st, std::move(id)));
+  }
+
+  static awaitable<std::tuple<error_code, bool>> remove(std::shared_ptr<state> st, std::string id) {
+    params ps{id, std::to_string(to_us(st->clk.now()))};
+    reply r = co_await st->query(st->sql.remove_entry, ps);
+    co_return std::make_tuple(r.ec, !r.ec && r.res.affected() > 0);
+  }
+
+  void do_set_paused(std::string queue_name, bool paused, handler<void(error_code)> h) override {
+    auto st = st_.shared_from_this();
+    launch(st, std::move(h), set_paused(st, std::move(queue_name), paused));
+  }
+
+  static awaitable<std::tuple<error_code>> set_paused(std::shared_ptr<state> st, std::string name,
+                                                      bool paused) {
+    params ps{name, st->channel};
+    reply r = co_await st->query(paused ? st->sql.pause : st->sql.resume, ps);
+    if (!r.ec) {
+      {
+        std::lock_guard lock(st->mutex);
+        if (paused)
+          st->paused.insert(name);
+        else
+          st->paused.erase(name);
+      }
+      if (!paused) st->wake(&name);
+    }
+    co_return std::tuple<error_code>{r.ec};
+  }
+
+  void do_stats(std::string queue_name, handler<void(error_code, queue_stats)> h) override {
+    auto st = st_.shared_from_this();
+    launch(st, std::move(h), stats(st, std::move(queue_name)));
+  }
+
+  static awaitable<std::tuple<error_code, queue_stats>> stats(std::shared_ptr<state> st,
+                                                              std::string name) {
+    params ps{std::to_string(to_us(st->clk.now())), name};
+    reply r = co_await st->query(st->sql.stats, ps);
+    queue_stats s;
+    if (!r.ec && r.res.rows() == 1) {
+      s.ready = static_cast<std::size_t>(r.res.i64(0, 0));
+      s.delayed = static_cast<std::size_t>(r.res.i64(0, 1));
+      s.leased = static_cast<std::size_t>(r.res.i64(0, 2));
+    }
+    co_return std::make_tuple(r.ec, s);
+  }
+
+ private:
+  state& st_;
+};
+
+// --- the store ------------------------------------------------------------------------------
+
+/// The WHERE clause of a filter, with its parameters appended to `ps`.
+std::string where_of(const task_filter& f, params& ps) {
+  std::string w = "WHERE true";
+  auto add = [&](std::string value) {
+    ps.emplace_back(std::move(value));
+    return "$" + std::to_string(ps.size());
+  };
+  if (!f.ids.empty()) w += " AND id = ANY(" + add(text_array(f.ids)) + "::text[])";
+  if (!f.statuses.empty()) {
+    std::vector<std::int64_t> s;
+    for (auto x : f.statuses) s.push_back(static_cast<int>(x));
+    w += " AND status = ANY(" + add(int_array(s)) + "::smallint[])";
+  }
+  if (!f.types.empty()) w += " AND type = ANY(" + add(text_array(f.types)) + "::text[])";
+  if (!f.queues.empty()) w += " AND queue = ANY(" + add(text_array(f.queues)) + "::text[])";
+  if (!f.labels.empty()) w += " AND labels @> " + add(json(f.labels).dump()) + "::jsonb";
+  if (f.created_after)
+    w += " AND created_at >= " + add(std::to_string(to_us(*f.created_after))) + "::bigint";
+  if (f.created_before)
+    w += " AND created_at < " + add(std::to_string(to_us(*f.created_before))) + "::bigint";
+  return w;
+}
+
+class pg_store final : public taskq::store {
+ public:
+  explicit pg_store(state& s) : st_(s) {}
+  bool durable() const noexcept override { return true; }
+
+ protected:
+  void do_insert(std::vector<task_record> r, handler<void(error_code)> h) override {
+    auto st = st_.shared_from_this();
+    for (const auto& x : r)
+      if (x.id.empty())
+        return detail::post_completion(std::move(h), st->ex, error_code(errc::blank_id));
+    launch(st, std::move(h), insert(st, std::move(r)));
+  }
+
+  static awaitable<std::tuple<error_code>> insert(std::shared_ptr<state> st,
+                                                  std::vector<task_record> rs) {
+    if (rs.empty()) co_return std::tuple<error_code>{};
+    json arr = json::array();
+    for (const auto& r : rs) arr.push_back(row_json(r, 0));
+    params ps{arr.dump()};
+    reply r = co_await st->query(st->sql.insert_tasks, ps);
+    co_return std::tuple<error_code>{r.ec};
+  }
+
+  void do_get(std::string id, handler<void(error_code, task_record)> h) override {
+    auto st = st_.shared_from_this();
+    launch(st, std::move(h), get(st, std::move(id)));
+  }
+
+  static awaitable<std::tuple<error_code, task_record>> get(std::shared_ptr<state> st,
+                                                            std::string id) {
+    params ps{id};
+    reply r = co_await st->query(st->sql.get, ps);
+    std::tuple<error_code, task_record> out;
+    if (r.ec) {
+      std::get<0>(out) = r.ec;
+    } else if (r.res.rows() == 0) {
+      std::get<0>(out) = errc::not_found;
+    } else if (auto rec = parse_record(r.res.get(0, 0))) {
+      std::get<1>(out) = std::move(*rec);
+    } else {
+      std::get<0>(out) = errc::invalid_record;
+    }
+    co_return out;
+  }
+
+  void do_claim(claim_params p, handler<void(error_code, claim_result)> h) override {
+    auto st = st_.shared_from_this();
+    launch(st, std::move(h), claim(st, std::move(p)));
+  }
+
+  static awaitable<std::tuple<error_code, claim_result>> claim(std::shared_ptr<state> st,
+                                                               claim_params p) {
+    std::unordered_map<std::string, std::pair<detail::claim_outcome, task_record>> got;
+    auto apply = [&](const std::string& id, task_record* r) {
+      if (!r) {
+        got[id] = {detail::claim_outcome::skipped, {}};
+        return false;
+      }
+      auto outcome = detail::apply_claim(*r, p.now);
+      got[id] = {outcome, outcome == detail::claim_outcome::skipped ? task_record{} : *r};
+      return outcome != detail::claim_outcome::skipped;
+    };
+    reply r = co_await rmw(st, p.ids, apply, [](const std::string&) {});
+    claim_result out;
+    if (!r.ec) {
+      for (auto& id : p.ids) {
+        auto it = got.find(id);
+        if (it == got.end()) continue;
+        switch (it->second.first) {
+          case detail::claim_outcome::claimed:
+            out.claimed.push_back(std::move(it->second.second));
+            break;
+          case detail::claim_outcome::dropped:
+            out.dropped.push_back(std::move(it->second.second));
+            break;
+          case detail::claim_outcome::skipped:
+            out.skipped.push_back(id);
+            break;
+        }
+        got.erase(it);
+      }
+    }
+    co_return std::make_tuple(r.ec, std::move(out));
+  }
+
+  void do_update(task_update u, handler<void(error_code, task_record)> h) override {
+    auto st = st_.shared_from_this();
+    launch(st, std::move(h), update_one(st, std::move(u)));
+  }
+
+  static awaitable<std::tuple<error_code, task_record>> update_one(std::shared_ptr<state> st,
+                                                                   task_update u) {
+    std::vector<task_update> one;
+    one.push_back(std::move(u));
+    auto [ec, results] = co_await update_batch(st, std::move(one));
+    if (ec) co_return std::make_tuple(ec, task_record{});
+    co_return std::make_tuple(results[0].error, std::move(results[0].record));
+  }
+
+  void do_update_batch(std::vector<task_update> u,
+                       handler<void(error_code, std::vector<update_result>)> h) override {
+    auto st = st_.shared_from_this();
+    launch(st, std::move(h), update_batch(st, std::move(u)));
+  }
+
+  static awaitable<std::tuple<error_code, std::vector<update_result>>> update_batch(
+      std::shared_ptr<state> st, std::vector<task_update> us) {
+    std::vector<update_result> results(us.size());
+    std::unordered_map<std::string, std::vector<std::size_t>> by_id;
+    std::vector<std::string> ids;
+    for (std::size_t i = 0; i < us.size(); ++i) {
+      auto& v = by_id[us[i].id];
+      if (v.empty()) ids.push_back(us[i].id);
+      v.push_back(i);
+    }
+    auto apply = [&](const std::string& id, task_record* r) {
+      bool changed = false;
+      for (auto i : by_id[id]) {
+        results[i] = update_result{};
+        if (!r) {
+          results[i].error = errc::not_found;
+          continue;
+        }
+        results[i].error = detail::apply_update(*r, us[i]);
+        if (!results[i].error) {
+          changed = true;
+          if (us[i].return_record) results[i].record = *r;
+        }
+      }
+      return changed;
+    };
+    auto refused = [&](const std::string& id) {
+      for (auto i : by_id[id]) {
+        results[i].error = errc::duplicate_unique_key;
+        results[i].record = task_record{};
+      }
+    };
+    reply r = co_await rmw(st, std::move(ids), apply, refused);
+    co_return std::make_tuple(r.ec, std::move(results));
+  }
+
+  void do_heartbeat(heartbeat_params p, handler<void(error_code, bool)> h) override {
+    auto st = st_.shared_from_this();
+    launch(st, std::move(h), heartbeat(st, std::move(p)));
+  }
+
+  static awaitable<std::tuple<error_code, bool>> heartbeat(std::shared_ptr<state> st,
+                                                           heartbeat_params p) {
+    error_code result;
+    bool cancel = false;
+    auto apply = [&](const std::string&, task_record* r) {
+      if (!r) {
+        result = errc::not_found;
+        return false;
+      }
+      result = detail::apply_heartbeat(*r, p, cancel);
+      return !result;
+    };
+    std::vector<std::string> ids{p.id};
+    reply r = co_await rmw(st, std::move(ids), apply, [](const std::string&) {});
+    co_return std::make_tuple(r.ec ? r.ec : result, cancel);
+  }
+
+  void do_append_log(std::string id, log_entry e, handler<void(error_code)> h) override {
+    auto st = st_.shared_from_this();
+    launch(st, std::move(h), append_log(st, std::move(id), std::move(e)));
+  }
+
+  static awaitable<std::tuple<error_code>> append_log(std::shared_ptr<state> st, std::string id,
+                                                      log_entry e) {
+    error_code result;
+    auto apply = [&](const std::string&, task_record* r) {
+      if (!r) {
+        result = errc::not_found;
+        return false;
+      }
+      result = {};
+      r->log.push_back(e);
+      return true;
+    };
+    std::vector<std::string> ids{id};
+    reply r = co_await rmw(st, std::move(ids), apply, [](const std::string&) {});
+    co_return std::tuple<error_code>{r.ec ? r.ec : result};
+  }
+
+  void do_request_cancel(std::string id, time_point now,
+                         handler<void(error_code, task_record)> h) override {
+    auto st = st_.shared_from_this();
+    launch(st, std::move(h), request_cancel(st, std::move(id), now));
+  }
+
+  static awaitable<std::tuple<error_code, task_record>> request_cancel(std::shared_ptr<state> st,
+                                                                       std::string id,
+                                                                       time_point now) {
+    error_code result;
+    task_record after;
+    auto apply = [&](const std::string&, task_record* r) {
+      if (!r) {
+        result = errc::not_found;
+        return false;
+      }
+      result = detail::apply_cancel_request(*r, now);
+      after = *r;
+      return !result;
+    };
+    std::vector<std::string> ids{id};
+    reply r = co_await rmw(st, std::move(ids), apply, [](const std::string&) {});
+    co_return std::make_tuple(r.ec ? r.ec : result, std::move(after));
+  }
+
+  void do_list(task_filter f, handler<void(error_code, task_page)> h) override {
+    auto st = st_.shared_from_this();
+    launch(st, std::move(h), list(st, std::move(f)));
+  }
+
+  static awaitable<std::tuple<error_code, task_page>> list(std::shared_ptr<state> st,
+                                                           task_filter f) {
+    params ps;
+    std::string sql =
+        "SELECT record::text FROM " + quote_ident(st->opts.schema) + ".tasks " + where_of(f, ps);
+    if (!f.after_id.empty()) {
+      ps.emplace_back(f.after_id);
+      sql += " AND id > $" + std::to_string(ps.size());
+    }
+    sql += " ORDER BY id LIMIT " + std::to_string(f.limit + 1);
+    reply r = co_await st->query(sql, ps);
+    task_page page;
+    if (!r.ec) {
+      for (int i = 0; i < r.res.rows(); ++i) {
+        if (page.records.size() == f.limit) {
+          page.next_cursor = page.records.empty() ? std::string() : page.records.back().id;
+          break;
+        }
+        auto rec = parse_record(r.res.get(i, 0));
+        if (!rec) co_return std::make_tuple(error_code(errc::invalid_record), task_page{});
+        page.records.push_back(std::move(*rec));
+      }
+    }
+    co_return std::make_tuple(r.ec, std::move(page));
+  }
+
+  void do_remove(task_filter f, handler<void(error_code, std::vector<std::string>)> h) override {
+    auto st = st_.shared_from_this();
+    launch(st, std::move(h), remove(st, std::move(f)));
+  }
+
+  static awaitable<std::tuple<error_code, std::vector<std::string>>> remove(
+      std::shared_ptr<state> st, task_filter f) {
+    params ps;
+    std::string sql = "DELETE FROM " + quote_ident(st->opts.schema) + ".tasks " + where_of(f, ps) +
+                      " AND status <> 1 RETURNING id";
+    reply r = co_await st->query(sql, ps);
+    std::vector<std::string> ids;
+    for (int i = 0; !r.ec && i < r.res.rows(); ++i) ids.emplace_back(r.res.get(i, 0));
+    std::sort(ids.begin(), ids.end());
+    co_return std::make_tuple(r.ec, std::move(ids));
+  }
+
+  void do_prune(time_point finished_before, handler<void(error_code, std::size_t)> h) override {
+    auto st = st_.shared_from_this();
+    launch(st, std::move(h), prune(st, finished_before));
+  }
+
+  static awaitable<std::tuple<error_code, std::size_t>> prune(std::shared_ptr<state> st,
+                                                              time_point before) {
+    params ps{std::to_string(to_us(before))};
+    reply r = co_await st->query(st->sql.prune, ps);
+    co_return std::make_tuple(r.ec, r.ec ? std::size_t{0} : r.res.affected());
+  }
+
+  void do_counts(handler<void(error_code, task_counts)> h) override {
+    auto st = st_.shared_from_this();
+    launch(st, std::move(h), counts(st));
+  }
+
+  static awaitable<std::tuple<error_code, task_counts>> counts(std::shared_ptr<state> st) {
+    reply r = co_await st->query(st->sql.counts, {});
+    task_counts c;
+    for (int i = 0; !r.ec && i < r.res.rows(); ++i) {
+      auto s = static_cast<std::size_t>(r.res.i64(i, 0));
+      if (s >= task_status_count) continue;
+      auto n = static_cast<std::size_t>(r.res.i64(i, 3));
+      c.total[s] += n;
+      c.by_type[r.res.get(i, 1)][s] += n;
+      c.by_queue[r.res.get(i, 2)][s] += n;
+    }
+    co_return std::make_tuple(r.ec, std::move(c));
+  }
+
+ private:
+  state& st_;
+};
+
+}  // namespace
+
+// --- backend --------------------------------------------------------------------------------
+
+backend::backend(std::shared_ptr<state> s) noexcept : state_(std::move(s)) {}
+
+backend::~backend() {
+  close();
+}
+
+std::unique_ptr<backend> backend::open(asio::any_io_executor ex, backend_options opts,
+                                       error_code& ec, std::string* detail) {
+  std::string why;
+  auto fail = [&](error_code e, std::string d) {
+    ec = e;
+    if (detail) *detail = std::move(d);
+    return std::unique_ptr<backend>();
+  };
+  if (opts.schema.empty() || opts.schema.size() > 48)
+    return fail(errc::invalid_option,
+                "backend_options field 'schema' must have 1 to 48 characters");
+  if (opts.schema.rfind("pg_", 0) == 0)
+    return fail(
+        errc::invalid_option,
+        "backend_options field 'schema' must not start with 'pg_' (reserved by PostgreSQL)");
+  if (opts.pool_size == 0)
+    return fail(errc::invalid_option, "backend_options field 'pool_size' must be at least 1");
+  if (opts.poll_interval <= std::chrono::milliseconds(0))
+    return fail(errc::invalid_option, "backend_options field 'poll_interval' must be positive");
+  if (opts.reconnect_min <= std::chrono::milliseconds(0) || opts.reconnect_max < opts.reconnect_min)
+    return fail(
+        errc::invalid_option,
+        "backend_options fields 'reconnect_min'/'reconnect_max' must be positive and ordered");
+  PGconn* c = PQconnectdb(opts.conninfo.c_str());
+  if (!c || PQstatus(c) != CONNECTION_OK) {
+    std::string msg = c ? PQerrorMessage(c) : "out of memory";
+    if (c) PQfinish(c);
+    return fail(errc::backend_unavailable, classify_connect_failure(msg));
+  }
+  PQsetNoticeProcessor(c, &ignore_notice, nullptr);  // "schema already exists, skipping"
+  if (!migrate(c, opts.schema, ec, why)) {
+    PQfinish(c);
+    return fail(ec, why);
+  }
+  PQsetnonblocking(c, 1);
+  auto st = std::make_shared<state>(ex, std::move(opts));
+  st->q = std::make_unique<pg_queue>(*st);
+  st->s = std::make_unique<pg_store>(*st);
+  st->idle.push_back(std::make_unique<connection>(st->ex, c));
+  st->open_conns = 1;
+  asio::co_spawn(st->ex, st->listen_loop(), asio::detached);
+  asio::co_spawn(st->ex, st->poll_loop(), asio::detached);
+  ec = {};
+  return std::unique_ptr<backend>(new backend(std::move(st)));
+}
+
+std::unique_ptr<backend> backend::open(asio::any_io_executor ex, backend_options opts) {
+  error_code ec;
+  std::string detail;
+  auto b = open(std::move(ex), std::move(opts), ec, &detail);
+  throw_if(ec, detail);
+  return b;
+}
+
+taskq::queue& backend::queue() noexcept {
+  return *state_->q;
+}
+taskq::store& backend::store() noexcept {
+  return *state_->s;
+}
+const std::string& backend::schema() const noexcept {
+  return state_->opts.schema;
+}
+
+std::string backend::last_error() const {
+  std::lock_guard lock(state_->mutex);
+  return state_->last_error;
+}
+
+void backend::close() noexcept {
+  auto st = state_;
+  std::vector<std::unique_ptr<connection>> idle;
+  {
+    std::lock_guard lock(st->mutex);
+    if (st->closed) return;
+    st->closed = true;
+    idle.swap(st->idle);
+    st->open_conns -= idle.size();
+    ++st->alarm_gen;
+    if (st->alarm_at) st->alarm_cancel.emit(asio::cancellation_type::terminal);
+    st->alarm_at.reset();
+    // Parked reservations are abandoned with the backend, like operations of a destroyed I/O
+    // object (their handlers are destroyed unrun).
+    for (auto it = st->waiting.begin(); it != st->waiting.end();) {
+      if (it->in_flight)
+        ++it;
+      else
+        it = st->waiting.erase(it);
+    }
+  }
+  // Timers and the listener's socket belong to the io_context's threads: cancel from there.
+  asio::post(st->ex, [st] {
+    st->poll_timer.cancel();
+    st->listen_backoff.cancel();
+    std::lock_guard lock(st->mutex);
+    if (st->listener) st->listener->sd.cancel();
+    for (auto& w : st->pool_waiters) w->cancel();
+    st->pool_waiters.clear();
+  });
+}
+
+// --- transactional enqueue ------------------------------------------------------------------
+
+std::vector<std::string> enqueue(PGconn* conn, const std::string& schema,
+                                 std::vector<task_spec> specs, time_point now, error_code& ec,
+                                 std::string* detail) {
+  std::string why;
+  ec = {};
+  for (const auto& s : specs) {
+    if ((ec = validate(s))) {
+      if (detail) *detail = ec.message();
+      return {};
+    }
+  }
+  if (!conn || PQstatus(conn) != CONNECTION_OK) {
+    ec = errc::backend_unavailable;
+    if (detail) *detail = "PostgreSQL connection lost: the host's connection is not usable";
+    return {};
+  }
+  auto tx = PQtransactionStatus(conn);
+  if (tx == PQTRANS_INERROR || tx == PQTRANS_ACTIVE) {
+    ec = errc::invalid_option;
+    if (detail) *detail = "the host's connection is in a failed transaction or busy";
+    return {};
+  }
+  json records = json::array(), entries = json::array();
+  std::vector<std::string> ids;
+  for (auto& s : specs) {
+    auto r = make_record(std::move(s), now);
+    entries.push_back(
+        entry_json({r.id, r.queue, r.type, r.concurrency_key, r.priority, r.available_at}));
+    records.push_back(row_json(r, 0));
+    ids.push_back(r.id);
+  }
+  if (ids.empty()) return ids;
+  sql_text sql(quote_ident(schema));
+  params ps{records.dump(), entries.dump(), channel_for(schema)};
+  const bool in_tx = tx == PQTRANS_INTRANS;
+  if (in_tx && !run_sync(conn, "SAVEPOINT taskq_enqueue", ec, why)) {
+    if (detail) *detail = why;
+    return {};
+  }
+  if (!run_sync(conn, sql.enqueue, ec, why, ps)) {
+    if (in_tx) {
+      error_code ignored;
+      std::string ignored_detail;
+      run_sync(conn, "ROLLBACK TO SAVEPOINT taskq_enqueue", ignored, ignored_detail);
+      run_sync(conn, "RELEASE SAVEPOINT taskq_enqueue", ignored, ignored_detail);
+    }
+    if (detail) *detail = why;
+    return {};
+  }
+  if (in_tx && !run_sync(conn, "RELEASE SAVEPOINT taskq_enqueue", ec, why)) {
+    if (detail) *detail = why;
+    return {};
+  }
+  return ids;
+}
+
+std::vector<std::string> enqueue(PGconn* conn, const std::string& schema,
+                                 std::vector<task_spec> specs, time_point now) {
+  error_code ec;
+  std::string detail;
+  auto ids = enqueue(conn, schema, std::move(specs), now, ec, &detail);
+  throw_if(ec, detail);
+  return ids;
+}
+
+}  // namespace taskq::postgres
