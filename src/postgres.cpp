@@ -244,15 +244,25 @@ awaitable<reply> exec(connection& c, const std::string& sql, const params& ps) {
   co_return out;
 }
 
+/// libpq's socket, waited on by Asio but never closed by it.
+struct borrowed_socket {
+  asio::posix::stream_descriptor sd;
+  borrowed_socket(asio::any_io_executor ex, int fd) : sd(std::move(ex), fd) {}
+  ~borrowed_socket() { sd.release(); }
+  borrowed_socket(const borrowed_socket&) = delete;
+  borrowed_socket& operator=(const borrowed_socket&) = delete;
+};
+
 /// Opens a connection without blocking (PQconnectStart / PQconnectPoll on Asio waits).
 awaitable<std::tuple<error_code, std::string, std::unique_ptr<connection>>> connect_async(
     asio::any_io_executor ex, std::string conninfo) {
   std::tuple<error_code, std::string, std::unique_ptr<connection>> out;
-  PGconn* c = PQconnectStart(conninfo.c_str());
+  // Owned by the frame: a frame destroyed while suspended (its io_context destroyed) frees it.
+  std::unique_ptr<PGconn, void (*)(PGconn*)> owner(PQconnectStart(conninfo.c_str()), &PQfinish);
+  PGconn* c = owner.get();
   if (!c || PQstatus(c) == CONNECTION_BAD) {
     std::get<0>(out) = errc::backend_unavailable;
     std::get<1>(out) = classify_connect_failure(c ? PQerrorMessage(c) : "out of memory");
-    if (c) PQfinish(c);
     co_return out;
   }
   auto st = PGRES_POLLING_WRITING;
@@ -260,24 +270,21 @@ awaitable<std::tuple<error_code, std::string, std::unique_ptr<connection>>> conn
     if (st == PGRES_POLLING_FAILED) {
       std::get<0>(out) = errc::backend_unavailable;
       std::get<1>(out) = classify_connect_failure(PQerrorMessage(c));
-      PQfinish(c);
       co_return out;
     }
-    asio::posix::stream_descriptor sd(ex, PQsocket(c));
+    borrowed_socket sock(ex, PQsocket(c));
     auto w = st == PGRES_POLLING_READING ? wait_type::wait_read : wait_type::wait_write;
-    auto [ec] = co_await sd.async_wait(w, use_tuple);
-    sd.release();
+    auto [ec] = co_await sock.sd.async_wait(w, use_tuple);
     if (ec) {
       std::get<0>(out) = errc::store_closed;
       std::get<1>(out) = "connection attempt cancelled";
-      PQfinish(c);
       co_return out;
     }
     st = PQconnectPoll(c);
   }
   PQsetnonblocking(c, 1);
   PQsetNoticeProcessor(c, &ignore_notice, nullptr);
-  std::get<2>(out) = std::make_unique<connection>(ex, c);
+  std::get<2>(out) = std::make_unique<connection>(ex, owner.release());
   co_return out;
 }
 
