@@ -143,24 +143,24 @@ struct bench {
     p.exec("DROP SCHEMA \"" + s + "\" CASCADE");
   }
 
-  /// Raw libpq INSERTs of rows shaped like a task (id, type, jsonb record) — the baseline.
+  /// Raw libpq INSERTs of rows shaped like a task (id, type, json record) — the baseline.
   double raw_insert(int n, int batch) {
     pg p(conninfo);
     p.exec("SET client_min_messages = warning");
     p.exec("DROP TABLE IF EXISTS bench_raw");
-    p.exec("CREATE TABLE bench_raw (id text PRIMARY KEY, type text, record jsonb)");
+    p.exec("CREATE TABLE bench_raw (id text PRIMARY KEY, type text, record json)");
     auto t0 = steady::now();
     for (int i = 0; i < n; i += batch) {
       json arr = json::array();
       for (int k = i; k < std::min(n, i + batch); ++k)
         arr.push_back({{"id", std::to_string(k)}, {"type", "noop"}, {"r", {{"payload", k}}}});
       if (batch == 1)
-        p.exec("INSERT INTO bench_raw VALUES ($1, $2, $3::jsonb)",
+        p.exec("INSERT INTO bench_raw VALUES ($1, $2, $3::json)",
                {std::to_string(i), "noop", arr[0]["r"].dump()});
       else
         p.exec(
             "INSERT INTO bench_raw SELECT x->>'id', x->>'type', x->'r' FROM "
-            "jsonb_array_elements($1::jsonb) x",
+            "json_array_elements($1::json) x",
             {arr.dump()});
     }
     double rate = n / seconds_since(t0);

@@ -10,6 +10,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/prefer.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -188,9 +189,17 @@ struct connection {
   }
 };
 
-awaitable<error_code> wait_for(connection& c, wait_type w) {
-  auto [ec] = co_await c.sd.async_wait(w, use_tuple);
-  co_return ec;
+/// Waits until the socket is ready, or `recheck` passes. Asio's reactor is edge-triggered:
+/// when several threads run the io_context, the edge of data that arrived after libpq's last
+/// read may be collected before this wait is registered, and the wait would never end; the
+/// recheck bounds that case (the caller then simply reads again).
+awaitable<error_code> wait_for(connection& c, wait_type w,
+                               std::chrono::milliseconds recheck = std::chrono::milliseconds(200)) {
+  using namespace asio::experimental::awaitable_operators;
+  asio::steady_timer timer(c.sd.get_executor(), recheck);
+  auto r = co_await (c.sd.async_wait(w, use_tuple) || timer.async_wait(use_tuple));
+  if (r.index() == 0) co_return std::get<0>(std::get<0>(r));
+  co_return error_code{};  // rechecked: the caller reads what there is
 }
 
 /// Runs one statement (extended protocol, text parameters) without blocking.
@@ -308,7 +317,7 @@ CREATE TABLE @.tasks (
   finished_at bigint,
   labels jsonb NOT NULL,
   version bigint NOT NULL DEFAULT 0,
-  record jsonb NOT NULL);
+  record json NOT NULL);
 CREATE UNIQUE INDEX tasks_unique_key ON @.tasks (unique_key)
   WHERE unique_key <> '' AND (unique_any OR status < 2);
 CREATE INDEX tasks_finished ON @.tasks (status, finished_at);
@@ -341,7 +350,7 @@ std::string with_schema(const std::string& text, const std::string& quoted) {
   return out;
 }
 
-// Columns of a record row, as JSON for jsonb_array_elements.
+// Columns of a record row, as JSON for json_array_elements.
 json row_json(const task_record& r, std::int64_t version) {
   return json{{"id", r.id},
               {"v", version},
@@ -377,7 +386,7 @@ struct sql_text {
     const char* insert_sel =
         "SELECT x->>'id', x->>'type', x->>'queue', (x->>'status')::smallint, "
         "(x->>'attempt')::integer, x->>'uk', (x->>'ua')::boolean, (x->>'ca')::bigint, "
-        "(x->>'fa')::bigint, x->'labels', x->'r' FROM jsonb_array_elements($1::jsonb) x";
+        "(x->>'fa')::bigint, (x->'labels')::jsonb, x->'r' FROM json_array_elements($1::json) x";
     insert_tasks = s("INSERT INTO @.tasks (id, type, queue, status, attempt, unique_key, "
                      "unique_any, created_at, finished_at, labels, record) ") +
                    insert_sel;
@@ -386,7 +395,7 @@ struct sql_text {
         s("UPDATE @.tasks t SET status = (x->>'status')::smallint, attempt = "
           "(x->>'attempt')::integer, unique_any = (x->>'ua')::boolean, finished_at = "
           "(x->>'fa')::bigint, record = x->'r', version = t.version + 1 "
-          "FROM jsonb_array_elements($1::jsonb) x "
+          "FROM json_array_elements($1::json) x "
           "WHERE t.id = x->>'id' AND t.version = (x->>'v')::bigint RETURNING t.id");
     get = s("SELECT record::text FROM @.tasks WHERE id = $1");
     counts = s("SELECT status, type, queue, count(*) FROM @.tasks GROUP BY 1, 2, 3");
@@ -394,7 +403,7 @@ struct sql_text {
     const char* push_ins =
         "INSERT INTO @.queue (id, queue, type, concurrency_key, priority, available_at) "
         "SELECT x->>'id', x->>'queue', x->>'type', x->>'key', (x->>'priority')::integer, "
-        "(x->>'at')::bigint FROM jsonb_array_elements($E::jsonb) WITH ORDINALITY AS t(x, n) "
+        "(x->>'at')::bigint FROM json_array_elements($E::json) WITH ORDINALITY AS t(x, n) "
         "ORDER BY n RETURNING queue, available_at";
     const char* notify_sel =
         " SELECT pg_notify($C, 'p' || chr(9) || queue || chr(9) || min(available_at)::text) "
@@ -638,7 +647,8 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
             make = true;
             not_before = next_connect;
           } else {
-            wait = std::make_shared<asio::steady_timer>(ex, steady::time_point::max());
+            // Woken by release(); the bound only covers a wake-up lost between threads.
+            wait = std::make_shared<asio::steady_timer>(ex, std::chrono::milliseconds(100));
             pool_waiters.push_back(wait);
           }
         }
@@ -1059,7 +1069,14 @@ awaitable<void> backend::state::listen_loop() {
             PQfreemem(n);
             handle_notification(payload);
           }
-          auto wec = co_await wait_for(*conn, wait_type::wait_read);
+          auto wec = co_await wait_for(*conn, wait_type::wait_read, std::chrono::seconds(1));
+          {
+            std::lock_guard lock(mutex);
+            if (closed) {
+              listener = nullptr;
+              co_return;
+            }
+          }
           if (wec || !PQconsumeInput(conn->pg)) break;
         }
         {

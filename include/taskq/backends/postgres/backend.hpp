@@ -3,7 +3,7 @@
 // Storage: three tables in a schema of the caller's choosing (default "taskq"), created and
 // migrated by open() under a transaction-scoped advisory lock, so several processes starting
 // at once are safe; applied versions are kept in SCHEMA.migrations.
-//   tasks          one row per task record (filterable columns + the record as jsonb, in the
+//   tasks          one row per task record (filterable columns + the record as json, in the
 //                  stable JSON mapping of task.hpp); every change is a compare-and-set on a
 //                  row version, so the status rules of detail/record_ops.hpp hold across
 //                  processes exactly as in one.
