@@ -697,13 +697,6 @@ queue_entry entry_of(const task_record& r) {
   return {r.id, r.queue, r.type, r.concurrency_key, r.priority, r.available_at};
 }
 
-// Completes `h` from inside a continuation (already off the initiating call): dispatch runs
-// it at once when the continuation already runs on the handler's executor.
-template <class Handler, class... Args>
-void finish(Handler&& h, const asio::any_io_executor& ex, Args&&... args) {
-  asio::dispatch(ex, asio::append(std::forward<Handler>(h), std::forward<Args>(args)...));
-}
-
 }  // namespace
 
 void client::do_enqueue(task_spec spec,
@@ -752,7 +745,8 @@ void client::do_enqueue_batch(
   core->s.async_insert(std::move(records), [core, push = std::move(push), ids = std::move(ids),
                                             for_events = std::move(for_events),
                                             h = std::move(h)](error_code ec) mutable {
-    if (ec) return finish(std::move(h), core->ex, ec, std::vector<std::string>{});
+    if (ec)
+      return detail::dispatch_completion(std::move(h), core->ex, ec, std::vector<std::string>{});
     core->q.async_push(
         std::move(push), [core, ids = std::move(ids), for_events = std::move(for_events),
                           h = std::move(h)](error_code ec) mutable {
@@ -762,7 +756,7 @@ void client::do_enqueue_batch(
             f.ids = ids;
             core->s.async_remove(std::move(f), [core, ec, h = std::move(h)](
                                                    error_code, std::vector<std::string>) mutable {
-              finish(std::move(h), core->ex, ec, std::vector<std::string>{});
+              detail::dispatch_completion(std::move(h), core->ex, ec, std::vector<std::string>{});
             });
             return;
           }
@@ -771,7 +765,7 @@ void client::do_enqueue_batch(
           } else {
             for (auto& e : for_events) core->emit(e);
           }
-          finish(std::move(h), core->ex, error_code{}, std::move(ids));
+          detail::dispatch_completion(std::move(h), core->ex, error_code{}, std::move(ids));
         });
   });
 }
@@ -818,7 +812,8 @@ void client::do_wait(std::string id,
   }
   core->s.async_get(id, [core, take](error_code ec, task_record r) {
     if (!ec && !is_terminal(r.status)) return;  // finished() will complete it
-    if (auto handler = take()) finish(std::move(*handler), core->ex, ec, std::move(r));
+    if (auto handler = take())
+      detail::dispatch_completion(std::move(*handler), core->ex, ec, std::move(r));
   });
 }
 
@@ -827,21 +822,21 @@ void client::do_cancel(std::string id,
   auto core = core_;
   core->s.async_request_cancel(
       id, core->clk.now(), [core, h = std::move(h)](error_code ec, task_record r) mutable {
-        if (ec) return finish(std::move(h), core->ex, ec, std::move(r));
+        if (ec) return detail::dispatch_completion(std::move(h), core->ex, ec, std::move(r));
         if (r.status == task_status::cancelled) {
           // Was pending: take it out of the queue (if a worker holds a lease on it, its claim
           // will find it cancelled and drop the lease).
           core->q.async_remove(r.id, [core, r, h = std::move(h)](error_code, bool) mutable {
             core->record_event(event_kind::cancelled, r, "cancelled while pending");
             core->finished(r);
-            finish(std::move(h), core->ex, error_code{}, std::move(r));
+            detail::dispatch_completion(std::move(h), core->ex, error_code{}, std::move(r));
           });
           return;
         }
         // Running: tell the workers of this process at once; others see it at their next
         // heartbeat.
         for (auto& w : core->live_workers()) detail::notify_cancel_requested(*w, r.id);
-        finish(std::move(h), core->ex, error_code{}, std::move(r));
+        detail::dispatch_completion(std::move(h), core->ex, error_code{}, std::move(r));
       });
 }
 
@@ -849,9 +844,10 @@ void client::do_retry(std::string id,
                       asio::any_completion_handler<void(error_code, task_record)> h) {
   auto core = core_;
   core->s.async_get(id, [core, h = std::move(h)](error_code ec, task_record r) mutable {
-    if (ec) return finish(std::move(h), core->ex, ec, std::move(r));
+    if (ec) return detail::dispatch_completion(std::move(h), core->ex, ec, std::move(r));
     if (!is_legal_transition(r.status, task_status::pending) || r.status == task_status::running)
-      return finish(std::move(h), core->ex, error_code(errc::illegal_transition), std::move(r));
+      return detail::dispatch_completion(std::move(h), core->ex,
+                                         error_code(errc::illegal_transition), std::move(r));
     auto now = core->clk.now();
     task_update u;
     u.id = r.id;
@@ -865,7 +861,7 @@ void client::do_retry(std::string id,
     u.log = log_entry{now, fmt::format("retried by request after {}", to_string(r.status))};
     core->s.async_update(
         std::move(u), [core, h = std::move(h)](error_code ec, task_record after) mutable {
-          if (ec) return finish(std::move(h), core->ex, ec, std::move(after));
+          if (ec) return detail::dispatch_completion(std::move(h), core->ex, ec, std::move(after));
           push_params p;
           p.entries.push_back(entry_of(after));
           core->q.async_push(std::move(p), [core, after, h = std::move(h)](error_code ec) mutable {
@@ -873,7 +869,7 @@ void client::do_retry(std::string id,
             // will be served; the task is pending either way.
             if (ec == errc::duplicate_id) ec = {};
             if (!ec) core->record_event(event_kind::enqueued, after, "retried");
-            finish(std::move(h), core->ex, ec, std::move(after));
+            detail::dispatch_completion(std::move(h), core->ex, ec, std::move(after));
           });
         });
   });
@@ -884,14 +880,16 @@ void client::do_remove(task_filter f,
   auto core = core_;
   core->s.async_remove(
       std::move(f), [core, h = std::move(h)](error_code ec, std::vector<std::string> ids) mutable {
-        if (ec || ids.empty()) return finish(std::move(h), core->ex, ec, std::move(ids));
+        if (ec || ids.empty())
+          return detail::dispatch_completion(std::move(h), core->ex, ec, std::move(ids));
         auto left = std::make_shared<std::atomic<std::size_t>>(ids.size());
         auto shared_h = std::make_shared<decltype(h)>(std::move(h));
         auto shared_ids = std::make_shared<std::vector<std::string>>(ids);
         for (auto& id : ids) {
           core->q.async_remove(id, [core, left, shared_h, shared_ids](error_code, bool) {
             if (--*left == 0)
-              finish(std::move(*shared_h), core->ex, error_code{}, std::move(*shared_ids));
+              detail::dispatch_completion(std::move(*shared_h), core->ex, error_code{},
+                                          std::move(*shared_ids));
           });
         }
       });
@@ -911,7 +909,7 @@ void client::do_metrics(asio::any_completion_handler<void(error_code, metrics_sn
     m.dropped = core->count_of(event_kind::dropped);
     m.enqueue_to_start = core->enqueue_to_start.summary();
     m.run_duration = core->run_duration.summary();
-    finish(std::move(h), core->ex, ec, std::move(m));
+    detail::dispatch_completion(std::move(h), core->ex, ec, std::move(m));
   });
 }
 
@@ -1497,7 +1495,7 @@ struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
                                      [](error_code, std::vector<bool>) {});
         if (cancel) self->cancel_requested(task_id);
       });
-      finish(std::move(h), self->client->ex, ec, cancel);
+      detail::dispatch_completion(std::move(h), self->client->ex, ec, cancel);
     });
   }
 

@@ -293,11 +293,6 @@ namespace detail {
 
 namespace {
 
-template <class Handler, class... Args>
-void finish(Handler&& h, const asio::any_io_executor& ex, Args&&... args) {
-  asio::dispatch(ex, asio::append(std::forward<Handler>(h), std::forward<Args>(args)...));
-}
-
 std::optional<task_status> status_of(event_kind k) {
   switch (k) {
     case event_kind::started:
@@ -891,7 +886,8 @@ void scheduler::do_remove(std::string name, bool cancel_runs,
   }
   core->store.async_remove(name, [core, name, cancel_runs, tracked = std::move(tracked),
                                   h = std::move(h)](error_code ec, bool) mutable {
-    if (ec || !cancel_runs) return detail::finish(std::move(h), core->io_ex, ec, std::size_t{0});
+    if (ec || !cancel_runs)
+      return detail::dispatch_completion(std::move(h), core->io_ex, ec, std::size_t{0});
     // Cancel what is tracked plus whatever the task store still has under the label (runs
     // enqueued by another instance).
     core->find_active_runs(name, [core, tracked = std::move(tracked),
@@ -899,7 +895,7 @@ void scheduler::do_remove(std::string name, bool cancel_runs,
       std::set<std::string> ids(tracked.begin(), tracked.end());
       for (auto& r : runs) ids.insert(r.id);
       if (ids.empty())
-        return detail::finish(std::move(h), core->io_ex, error_code{}, std::size_t{0});
+        return detail::dispatch_completion(std::move(h), core->io_ex, error_code{}, std::size_t{0});
       struct join {
         std::mutex m;
         std::size_t left, cancelled = 0;
@@ -913,7 +909,7 @@ void scheduler::do_remove(std::string name, bool cancel_runs,
           std::lock_guard lock(j->m);
           if (!ec) ++j->cancelled;
           if (--j->left == 0)
-            detail::finish(std::move(*j->h), core->io_ex, error_code{}, j->cancelled);
+            detail::dispatch_completion(std::move(*j->h), core->io_ex, error_code{}, j->cancelled);
         });
       }
     });
@@ -943,7 +939,7 @@ void scheduler::do_run_now(std::string name,
   }
   auto shared_h = std::make_shared<decltype(h)>(std::move(h));
   core->enqueue_one(std::move(j), [core, shared_h](error_code ec, std::string id) {
-    detail::finish(std::move(*shared_h), core->io_ex, ec, std::move(id));
+    detail::dispatch_completion(std::move(*shared_h), core->io_ex, ec, std::move(id));
   });
 }
 
@@ -1003,7 +999,7 @@ void scheduler::do_backfill(std::string name, time_point from, time_point to,
       for (auto& s : j->ids)
         if (!s.empty()) r.ids.push_back(std::move(s));
       r.already_enqueued = j->already;
-      detail::finish(std::move(*j->h), core->io_ex, j->first_error, std::move(r));
+      detail::dispatch_completion(std::move(*j->h), core->io_ex, j->first_error, std::move(r));
     });
   }
 }

@@ -8,6 +8,7 @@
 #include <boost/asio/append.hpp>
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
 
 #include <utility>
@@ -33,6 +34,14 @@ auto initiate_erased(Token&& token, Fn&& fn) {
 template <class Handler, class Executor, class... Args>
 void post_completion(Handler&& handler, const Executor& io_ex, Args&&... args) {
   asio::post(io_ex, asio::append(std::forward<Handler>(handler), std::forward<Args>(args)...));
+}
+
+/// Completes `handler` from a continuation (code already running after the initiating call
+/// returned): dispatched through `io_ex` to the handler's associated executor, so it runs at
+/// once when the continuation is already there.
+template <class Handler, class Executor, class... Args>
+void dispatch_completion(Handler&& handler, const Executor& io_ex, Args&&... args) {
+  asio::dispatch(io_ex, asio::append(std::forward<Handler>(handler), std::forward<Args>(args)...));
 }
 
 }  // namespace taskq::detail
