@@ -383,28 +383,31 @@ struct sql_text {
 
   explicit sql_text(const std::string& q) {
     auto s = [&](const char* t) { return with_schema(t, q); };
+    // json_to_recordset parses each element once (field access on json re-parses it).
     const char* insert_sel =
-        "SELECT x->>'id', x->>'type', x->>'queue', (x->>'status')::smallint, "
-        "(x->>'attempt')::integer, x->>'uk', (x->>'ua')::boolean, (x->>'ca')::bigint, "
-        "(x->>'fa')::bigint, (x->'labels')::jsonb, x->'r' FROM json_array_elements($1::json) x";
+        "SELECT x.id, x.type, x.queue, x.status, x.attempt, x.uk, x.ua, x.ca, x.fa, x.labels, "
+        "x.r FROM json_to_recordset($1::json) AS x(id text, type text, queue text, status "
+        "smallint, attempt integer, uk text, ua boolean, ca bigint, fa bigint, labels jsonb, r "
+        "json)";
     insert_tasks = s("INSERT INTO @.tasks (id, type, queue, status, attempt, unique_key, "
                      "unique_any, created_at, finished_at, labels, record) ") +
                    insert_sel;
     load = s("SELECT id, version, record::text FROM @.tasks WHERE id = ANY($1::text[])");
     write_back =
-        s("UPDATE @.tasks t SET status = (x->>'status')::smallint, attempt = "
-          "(x->>'attempt')::integer, unique_any = (x->>'ua')::boolean, finished_at = "
-          "(x->>'fa')::bigint, record = x->'r', version = t.version + 1 "
-          "FROM json_array_elements($1::json) x "
-          "WHERE t.id = x->>'id' AND t.version = (x->>'v')::bigint RETURNING t.id");
+        s("UPDATE @.tasks t SET status = x.status, attempt = x.attempt, unique_any = x.ua, "
+          "finished_at = x.fa, record = x.r, version = t.version + 1 "
+          "FROM json_to_recordset($1::json) AS x(id text, v bigint, status smallint, attempt "
+          "integer, ua boolean, fa bigint, r json) "
+          "WHERE t.id = x.id AND t.version = x.v RETURNING t.id");
     get = s("SELECT record::text FROM @.tasks WHERE id = $1");
     counts = s("SELECT status, type, queue, count(*) FROM @.tasks GROUP BY 1, 2, 3");
     prune = s("DELETE FROM @.tasks WHERE status >= 2 AND finished_at < $1");
     const char* push_ins =
         "INSERT INTO @.queue (id, queue, type, concurrency_key, priority, available_at) "
-        "SELECT x->>'id', x->>'queue', x->>'type', x->>'key', (x->>'priority')::integer, "
-        "(x->>'at')::bigint FROM json_array_elements($E::json) WITH ORDINALITY AS t(x, n) "
-        "ORDER BY n RETURNING queue, available_at";
+        "SELECT x.id, x.queue, x.type, x.key, x.priority, x.at FROM ROWS FROM "
+        "(json_to_recordset($E::json) AS (id text, queue text, type text, key text, priority "
+        "integer, at bigint)) WITH ORDINALITY AS x(id, queue, type, key, priority, at, n) "
+        "ORDER BY x.n RETURNING queue, available_at";
     const char* notify_sel =
         " SELECT pg_notify($C, 'p' || chr(9) || queue || chr(9) || min(available_at)::text) "
         "FROM ins GROUP BY queue";
