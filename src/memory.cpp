@@ -34,7 +34,11 @@ void real_clock::do_wait_until(asio::any_io_executor ex, time_point at,
   auto slot = asio::get_associated_cancellation_slot(handler);
   auto hex = asio::get_associated_executor(handler, ex);
   timer->async_wait(asio::bind_cancellation_slot(
-      slot, asio::bind_executor(hex, [timer, h = std::move(handler)](error_code ec) mutable {
+      slot, asio::bind_executor(hex, [timer, slot, h = std::move(handler)](error_code ec) mutable {
+        // The timer's cancellation handler in the caller's slot points into this timer, which
+        // dies with this lambda: take it out before a later emit can reach it. This runs on
+        // the handler's executor, where its owner emits, so clearing cannot race an emit.
+        if (slot.is_connected()) slot.clear();
         std::move(h)(ec);
       })));
 }

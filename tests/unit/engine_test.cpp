@@ -740,3 +740,26 @@ TEST_CASE("waiting for a task whose outcome is being recorded still completes", 
   w.stop();
   drain(f.io);
 }
+
+TEST_CASE("real clock: a wait can be cancelled, and emitting its slot afterwards is harmless",
+          "[clock]") {
+  asio::io_context io;
+  asio::cancellation_signal sig;
+  std::optional<error_code> first;
+  default_clock().async_wait_until(
+      io.get_executor(), default_clock().now() + 1ms,
+      asio::bind_cancellation_slot(sig.slot(), [&](error_code ec) { first = ec; }));
+  io.run();
+  CHECK(first == error_code{});
+  sig.emit(asio::cancellation_type::terminal);  // the timer is gone: must not be touched
+
+  io.restart();
+  std::optional<error_code> second;
+  default_clock().async_wait_until(
+      io.get_executor(), default_clock().now() + 1h,
+      asio::bind_cancellation_slot(sig.slot(), [&](error_code ec) { second = ec; }));
+  io.poll();
+  sig.emit(asio::cancellation_type::terminal);
+  io.run();
+  CHECK(second == asio::error::operation_aborted);
+}
