@@ -6,6 +6,8 @@
 //   taskq_engine_bench            human-readable table
 //   taskq_engine_bench --json     one {"name":...,"value":...,"unit":...} object per line
 //   taskq_engine_bench --quick    smaller counts (smoke run)
+#include "bench_report.hpp"
+
 #include <taskq/taskq.hpp>
 
 #include <boost/asio/detached.hpp>
@@ -33,24 +35,15 @@ using steady = std::chrono::steady_clock;
 
 namespace {
 
-bool json_output = false;
+using taskq_bench::report;
+
 std::string only;  // --only SUBSTRING: run just the matching phases (for profiling)
 
 bool wanted(const std::string& phase) {
   return only.empty() || phase.find(only) != std::string::npos;
 }
 
-void report(const std::string& name, double value, const char* unit) {
-  if (json_output)
-    std::printf("{\"name\":\"%s\",\"value\":%.6g,\"unit\":\"%s\"}\n", name.c_str(), value, unit);
-  else
-    std::printf("%-58s %14.4g %s\n", name.c_str(), value, unit);
-  std::fflush(stdout);
-}
-
-double seconds_since(steady::time_point t0) {
-  return std::chrono::duration<double>(steady::now() - t0).count();
-}
+using taskq_bench::seconds_since;
 
 // Heap bytes in use (RSS would miss reuse of memory freed by earlier phases).
 std::size_t heap_bytes() {
@@ -269,7 +262,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string_view a = argv[i];
     if (a == "--json")
-      json_output = true;
+      taskq_bench::json_output = true;
     else if (a == "--quick")
       quick = true;
     else if (a == "--only" && i + 1 < argc)

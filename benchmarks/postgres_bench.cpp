@@ -9,6 +9,8 @@
 //
 // --json prints one {"name":...,"value":...,"unit":...} object per line. Worker processes are
 // this binary, re-executed with --worker.
+#include "bench_report.hpp"
+
 #include <taskq/backends/postgres/backend.hpp>
 #include <taskq/taskq.hpp>
 
@@ -39,19 +41,8 @@ using steady = std::chrono::steady_clock;
 
 namespace {
 
-bool json_output = false;
-
-void report(const std::string& name, double value, const char* unit) {
-  if (json_output)
-    std::printf("{\"name\":\"%s\",\"value\":%.6g,\"unit\":\"%s\"}\n", name.c_str(), value, unit);
-  else
-    std::printf("%-58s %14.4g %s\n", name.c_str(), value, unit);
-  std::fflush(stdout);
-}
-
-double seconds_since(steady::time_point t0) {
-  return std::chrono::duration<double>(steady::now() - t0).count();
-}
+using taskq_bench::report;
+using taskq_bench::seconds_since;
 
 std::int64_t now_us() {
   return std::chrono::duration_cast<std::chrono::microseconds>(
@@ -269,7 +260,7 @@ int main(int argc, char** argv) {
   bench b;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--json") json_output = true;
+    if (a == "--json") taskq_bench::json_output = true;
     if (a == "--quick") b.quick = true;
   }
   const char* conninfo = std::getenv("TASKQ_PG_CONNINFO");
