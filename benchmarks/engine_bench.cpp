@@ -275,22 +275,22 @@ int main(int argc, char** argv) {
   // Plain-function handlers run on the executor's thread pool (a thread hop each way);
   // coroutine handlers run on the io_context itself.
   double b = wanted("batch.baseline") ? baseline_throughput(n_batch, 1000) : 1;
-  report("throughput.batch_enqueue.baseline_thread_pool", b, "tasks/s");
+  if (only.empty()) report("throughput.batch_enqueue.baseline_thread_pool", b, "tasks/s");
   for (std::string type : {"noop", "noop_coro"}) {
     if (!wanted("batch." + type)) continue;
     double t = taskq_throughput(n_batch, 1000, type);
     std::string kind = type == "noop" ? "pool_handler" : "coroutine_handler";
     report("throughput.batch_enqueue.taskq." + kind, t, "tasks/s");
-    report("throughput.batch_enqueue.ratio." + kind, t / b, "x");
+    if (only.empty()) report("throughput.batch_enqueue.ratio." + kind, t / b, "x");
   }
   b = wanted("single.baseline") ? baseline_throughput(n_single, 1) : 1;
-  report("throughput.single_enqueue.baseline_thread_pool", b, "tasks/s");
+  if (only.empty()) report("throughput.single_enqueue.baseline_thread_pool", b, "tasks/s");
   for (std::string type : {"noop", "noop_coro"}) {
     if (!wanted("single." + type)) continue;
     double t = taskq_throughput(n_single, 1, type);
     std::string kind = type == "noop" ? "pool_handler" : "coroutine_handler";
     report("throughput.single_enqueue.taskq." + kind, t, "tasks/s");
-    report("throughput.single_enqueue.ratio." + kind, t / b, "x");
+    if (only.empty()) report("throughput.single_enqueue.ratio." + kind, t / b, "x");
   }
 
   if (!only.empty()) return 0;
