@@ -18,7 +18,8 @@ int main() {
   client.async_enqueue({.type = "ping"}, [&](taskq::error_code ec, std::string id) {
     if (ec) std::abort();
     client.async_wait(id, [&](taskq::error_code, taskq::task_record r) {
-      std::printf("%s %s\n", std::string(taskq::to_string(r.status)).c_str(), r.result.dump().c_str());
+      std::printf("%s %s\n", std::string(taskq::to_string(r.status)).c_str(),
+                  r.result.dump().c_str());
       worker.stop();
     });
   });
