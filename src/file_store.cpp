@@ -454,15 +454,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
 
   // --- bookkeeping (mutex held) -------------------------------------------------------------
 
-  void count(const task_record& r, int delta) {
-    auto i = static_cast<std::size_t>(r.status);
-    auto add = [&](std::size_t& n) {
-      n = static_cast<std::size_t>(static_cast<long long>(n) + delta);
-    };
-    add(counts.total[i]);
-    add(counts.by_type[r.type][i]);
-    add(counts.by_queue[r.queue][i]);
-  }
+  void count(const task_record& r, int delta) { counts.add(r, delta); }
   void commit(entry& slot, task_record next) {
     count(slot.rec, -1);
     if (taskq::detail::holds_unique_key(slot.rec)) unique_holders.erase(slot.rec.unique_key);

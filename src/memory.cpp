@@ -614,15 +614,7 @@ struct store::impl {
   std::unordered_map<std::string, std::string> unique_holders;  // unique_key -> id
   task_counts counts;
 
-  void count(const task_record& r, int delta) {
-    auto i = static_cast<std::size_t>(r.status);
-    auto add = [&](std::size_t& n) {
-      n = static_cast<std::size_t>(static_cast<long long>(n) + delta);
-    };
-    add(counts.total[i]);
-    add(counts.by_type[r.type][i]);
-    add(counts.by_queue[r.queue][i]);
-  }
+  void count(const task_record& r, int delta) { counts.add(r, delta); }
 
   // Changes a record in place through `f` (which leaves it unchanged when it returns an
   // error), keeping counts and unique-key holders in step. In place: no record copy on the

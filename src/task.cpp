@@ -393,6 +393,16 @@ task_record record_from_json(const json& j) {
 
 namespace taskq {
 
+void task_counts::add(const task_record& r, int delta) {
+  auto i = static_cast<std::size_t>(r.status);
+  auto apply = [&](std::size_t& n) {
+    n = static_cast<std::size_t>(static_cast<long long>(n) + delta);
+  };
+  apply(total[i]);
+  apply(by_type[r.type][i]);
+  apply(by_queue[r.queue][i]);
+}
+
 bool matches(const task_record& r, const task_filter& f) noexcept {
   auto in = [](const auto& v, const auto& x) {
     return v.empty() || std::find(v.begin(), v.end(), x) != v.end();

@@ -90,6 +90,10 @@ struct task_counts {
   by_status total{};
   std::map<std::string, by_status> by_type{};
   std::map<std::string, by_status> by_queue{};
+
+  /// Adds (delta +1) or removes (-1) a record in its status, type and queue rows. For
+  /// backends that keep counts up to date as records change.
+  void add(const task_record& r, int delta);
 };
 
 /// The Store interface. Thread-safe; operations take any completion token and complete on
