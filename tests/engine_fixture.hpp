@@ -13,7 +13,9 @@
 #include <catch2/catch.hpp>
 
 #include <chrono>
+#include <optional>
 #include <thread>
+#include <tuple>
 
 namespace taskq::test {
 
@@ -33,6 +35,16 @@ bool run_until(asio::io_context& io, Pred pred, std::chrono::seconds bound = 20s
   io.restart();
   io.poll();
   return true;
+}
+
+/// Starts an operation with a callback and runs the io_context until it completes; returns
+/// the completion's arguments.
+template <class... Ts, class Start>
+std::tuple<error_code, Ts...> call(asio::io_context& io, Start start) {
+  std::optional<std::tuple<error_code, Ts...>> out;
+  start([&](error_code ec, Ts... ts) { out.emplace(ec, std::move(ts)...); });
+  REQUIRE(run_until(io, [&] { return out.has_value(); }));
+  return std::move(*out);
 }
 
 /// Runs ready handlers until none is left (for state that depends only on posted work).

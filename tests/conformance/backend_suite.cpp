@@ -38,10 +38,7 @@ struct fixture {
   /// Starts an operation with a callback and runs the io_context until it completes.
   template <class... Ts, class Start>
   std::tuple<error_code, Ts...> call(Start start) {
-    std::optional<std::tuple<error_code, Ts...>> out;
-    start([&](error_code ec, Ts... ts) { out.emplace(ec, std::move(ts)...); });
-    REQUIRE(run_until(io, [&] { return out.has_value(); }));
-    return std::move(*out);
+    return taskq::test::call<Ts...>(io, std::move(start));
   }
 
   // --- queue helpers ---

@@ -51,10 +51,7 @@ struct harness {
 
   template <class... Ts, class Start>
   std::tuple<error_code, Ts...> call(Start start) {
-    std::optional<std::tuple<error_code, Ts...>> out;
-    start([&](error_code ec, Ts... ts) { out.emplace(ec, std::move(ts)...); });
-    REQUIRE(run_until(io, [&] { return out.has_value(); }));
-    return std::move(*out);
+    return taskq::test::call<Ts...>(io, std::move(start));
   }
   task_record rec(std::string id, task_spec spec = {.type = "t"}) {
     spec.id = std::move(id);

@@ -30,10 +30,7 @@ struct pg_fixture {
 
   template <class... Ts, class Start>
   std::tuple<error_code, Ts...> call(Start start) {
-    std::optional<std::tuple<error_code, Ts...>> out;
-    start([&](error_code ec, Ts... ts) { out.emplace(ec, std::move(ts)...); });
-    REQUIRE(run_until(io, [&] { return out.has_value(); }));
-    return std::move(*out);
+    return taskq::test::call<Ts...>(io, std::move(start));
   }
 };
 
