@@ -277,8 +277,10 @@ void task_context::do_heartbeat(json progress,
   req_.hooks->heartbeat(req_.task, std::move(p),
                         asio::bind_executor(ex, [this, h = std::move(h)](
                                                     error_code ec, bool cancel_requested) mutable {
-                          // A heartbeat that cannot be recorded (the task moved on) also means:
-                          // stop.
+                          // A cancel seen through the store counts as this run's cancellation, so
+                          // cancelled() agrees with the answer. A heartbeat that cannot be
+                          // recorded (the task moved on) also means: stop.
+                          if (!ec && cancel_requested) request_cancel(errc::run_cancelled);
                           std::move(h)(ec, !ec && !cancel_requested && !cancelled());
                         }));
 }
