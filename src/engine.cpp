@@ -386,6 +386,10 @@ run_result finish_result(std::exception_ptr ep, json value, const task_context& 
       r.message = "unknown exception";
       r.retryable = true;
     }
+  } else if (ctx.cancelled()) {
+    // The handler returned early because it was told to stop: its result is discarded.
+    r.error = ctx.cancel_reason() ? ctx.cancel_reason() : error_code(errc::run_cancelled);
+    r.message = r.error.message();
   } else {
     r.result = std::move(value);
   }
@@ -551,7 +555,7 @@ detail::run_outcome detail::decide_outcome(const task_record& task, const run_re
     return o;
   }
   std::string what = r.message.empty() ? r.error.message() : r.message;
-  if (flags.cancel_requested) {
+  if (flags.cancel_requested || r.error == errc::run_cancelled) {
     o.to = task_status::cancelled;
     o.event = event_kind::cancelled;
     o.error = what;
