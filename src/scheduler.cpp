@@ -3,6 +3,8 @@
 #include <taskq/detail/schedule_state.hpp>
 #include <taskq/scheduler.hpp>
 
+#include "json_fields.hpp"
+
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/cancellation_signal.hpp>
@@ -13,6 +15,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <deque>
 #include <list>
@@ -217,6 +220,185 @@ std::vector<time_point> occurrences_in(const schedule_timing& timing, time_point
 
 }  // namespace detail
 
+// --- schedule records: the save rule and the JSON mapping ----------------------------------
+
+void detail::merge_on_save(const schedule_record& stored, schedule_record& incoming) {
+  auto& in = incoming.state;
+  const auto& old = stored.state;
+  if (same_timing(stored.definition, incoming.definition) && old.cursor &&
+      (!in.cursor || *in.cursor < *old.cursor))
+    in.cursor = old.cursor;
+  if (old.last_fired && (!in.last_fired || *in.last_fired < *old.last_fired)) {
+    in.last_fired = old.last_fired;
+    in.last_run_id = old.last_run_id;
+  }
+}
+
+namespace {
+
+using detail::json_reader;
+using detail::put_opt;
+using detail::to_us;
+
+template <class Enum, std::size_t N>
+bool parse_enum(std::string_view text, const std::array<Enum, N>& values, Enum& out) {
+  for (auto v : values)
+    if (to_string(v) == text) {
+      out = v;
+      return true;
+    }
+  return false;
+}
+
+json spec_to_json(const task_spec& t) {
+  json j = {
+      {"type", t.type},
+      {"queue", t.queue},
+      {"payload", t.payload},
+      {"metadata", t.metadata},
+      {"priority", t.priority},
+      {"delay", to_us(t.delay)},
+      {"max_attempts", t.max_attempts},
+      {"retry",
+       {{"initial_delay", to_us(t.retry.initial_delay)},
+        {"max_delay", to_us(t.retry.max_delay)},
+        {"multiplier", t.retry.multiplier},
+        {"jitter", t.retry.jitter}}},
+      {"timeout", to_us(t.timeout)},
+      {"labels", t.labels},
+      {"concurrency_key", t.concurrency_key},
+      {"unique_key", t.unique_key},
+      {"unique_for", t.unique_for == unique_scope::any ? "any" : "active"},
+      {"id", t.id},
+  };
+  put_opt(j, "run_at", t.run_at);
+  put_opt(j, "scheduled_for", t.scheduled_for);
+  return j;
+}
+
+// Reads a task template; returns the bad field's name ("" when all is well).
+std::string spec_from_json(const json& j, task_spec& t) {
+  if (!j.is_object()) return "task";
+  json_reader rd{j, {}};
+  rd.get("type", t.type);
+  rd.get("queue", t.queue);
+  rd.get_json("payload", t.payload);
+  rd.get_json("metadata", t.metadata);
+  rd.get("priority", t.priority);
+  rd.get_duration("delay", t.delay);
+  rd.get_opt_time("run_at", t.run_at);
+  rd.get("max_attempts", t.max_attempts);
+  if (const json* retry = rd.field("retry", true)) {
+    json_reader rr{*retry, {}};
+    if (!retry->is_object())
+      rr.bad = "retry";
+    else {
+      rr.get_duration("initial_delay", t.retry.initial_delay);
+      rr.get_duration("max_delay", t.retry.max_delay);
+      rr.get("multiplier", t.retry.multiplier);
+      rr.get("jitter", t.retry.jitter);
+    }
+    if (!rr.bad.empty() && rd.bad.empty()) rd.bad = "retry." + rr.bad;
+  }
+  rd.get_duration("timeout", t.timeout);
+  rd.get("labels", t.labels, false);
+  rd.get("concurrency_key", t.concurrency_key, false);
+  rd.get("unique_key", t.unique_key, false);
+  std::string scope = "active";
+  rd.get("unique_for", scope, false);
+  if (scope == "any")
+    t.unique_for = unique_scope::any;
+  else if (scope != "active" && rd.bad.empty())
+    rd.bad = "unique_for";
+  rd.get("id", t.id, false);
+  rd.get_opt_time("scheduled_for", t.scheduled_for);
+  return rd.bad.empty() ? std::string() : "task." + rd.bad;
+}
+
+}  // namespace
+
+json to_json(const schedule_record& r) {
+  const auto& d = r.definition;
+  json j = {
+      {"v", 1},
+      {"name", d.name},
+      {"task", spec_to_json(d.task)},
+      {"cron", d.cron},
+      {"time_zone", d.time_zone},
+      {"every", to_us(d.every)},
+      {"anchor", to_us(d.anchor)},
+      {"overlap", to_string(d.overlap)},
+      {"max_concurrency", d.max_concurrency},
+      {"catch_up", to_string(d.catch_up)},
+      {"max_catch_up", d.max_catch_up},
+      {"misfire_grace", to_us(d.misfire_grace)},
+      {"paused", d.paused},
+      {"last_run_id", r.state.last_run_id},
+  };
+  put_opt(j, "at", d.at);
+  put_opt(j, "cursor", r.state.cursor);
+  put_opt(j, "last_fired", r.state.last_fired);
+  return j;
+}
+
+std::optional<schedule_record> schedule_record_from_json(const json& j, error_code& ec,
+                                                         std::string& detail) {
+  if (!j.is_object()) {
+    ec = errc::invalid_record;
+    detail = "schedule record: expected a JSON object";
+    return std::nullopt;
+  }
+  json_reader rd{j, {}};
+  int version = 0;
+  rd.get("v", version);
+  if (rd.bad.empty() && version != 1) {
+    ec = errc::unsupported_format_version;
+    detail =
+        fmt::format("schedule record: format version {} (this build reads version 1)", version);
+    return std::nullopt;
+  }
+  schedule_record r;
+  auto& d = r.definition;
+  rd.get("name", d.name);
+  if (const json* t = rd.field("task", true)) {
+    auto bad = spec_from_json(*t, d.task);
+    if (!bad.empty() && rd.bad.empty()) rd.bad = bad;
+  }
+  rd.get("cron", d.cron, false);
+  rd.get("time_zone", d.time_zone, false);
+  rd.get_duration("every", d.every);
+  rd.get_time("anchor", d.anchor);
+  rd.get_opt_time("at", d.at);
+  std::string overlap, catch_up;
+  rd.get("overlap", overlap);
+  rd.get("catch_up", catch_up);
+  if (rd.bad.empty() &&
+      !parse_enum(overlap,
+                  std::array{overlap_policy::allow, overlap_policy::skip_if_running,
+                             overlap_policy::queue_one},
+                  d.overlap))
+    rd.bad = "overlap";
+  if (rd.bad.empty() && !parse_enum(catch_up,
+                                    std::array{catch_up_policy::skip, catch_up_policy::run_once,
+                                               catch_up_policy::run_all},
+                                    d.catch_up))
+    rd.bad = "catch_up";
+  rd.get("max_concurrency", d.max_concurrency);
+  rd.get("max_catch_up", d.max_catch_up);
+  rd.get_duration("misfire_grace", d.misfire_grace);
+  rd.get("paused", d.paused);
+  rd.get_opt_time("cursor", r.state.cursor);
+  rd.get_opt_time("last_fired", r.state.last_fired);
+  rd.get("last_run_id", r.state.last_run_id, false);
+  if (!rd.bad.empty()) {
+    ec = errc::invalid_record;
+    detail = fmt::format("schedule record: field '{}' is missing or has the wrong type", rd.bad);
+    return std::nullopt;
+  }
+  ec = {};
+  return r;
+}
+
 // --- in-memory schedule store ---------------------------------------------------------------
 
 struct memory::schedule_store::impl {
@@ -260,20 +442,9 @@ void memory::schedule_store::do_load_all(
 void memory::schedule_store::do_save(schedule_record r, handler<void(error_code)> h) {
   {
     std::lock_guard lock(impl_->mutex);
-    auto& slot = impl_->records[r.definition.name];
-    auto keep_cursor = slot.state.cursor;
-    bool same_timing = taskq::same_timing(slot.definition, r.definition);
-    auto keep_fired = slot.state.last_fired;
-    auto keep_run = slot.state.last_run_id;
-    slot = std::move(r);
-    // Keep the later progress when two schedulers race (only while the timing is the same:
-    // a new timing rule restarts its cursor).
-    if (same_timing && keep_cursor && (!slot.state.cursor || *slot.state.cursor < *keep_cursor))
-      slot.state.cursor = keep_cursor;
-    if (keep_fired && (!slot.state.last_fired || *slot.state.last_fired < *keep_fired)) {
-      slot.state.last_fired = keep_fired;
-      slot.state.last_run_id = std::move(keep_run);
-    }
+    auto [it, fresh] = impl_->records.try_emplace(r.definition.name);
+    if (!fresh) detail::merge_on_save(it->second, r);
+    it->second = std::move(r);
   }
   detail::post_completion(std::move(h), impl_->ex, error_code{});
 }

@@ -1,6 +1,8 @@
 // The task model: statuses, validation, ids, retry policy and the JSON mapping. No Asio here.
 #include <taskq/task.hpp>
 
+#include "json_fields.hpp"
+
 #include <fmt/chrono.h>
 #include <fmt/format.h>
 
@@ -171,73 +173,9 @@ std::string format_time(time_point t) {
 
 // --- JSON -----------------------------------------------------------------------------------
 
-namespace {
-
-std::int64_t to_us(duration d) {
-  return std::chrono::duration_cast<std::chrono::microseconds>(d).count();
-}
-std::int64_t to_us(time_point t) {
-  return to_us(t.time_since_epoch());
-}
-duration us_duration(std::int64_t us) {
-  return std::chrono::duration_cast<duration>(std::chrono::microseconds(us));
-}
-time_point us_time(std::int64_t us) {
-  return time_point(us_duration(us));
-}
-
-void put_opt(json& j, const char* key, const std::optional<time_point>& t) {
-  if (t) j[key] = to_us(*t);
-}
-
-// A decoder that remembers the first bad field so the error can name it.
-struct reader {
-  const json& j;
-  std::string bad;
-
-  const json* field(const char* key, bool required) {
-    auto it = j.find(key);
-    if (it == j.end()) {
-      if (required && bad.empty()) bad = key;
-      return nullptr;
-    }
-    return &*it;
-  }
-  template <class T>
-  void get(const char* key, T& out, bool required = true) {
-    const json* f = field(key, required);
-    if (!f) return;
-    try {
-      f->get_to(out);
-    } catch (const json::exception&) {
-      if (bad.empty()) bad = key;
-    }
-  }
-  void get_time(const char* key, time_point& out) {
-    std::int64_t v = 0;
-    get(key, v);
-    out = us_time(v);
-  }
-  void get_opt_time(const char* key, std::optional<time_point>& out) {
-    const json* f = field(key, false);
-    if (!f || f->is_null()) return;
-    if (!f->is_number_integer()) {
-      if (bad.empty()) bad = key;
-      return;
-    }
-    out = us_time(f->get<std::int64_t>());
-  }
-  void get_duration(const char* key, duration& out) {
-    std::int64_t v = 0;
-    get(key, v);
-    out = us_duration(v);
-  }
-  void get_json(const char* key, json& out) {
-    if (const json* f = field(key, false)) out = *f;
-  }
-};
-
-}  // namespace
+using detail::json_reader;
+using detail::put_opt;
+using detail::to_us;
 
 json to_json(const task_record& r) {
   json j = {
@@ -285,7 +223,7 @@ std::optional<task_record> record_from_json(const json& j, error_code& ec, std::
     detail = "task record: expected a JSON object";
     return std::nullopt;
   }
-  reader rd{j, {}};
+  json_reader rd{j, {}};
   int version = 0;
   rd.get("v", version);
   if (rd.bad.empty() && version != 1) {
@@ -303,7 +241,7 @@ std::optional<task_record> record_from_json(const json& j, error_code& ec, std::
   rd.get_time("available_at", r.available_at);
   rd.get("max_attempts", r.max_attempts);
   if (const json* retry = rd.field("retry", true)) {
-    reader rr{*retry, {}};
+    json_reader rr{*retry, {}};
     if (!retry->is_object())
       rr.bad = "retry";
     else {
@@ -346,7 +284,7 @@ std::optional<task_record> record_from_json(const json& j, error_code& ec, std::
       if (rd.bad.empty()) rd.bad = "log";
     } else {
       for (const auto& e : *log) {
-        reader er{e, {}};
+        json_reader er{e, {}};
         log_entry le;
         if (!e.is_object())
           er.bad = "entry";

@@ -40,6 +40,23 @@ struct schedule_record {
   schedule_state state{};
 };
 
+/// Encodes a schedule record as JSON with stable field names (`"v": 1`; times are microseconds
+/// since the Unix epoch, durations microseconds), as durable schedule stores keep it.
+json to_json(const schedule_record& r);
+
+/// Decodes a schedule record. On failure sets errc::invalid_record (or
+/// errc::unsupported_format_version) and `detail` names the field. The definition is not
+/// validated (see validate(const schedule&, ...)).
+std::optional<schedule_record> schedule_record_from_json(const json& j, error_code& ec,
+                                                         std::string& detail);
+
+namespace detail {
+/// The rule every schedule store applies on save: `incoming` replaces `stored`, but keeps the
+/// stored cursor when it is later and the timing rule is unchanged (a second scheduler got
+/// further; a new timing rule restarts its cursor), and keeps the later last_fired/last_run_id.
+void merge_on_save(const schedule_record& stored, schedule_record& incoming);
+}  // namespace detail
+
 /// The Schedule Store interface. Thread-safe; completions on the token's associated executor,
 /// never inline.
 class schedule_store {

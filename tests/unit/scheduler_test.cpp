@@ -269,6 +269,84 @@ TEST_CASE("schedule validation names the field", "[scheduler][validate]") {
 
 // --- the scheduler end to end ---------------------------------------------------------------
 
+TEST_CASE("schedule records round-trip through JSON; bad input names the field",
+          "[scheduler][json]") {
+  schedule_record r;
+  r.definition = {.name = "nightly",
+                  .task = {.type = "report",
+                           .queue = "reports",
+                           .payload = {{"kind", "daily"}},
+                           .priority = 3,
+                           .delay = 5s,
+                           .max_attempts = 4,
+                           .retry = {.initial_delay = 2s, .multiplier = 3},
+                           .timeout = 1min,
+                           .labels = {{"team", "ops"}},
+                           .concurrency_key = "db",
+                           .unique_for = unique_scope::any},
+                  .cron = "30 2 * * *",
+                  .time_zone = "Europe/Berlin",
+                  .overlap = overlap_policy::queue_one,
+                  .max_concurrency = 2,
+                  .catch_up = catch_up_policy::run_all,
+                  .max_catch_up = 7,
+                  .misfire_grace = 90s,
+                  .paused = true};
+  r.state = {.cursor = t0 + 1h, .last_fired = t0 + 30min, .last_run_id = "abc"};
+  error_code ec;
+  std::string detail;
+  auto back = schedule_record_from_json(json::parse(to_json(r).dump()), ec, detail);
+  REQUIRE(back);
+  CHECK_FALSE(ec);
+  CHECK(back->definition == r.definition);
+  CHECK(back->state == r.state);
+
+  schedule_record one_shot{.definition = {.name = "once", .task = {.type = "t"}, .at = t0}};
+  back = schedule_record_from_json(to_json(one_shot), ec, detail);
+  REQUIRE(back);
+  CHECK(back->definition == one_shot.definition);
+  CHECK_FALSE(back->state.cursor);
+
+  auto j = to_json(r);
+  j["overlap"] = "sometimes";
+  CHECK_FALSE(schedule_record_from_json(j, ec, detail));
+  CHECK(ec == errc::invalid_record);
+  CHECK(detail.find("'overlap'") != std::string::npos);
+  j = to_json(r);
+  j["task"]["retry"]["multiplier"] = "x";
+  CHECK_FALSE(schedule_record_from_json(j, ec, detail));
+  CHECK(detail.find("'task.retry.multiplier'") != std::string::npos);
+  j = to_json(r);
+  j["v"] = 2;
+  CHECK_FALSE(schedule_record_from_json(j, ec, detail));
+  CHECK(ec == errc::unsupported_format_version);
+  CHECK_FALSE(schedule_record_from_json(json::array(), ec, detail));
+  CHECK(ec == errc::invalid_record);
+}
+
+TEST_CASE("schedule stores keep the later progress on save", "[scheduler][store]") {
+  schedule_record stored{
+      .definition = every_minute(),
+      .state = {.cursor = t0 + 5min, .last_fired = t0 + 5min, .last_run_id = "r5"}};
+  schedule_record behind{.definition = every_minute(), .state = {.cursor = t0 + 3min}};
+  detail::merge_on_save(stored, behind);
+  CHECK(behind.state == stored.state);
+
+  schedule_record ahead{
+      .definition = every_minute(),
+      .state = {.cursor = t0 + 7min, .last_fired = t0 + 7min, .last_run_id = "r7"}};
+  detail::merge_on_save(stored, ahead);
+  CHECK(ahead.state.cursor == t0 + 7min);
+  CHECK(ahead.state.last_run_id == "r7");
+
+  // A new timing rule restarts the cursor.
+  schedule_record retimed{.definition = every_minute(), .state = {.cursor = t0 + 1min}};
+  retimed.definition.cron = "*/5 * * * *";
+  detail::merge_on_save(stored, retimed);
+  CHECK(retimed.state.cursor == t0 + 1min);
+  CHECK(retimed.state.last_fired == t0 + 5min);
+}
+
 TEST_CASE("scheduler: each occurrence enqueued once, with scheduled_for and dedupe key",
           "[scheduler]") {
   sched_fixture f;
