@@ -3,6 +3,7 @@
 #include <taskq/backends/file/directory_lock.hpp>
 #include <taskq/backends/file/store.hpp>
 #include <taskq/backends/memory/queue.hpp>
+#include <taskq/detail/blocking.hpp>
 #include <taskq/detail/record_ops.hpp>
 
 #include <boost/asio/io_context.hpp>
@@ -31,14 +32,16 @@ struct decode_error : std::runtime_error {
 };
 
 enum class op : std::uint8_t {
-  insert = 1,     // seq, record
-  claim = 2,      // id, now
-  update = 3,     // new seq (0: keep), task_update
-  heartbeat = 4,  // id, attempt, now, progress?
-  log = 5,        // id, at, message
-  cancel = 6,     // id, now
-  remove = 7,     // count, ids
-  pause = 8,      // queue, paused
+  insert = 1,            // seq, record
+  claim = 2,             // id, now
+  update = 3,            // new seq (0: keep), task_update
+  heartbeat = 4,         // id, attempt, now, progress?
+  log = 5,               // id, at, message
+  cancel = 6,            // id, now
+  remove = 7,            // count, ids
+  pause = 8,             // queue, paused
+  schedule_save = 9,     // schedule record as JSON text (the merged result of the save)
+  schedule_remove = 10,  // name
 };
 
 class encoder {
@@ -345,6 +348,28 @@ std::string encode_pause(const std::string& q, bool paused) {
   return std::move(e.out);
 }
 
+std::string encode_schedule_save(const schedule_record& r) {
+  encoder e;
+  e.u8(static_cast<std::uint8_t>(op::schedule_save));
+  e.str(to_json(r).dump());
+  return std::move(e.out);
+}
+
+std::string encode_schedule_remove(const std::string& name) {
+  encoder e;
+  e.u8(static_cast<std::uint8_t>(op::schedule_remove));
+  e.str(name);
+  return std::move(e.out);
+}
+
+// The pipeline's busy keys of non-task writes (a task id never starts with a control byte).
+std::string queue_key(const std::string& name) {
+  return "\x01queue:" + name;
+}
+std::string schedule_key(const std::string& name) {
+  return "\x02schedule:" + name;
+}
+
 // Removes are chunked so one record stays far below max_record_size.
 void encode_removes(const std::vector<std::string>& ids, std::vector<std::string>& out) {
   constexpr std::size_t chunk = 4096;
@@ -399,6 +424,7 @@ shared_handler<Sig> share(asio::any_completion_handler<Sig> h) {
 
 class file_queue;
 class file_store;
+class file_schedule_store;
 
 }  // namespace
 
@@ -425,6 +451,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
   task_counts counts;
   std::uint64_t next_seq = 1;
   std::set<std::string> paused;
+  std::map<std::string, schedule_record, std::less<>> schedules;
 
   // Pipeline: ids with a write in flight (and the operations waiting for them), unique keys
   // of inserts in flight, the compaction gate.
@@ -451,6 +478,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
   std::unique_ptr<memory::queue> mq;
   std::unique_ptr<taskq::queue> fq;
   std::unique_ptr<taskq::store> fs;
+  std::unique_ptr<taskq::schedule_store> fss;
 
   // --- bookkeeping (mutex held) -------------------------------------------------------------
 
@@ -571,6 +599,23 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
           paused.erase(q);
         break;
       }
+      case op::schedule_save: {
+        auto text = d.view();
+        auto j = json::parse(text.begin(), text.end(), nullptr, false);
+        if (j.is_discarded()) throw decode_error("malformed JSON in a schedule record");
+        error_code ec;
+        std::string why;
+        auto r = schedule_record_from_json(j, ec, why);
+        if (!r) throw decode_error(why);
+        auto name = r->definition.name;
+        schedules.insert_or_assign(std::move(name), std::move(*r));
+        break;
+      }
+      case op::schedule_remove: {
+        auto name = d.str();
+        if (!schedules.erase(name)) throw decode_error("removal of unknown schedule " + name);
+        break;
+      }
       default:
         throw decode_error("unknown record type " + std::to_string(static_cast<int>(o)));
     }
@@ -583,6 +628,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
     counts = task_counts{};
     next_seq = 1;
     paused.clear();
+    schedules.clear();
   }
 
   /// Loads snapshot + journal. Writable: through journal_writer::open (repairs the tail).
@@ -831,13 +877,14 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
       std::vector<const entry*> live;
       live.reserve(records.size());
       for (auto& [id, e] : records) live.push_back(&e);
-      bodies.reserve(live.size() + paused.size());
+      bodies.reserve(live.size() + paused.size() + schedules.size());
       std::uint64_t bytes = 0;
       for (auto* e : live) {
         bodies.push_back(encode_insert(e->seq, e->rec));
         bytes += bodies.back().size();
       }
       for (auto& q : paused) bodies.push_back(encode_pause(q, true));
+      for (auto& [name, r] : schedules) bodies.push_back(encode_schedule_save(r));
       if (!live.empty()) avg_record_bytes = double(bytes) / double(live.size());
       std::string d;
       n = writer.rotate(ec, &d);
@@ -1352,7 +1399,7 @@ class file_queue final : public taskq::queue {
   void do_set_paused(std::string queue_name, bool paused, handler<void(error_code)> h) override {
     auto hp = share(std::move(h));
     auto self = s_.shared_from_this();
-    auto key = std::make_shared<std::string>("\x01queue:" + queue_name);
+    auto key = std::make_shared<std::string>(queue_key(queue_name));
     s_.run(
         [st = self.get(), key, queue_name, paused]() -> step {
           step s;
@@ -1384,6 +1431,92 @@ class file_queue final : public taskq::queue {
   state& s_;
 };
 
+// --- the Schedule Store: schedule records in the same journal -----------------------------------
+
+class file_schedule_store final : public taskq::schedule_store {
+ public:
+  explicit file_schedule_store(state& s) : s_(s) {}
+
+ protected:
+  void do_load(std::string name,
+               handler<void(error_code, std::optional<schedule_record>)> h) override {
+    std::optional<schedule_record> out;
+    {
+      std::lock_guard lock(s_.mutex);
+      if (auto it = s_.schedules.find(name); it != s_.schedules.end()) out = it->second;
+    }
+    taskq::detail::post_completion(std::move(h), s_.ex, error_code{}, std::move(out));
+  }
+
+  void do_load_all(handler<void(error_code, std::vector<schedule_record>)> h) override {
+    std::vector<schedule_record> out;
+    {
+      std::lock_guard lock(s_.mutex);
+      out.reserve(s_.schedules.size());
+      for (auto& [name, r] : s_.schedules) out.push_back(r);
+    }
+    taskq::detail::post_completion(std::move(h), s_.ex, error_code{}, std::move(out));
+  }
+
+  void do_save(schedule_record r, handler<void(error_code)> h) override {
+    auto hp = share(std::move(h));
+    auto self = s_.shared_from_this();
+    if (r.definition.name.empty())
+      return taskq::detail::post_completion(std::move(*hp), self->ex,
+                                            error_code(errc::invalid_schedule));
+    auto in = std::make_shared<schedule_record>(std::move(r));
+    s_.run(
+        [st = self.get(), in]() -> step {
+          step s;
+          auto key = schedule_key(in->definition.name);
+          if (st->is_busy(key)) {
+            s.wait_on = key;
+            return s;
+          }
+          auto merged = std::make_shared<schedule_record>(*in);
+          if (auto it = st->schedules.find(in->definition.name); it != st->schedules.end())
+            taskq::detail::merge_on_save(it->second, *merged);
+          s.bodies.push_back(encode_schedule_save(*merged));
+          s.ids.push_back(std::move(key));
+          s.commit = [st, merged] {
+            auto name = merged->definition.name;
+            st->schedules.insert_or_assign(std::move(name), std::move(*merged));
+          };
+          return s;
+        },
+        [self, hp](error_code ec) {
+          taskq::detail::post_completion(std::move(*hp), self->ex, ec);
+        });
+  }
+
+  void do_remove(std::string name, handler<void(error_code, bool)> h) override {
+    auto hp = share(std::move(h));
+    auto self = s_.shared_from_this();
+    auto removed = std::make_shared<bool>(false);
+    s_.run(
+        [st = self.get(), name, removed]() -> step {
+          step s;
+          *removed = false;
+          auto key = schedule_key(name);
+          if (st->is_busy(key)) {
+            s.wait_on = key;
+            return s;
+          }
+          if (!st->schedules.count(name)) return s;  // nothing to remove
+          s.bodies.push_back(encode_schedule_remove(name));
+          s.ids.push_back(std::move(key));
+          s.commit = [st, name, removed] { *removed = st->schedules.erase(name) > 0; };
+          return s;
+        },
+        [self, hp, removed](error_code ec) {
+          taskq::detail::post_completion(std::move(*hp), self->ex, ec, !ec && *removed);
+        });
+  }
+
+ private:
+  state& s_;
+};
+
 std::shared_ptr<state> make_state(asio::any_io_executor ex, const fs::path& dir,
                                   backend_options opts, bool ro) {
   auto s = std::make_shared<state>();
@@ -1395,6 +1528,7 @@ std::shared_ptr<state> make_state(asio::any_io_executor ex, const fs::path& dir,
   s->mq = std::make_unique<memory::queue>(s->ex, *s->clk);
   s->fq = std::make_unique<file_queue>(*s);
   s->fs = std::make_unique<file_store>(*s);
+  s->fss = std::make_unique<file_schedule_store>(*s);
   return s;
 }
 
@@ -1480,6 +1614,9 @@ taskq::queue& backend::queue() noexcept {
 taskq::store& backend::store() noexcept {
   return *state_->fs;
 }
+taskq::schedule_store& backend::schedules() noexcept {
+  return *state_->fss;
+}
 const backend_recovery& backend::recovery() const noexcept {
   return state_->recovery;
 }
@@ -1505,6 +1642,12 @@ backend_info backend::info() const {
 }
 
 void backend::compact(error_code& ec, std::string* detail) {
+  // It waits for the writes in flight, whose completions may need this very thread.
+  if (taskq::detail::running_in_this_thread(state_->ex)) {
+    ec = errc::blocking_on_io_thread;
+    if (detail) *detail = "backend::compact called from a thread running its io_context";
+    return;
+  }
   state_->compact(ec, detail);
 }
 void backend::prune_expired() {

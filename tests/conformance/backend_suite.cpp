@@ -5,6 +5,7 @@
 
 #include <taskq/client.hpp>
 #include <taskq/executor.hpp>
+#include <taskq/scheduler.hpp>
 #include <taskq/worker.hpp>
 
 #include <boost/asio/bind_cancellation_slot.hpp>
@@ -536,6 +537,129 @@ TEMPLATE_TEST_CASE("store: remove skips running tasks; prune deletes old finishe
   CHECK(c2.by_type.count("x") == 1);
   CHECK(n(c2.total, task_status::succeeded) == 0);
   CHECK(n(c2.total, task_status::pending) == 0);
+}
+
+// --- schedule store -------------------------------------------------------------------------
+
+namespace {
+template <class F>
+std::optional<schedule_record> load_schedule(F& f, const std::string& name) {
+  auto [ec, r] = f.template call<std::optional<schedule_record>>(
+      [&](auto cb) { f.backend.schedules().async_load(name, cb); });
+  REQUIRE_FALSE(ec);
+  return r;
+}
+template <class F>
+void save_schedule(F& f, schedule_record r) {
+  auto [ec] =
+      f.template call<>([&](auto cb) { f.backend.schedules().async_save(std::move(r), cb); });
+  REQUIRE_FALSE(ec);
+}
+}  // namespace
+
+TEMPLATE_TEST_CASE("schedule store: save, load, load_all in name order, remove",
+                   "[conformance][schedules]", BACKENDS) {
+  fixture<TestType> f;
+  auto def = [](std::string name) {
+    return schedule{.name = std::move(name),
+                    .task = {.type = "report", .payload = {{"n", 1}}, .labels = {{"a", "b"}}},
+                    .cron = "*/5 * * * *",
+                    .time_zone = "Europe/Berlin",
+                    .catch_up = catch_up_policy::run_all};
+  };
+  CHECK_FALSE(load_schedule(f, "b"));
+  save_schedule(f, {.definition = def("b"), .state = {.cursor = f.clk.now()}});
+  save_schedule(f, {.definition = def("a")});
+  auto b = load_schedule(f, "b");
+  REQUIRE(b);
+  CHECK(b->definition == def("b"));
+  CHECK(b->state.cursor == f.clk.now());
+  auto [ec, all] = f.template call<std::vector<schedule_record>>(
+      [&](auto cb) { f.backend.schedules().async_load_all(cb); });
+  REQUIRE_FALSE(ec);
+  REQUIRE(all.size() == 2);
+  CHECK(all[0].definition.name == "a");
+  CHECK(all[1].definition.name == "b");
+
+  auto remove = [&](std::string name) {
+    auto [rec, removed] = f.template call<bool>(
+        [&](auto cb) { f.backend.schedules().async_remove(std::move(name), cb); });
+    REQUIRE_FALSE(rec);
+    return removed;
+  };
+  CHECK(remove("a"));
+  CHECK_FALSE(remove("a"));
+  CHECK_FALSE(load_schedule(f, "a"));
+  CHECK(load_schedule(f, "b"));
+}
+
+TEMPLATE_TEST_CASE("schedule store: a save never moves progress backwards",
+                   "[conformance][schedules]", BACKENDS) {
+  fixture<TestType> f;
+  auto t = f.clk.now();
+  auto def = schedule{.name = "m", .task = {.type = "t"}, .cron = "* * * * *"};
+  save_schedule(f, {.definition = def,
+                    .state = {.cursor = t + 5min, .last_fired = t + 5min, .last_run_id = "r5"}});
+  auto changed = def;
+  changed.paused = true;  // a definition change from a scheduler that is behind
+  save_schedule(f, {.definition = changed, .state = {.cursor = t + 2min}});
+  auto r = load_schedule(f, "m");
+  REQUIRE(r);
+  CHECK(r->definition.paused);
+  CHECK(r->state.cursor == t + 5min);
+  CHECK(r->state.last_run_id == "r5");
+  save_schedule(f, {.definition = def, .state = {.cursor = t + 9min}});
+  CHECK(load_schedule(f, "m")->state.cursor == t + 9min);
+}
+
+TEMPLATE_TEST_CASE("scheduler on the backend: each occurrence once; a restart catches up",
+                   "[conformance][schedules]", BACKENDS) {
+  fixture<TestType> f;
+  f.clk.set(std::chrono::sys_days{std::chrono::year{2026} / 1 / 1});
+  const auto t0 = f.clk.now();
+  client c{f.io.get_executor(), f.q, f.s, {.time = &f.clk}};
+  auto fired = [&] {
+    std::vector<time_point> out;
+    for (auto& r : f.list({.limit = 1000}).records) out.push_back(r.scheduled_for.value());
+    std::sort(out.begin(), out.end());
+    return out;
+  };
+  auto wait_fired = [&](std::size_t n) {
+    REQUIRE(run_until(f.io, [&] { return fired().size() >= n; }));
+    return fired();
+  };
+  auto def = schedule{.name = "m",
+                      .task = {.type = "t"},
+                      .cron = "* * * * *",
+                      .catch_up = catch_up_policy::run_once};
+  {
+    scheduler sched(c, {.store = &f.backend.schedules()});
+    auto [ec, r] =
+        f.template call<ensure_result>([&](auto cb) { sched.async_ensure_schedule(def, cb); });
+    REQUIRE_FALSE(ec);
+    sched.async_run(asio::detached);
+    drain(f.io);
+    f.clk.set(t0 + 1min);
+    CHECK(wait_fired(1) == std::vector<time_point>{t0 + 1min});
+    f.clk.set(t0 + 2min);
+    CHECK(wait_fired(2) == std::vector<time_point>{t0 + 1min, t0 + 2min});
+    // The cursor reaches the store once the occurrence is enqueued.
+    REQUIRE(run_until(f.io, [&] {
+      auto r = load_schedule(f, "m");
+      return r && r->state.cursor == t0 + 2min;
+    }));
+    sched.stop();
+    drain(f.io);
+  }
+  // Down for 10 minutes; a new instance adopts the stored schedule and runs once for them.
+  f.clk.set(t0 + 12min + 30s);
+  scheduler again(c, {.store = &f.backend.schedules()});
+  again.async_run(asio::detached);
+  CHECK(wait_fired(3) == std::vector<time_point>{t0 + 1min, t0 + 2min, t0 + 12min});
+  drain(f.io);
+  CHECK(fired().size() == 3);
+  again.stop();
+  drain(f.io);
 }
 
 // --- end to end

@@ -1,11 +1,12 @@
-// The backends the conformance suite runs against: each gives a taskq::queue and a
-// taskq::store on an io_context and a manual clock. A new backend is done when
+// The backends the conformance suite runs against: each gives a taskq::queue, a taskq::store
+// and a taskq::schedule_store on an io_context and a manual clock. A new backend is done when
 // conformance/backend_suite.cpp passes against it.
 #pragma once
 
 #include <taskq/backends/file/store.hpp>
 #include <taskq/backends/memory/queue.hpp>
 #include <taskq/backends/memory/store.hpp>
+#include <taskq/schedule_store.hpp>
 
 #include <boost/asio/io_context.hpp>
 
@@ -21,11 +22,13 @@ namespace taskq::test {
 struct memory_backend {
   static constexpr const char* name = "memory";
   memory_backend(asio::io_context& io, manual_clock& clk)
-      : q(io.get_executor(), clk), s(io.get_executor()) {}
+      : q(io.get_executor(), clk), s(io.get_executor()), sched(io.get_executor()) {}
   taskq::queue& queue() { return q; }
   taskq::store& store() { return s; }
+  taskq::schedule_store& schedules() { return sched; }
   memory::queue q;
   memory::store s;
+  memory::schedule_store sched;
 };
 
 /// A fresh private directory under the system temp dir, removed on destruction.
@@ -53,6 +56,7 @@ struct file_backend {
   ~file_backend() { b->close(); }
   taskq::queue& queue() { return b->queue(); }
   taskq::store& store() { return b->store(); }
+  taskq::schedule_store& schedules() { return b->schedules(); }
   temp_dir dir;
   std::unique_ptr<file::backend> b;
 };

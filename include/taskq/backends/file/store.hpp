@@ -1,8 +1,8 @@
 // taskq — the durable file backend: one directory, one journal, a Queue and a Store.
 //
 // Every state change of a task record (insert, claim, update, heartbeat, log line, cancel
-// request, delete, queue pause) is one journal record (a compact binary delta, see
-// docs/file-format.md). An operation completes only after its record is durable as the
+// request, delete, queue pause, schedule save or removal) is one journal record (a compact binary
+// delta, see docs/file-format.md). An operation completes only after its record is durable as the
 // durability mode promises, and the in-memory state changes only after the append
 // succeeded: a failed append (disk full, I/O error) leaves the state as it was and the
 // caller gets the error.
@@ -30,6 +30,7 @@
 #include <taskq/backends/file/journal.hpp>
 #include <taskq/clock.hpp>
 #include <taskq/queue.hpp>
+#include <taskq/schedule_store.hpp>
 #include <taskq/store.hpp>
 
 #include <chrono>
@@ -118,13 +119,18 @@ class backend {
 
   taskq::queue& queue() noexcept;
   taskq::store& store() noexcept;
+  /// Schedule definitions and progress, journaled with the tasks (give it to
+  /// scheduler_options::store): after a restart or a crash a scheduler adopts them and
+  /// resumes each schedule from its last durable cursor under its catch-up policy.
+  taskq::schedule_store& schedules() noexcept;
 
   const backend_recovery& recovery() const noexcept;
   backend_info info() const;
   bool read_only() const noexcept;
 
   /// Compacts now (blocking; not on a thread that must run the io_context for in-flight
-  /// operations to complete — it waits for them). Errors as the journal's.
+  /// operations to complete — it waits for them; from within the io_context it fails with
+  /// errc::blocking_on_io_thread). Errors as the journal's.
   void compact(error_code& ec, std::string* detail = nullptr);
   /// Starts pruning finished tasks older than the retention, now (asynchronous; the
   /// maintenance thread also does it on its own).
