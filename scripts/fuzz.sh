@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the journal reader's libFuzzer target with clang in build-fuzz/ and runs it for a
-# bounded time on a generated seed corpus (a few valid journals and snapshots).
-#   scripts/fuzz.sh [SECONDS]     default 60
+# Builds the libFuzzer targets with clang in build-fuzz/ and runs each for a bounded time on a
+# generated seed corpus: the journal reader (valid journals and snapshots as seeds) and the
+# file store's record-body replay (valid body sequences as seeds).
+#   scripts/fuzz.sh [SECONDS]     default 60, per target
 # Crash reproducers, if any, are written to build-fuzz/fuzz-artifacts/.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,8 +12,8 @@ seconds=${1:-60}
 CC=clang CXX=clang++ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
   -DTASKQ_BUILD_FUZZERS=ON -DTASKQ_BUILD_TESTS=OFF -DTASKQ_BUILD_EXAMPLES=OFF \
-  -DTASKQ_BUILD_BENCHMARKS=OFF -DTASKQ_BUILD_TOOL=OFF >/dev/null
-cmake --build "$build" --target taskq_journal_fuzz --parallel 2
+  -DTASKQ_BUILD_BENCHMARKS=OFF -DTASKQ_BUILD_TOOL=OFF -DTASKQ_WITH_POSTGRES=OFF >/dev/null
+cmake --build "$build" --target taskq_journal_fuzz taskq_store_fuzz --parallel 2
 
 corpus=$build/journal-corpus
 artifacts=$build/fuzz-artifacts
@@ -49,3 +50,68 @@ PY
 
 "$build/tests/fuzz/taskq_journal_fuzz" -max_total_time="$seconds" -max_len=4096 \
   -print_final_stats=1 -artifact_prefix="$artifacts/" "$corpus"
+
+# Seeds for the body replay: sequences of bodies (2-byte length + body) encoded as
+# docs/file-format.md ("Record bodies") documents.
+store_corpus=$build/store-corpus
+mkdir -p "$store_corpus"
+python3 - "$store_corpus" <<'PY'
+import struct, sys, os, json
+def var(v):
+    out = b""
+    while v >= 0x80:
+        out += bytes([(v & 0x7F) | 0x80]); v >>= 7
+    return out + bytes([v])
+def i64(v): return var(((v << 1) ^ (v >> 63)) & (2**64 - 1))
+def s(x): x = x.encode() if isinstance(x, str) else x; return var(len(x)) + x
+def js(v): return b"\x00" if v is None else b"\x01" + s(json.dumps(v, separators=(",", ":")))
+def f64(d): return struct.pack("<d", d)
+def opt_tp(t): return b"\x00" if t is None else b"\x01" + i64(t)
+T = 1_767_225_600_000_000_000  # 2026-01-01 in nanoseconds
+def record(id, status=0, attempt=0, key="", labels=(), log=()):
+    out = s(id) + s("email") + s("default") + js({"to": "a@b"}) + js(None) + i64(0) + i64(T)
+    out += i64(3) + i64(10**9) + i64(3600 * 10**9) + f64(2.0) + f64(0.2) + i64(0)
+    out += var(len(labels)) + b"".join(s(k) + s(v) for k, v in labels)
+    out += s("") + s(key) + b"\x00" + opt_tp(None) + bytes([status]) + i64(attempt)
+    out += js(None) + js(None) + s("") + var(len(log)) + b"".join(i64(t) + s(m) for t, m in log)
+    out += i64(T) + i64(T) + opt_tp(None) + opt_tp(None) + opt_tp(None) + b"\x00"
+    return out
+def insert(seq, rec): return b"\x01" + var(seq) + rec
+def claim(id): return b"\x02" + s(id) + i64(T + 1000)
+def update(id, frm, to, attempt):
+    return (b"\x03" + var(0) + s(id) + bytes([frm]) + b"\x01" + i64(attempt) + bytes([to]) +
+            i64(T + 2000) + b"\x01" + js({"ok": True}) + b"\x00" + b"\x00" + b"\x00" +
+            b"\x00" + b"\x00" + b"\x00")
+def heartbeat(id): return b"\x04" + s(id) + i64(1) + i64(T + 1500) + b"\x01" + js(0.5)
+def log(id): return b"\x05" + s(id) + i64(T + 1600) + s("half way")
+def cancel(id): return b"\x06" + s(id) + i64(T + 1700)
+def remove(*ids): return b"\x07" + var(len(ids)) + b"".join(s(i) for i in ids)
+def pause(q, on): return b"\x08" + s(q) + bytes([on])
+sched = {"v": 1, "name": "nightly", "task": {"type": "report", "queue": "default",
+         "payload": None, "metadata": None, "priority": 0, "delay": 0, "max_attempts": 25,
+         "retry": {"initial_delay": 1000000, "max_delay": 3600000000, "multiplier": 2.0,
+                   "jitter": 0.2}, "timeout": 0, "labels": {}, "concurrency_key": "",
+         "unique_key": "", "unique_for": "active", "id": ""},
+         "cron": "30 2 * * *", "time_zone": "UTC", "every": 0, "anchor": 0,
+         "overlap": "allow", "max_concurrency": 0, "catch_up": "run_once",
+         "max_catch_up": 100, "misfire_grace": 60000000, "paused": False,
+         "last_run_id": "", "cursor": 1767225600000000}
+def sched_save(): return b"\x09" + s(json.dumps(sched))
+def sched_remove(): return b"\x0a" + s("nightly")
+def seq(*bodies): return b"".join(struct.pack("<H", len(b)) + b for b in bodies)
+seeds = {
+    "lifecycle": seq(insert(1, record("a")), claim("a"), heartbeat("a"), log("a"),
+                     update("a", 1, 2, 1)),
+    "cancel-remove": seq(insert(1, record("a", key="k", labels=[("x", "y")])),
+                         insert(2, record("b")), cancel("a"), remove("a", "b")),
+    "running-snapshot": seq(insert(7, record("r", status=1, attempt=1, log=[(T, "x")])),
+                            pause("default", 1), pause("other", 1), pause("other", 0)),
+    "schedules": seq(sched_save(), sched_save(), sched_remove()),
+}
+for name, data in seeds.items():
+    with open(os.path.join(sys.argv[1], name), "wb") as f:
+        f.write(data)
+PY
+
+"$build/tests/fuzz/taskq_store_fuzz" -max_total_time="$seconds" -max_len=4096 \
+  -print_final_stats=1 -artifact_prefix="$artifacts/store-" "$store_corpus"

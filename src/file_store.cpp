@@ -1673,4 +1673,47 @@ std::uint64_t verify_store(const fs::path& dir, error_code& ec, std::string& det
   return s->recovery.snapshot_records + s->recovery.journal_records;
 }
 
+namespace detail {
+
+error_code replay_bodies(const std::vector<std::string_view>& bodies, std::string& detail,
+                         bool& consistent) {
+  consistent = true;
+  asio::io_context io;
+  auto s = make_state(io.get_executor(), {}, {}, true);
+  for (std::size_t i = 0; i < bodies.size(); ++i) {
+    try {
+      s->apply_body(bodies[i]);
+    } catch (const std::exception& e) {
+      detail = "body " + std::to_string(i) + ": " + e.what();
+      return errc::invalid_record;
+    }
+  }
+  // The bookkeeping replay keeps incrementally must match a recount from the records.
+  task_counts recount;
+  std::size_t holders = 0;
+  for (auto& [id, e] : s->records) {
+    recount.add(e.rec, +1);
+    if (id != e.rec.id) consistent = false;
+    if (taskq::detail::holds_unique_key(e.rec)) {
+      ++holders;
+      auto it = s->unique_holders.find(e.rec.unique_key);
+      if (it == s->unique_holders.end() || it->second != id) consistent = false;
+    }
+  }
+  auto kept = s->counts;
+  auto zero = [](auto& kv) {
+    return std::all_of(kv.second.begin(), kv.second.end(), [](std::size_t n) { return n == 0; });
+  };
+  std::erase_if(kept.by_type, zero);
+  std::erase_if(kept.by_queue, zero);
+  if (recount.total != kept.total || recount.by_type != kept.by_type ||
+      recount.by_queue != kept.by_queue || holders != s->unique_holders.size())
+    consistent = false;
+  s->rebuild_queue();
+  io.run();
+  return {};
+}
+
+}  // namespace detail
+
 }  // namespace taskq::file

@@ -38,6 +38,8 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <vector>
 
 namespace taskq::file {
 
@@ -153,6 +155,15 @@ class backend {
 /// file and byte offset. A torn tail in the last segment is not an error; `warning` reports it.
 std::uint64_t verify_store(const std::filesystem::path& dir, error_code& ec, std::string& detail,
                            std::string& warning);
+
+namespace detail {
+/// Tests and fuzzing only: applies record bodies to an empty store state exactly as recovery
+/// does, then rebuilds the queue index. Returns invalid_record (detail names the body index
+/// and the reason) for a body that does not decode or apply. `consistent` is false when the
+/// bookkeeping kept during replay (counts, unique-key holders) disagrees with a recount.
+error_code replay_bodies(const std::vector<std::string_view>& bodies, std::string& detail,
+                         bool& consistent);
+}  // namespace detail
 
 /// The snapshot's file name inside a store directory.
 inline constexpr const char* snapshot_file_name = "snapshot.bin";
