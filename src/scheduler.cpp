@@ -670,19 +670,25 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
   }
 
   void disarm() {
+    disarm_wait();
+    for (auto& w : retry_waits) w.emit(asio::cancellation_type::terminal);
+  }
+
+  void disarm_wait() {
     if (armed_at) {
       ++generation;
       armed_at.reset();
       wait_cancel.emit(asio::cancellation_type::terminal);
     }
-    for (auto& w : retry_waits) w.emit(asio::cancellation_type::terminal);
   }
 
   // A scheduled occurrence whose enqueue failed for a reason that may pass (an I/O error, the
   // backend unreachable): enqueue it again after a backoff (1 s doubling to 1 min) while the
   // scheduler runs, so a transient store failure does not lose the occurrence. Strand only.
+  // Goes on after leadership is lost: the occurrence was decided while leading and the stored
+  // cursor may already be past it; the dedupe key covers the new leader enqueueing it too.
   void retry_later(job j) {
-    if (!firing()) return;
+    if (!running) return;
     auto delay = std::min<duration>(std::chrono::seconds(1) * (1 << std::min(j.retries, 6)),
                                     std::chrono::minutes(1));
     ++j.retries;
@@ -693,7 +699,7 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
             sig->slot(), asio::bind_executor(strand, [self = shared_from_this(), sig,
                                                       j = std::move(j)](error_code ec) mutable {
               self->retry_waits.erase(sig);
-              if (ec || !self->firing()) return;
+              if (ec || !self->running) return;
               {
                 std::lock_guard lock(self->mutex);
                 auto it = self->entries.find(j.schedule);
@@ -1116,7 +1122,7 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
     ++reload_gen;
     if (leading.exchange(false)) {
       ++leadership_changes;
-      disarm();
+      disarm_wait();
     }
   }
 

@@ -205,8 +205,11 @@ class scheduler {
   /// it renews every leader_renew on the client's clock and stops firing as soon as a renewal
   /// fails or is refused (or its lease runs out before the answer comes). On becoming leader
   /// it reloads every schedule's progress from the store, so the catch-up policy applies to
-  /// what the previous leader left undone exactly as after a restart. stop() gives the
-  /// leadership up. Manual runs (run_now, backfill) work on every instance.
+  /// what the previous leader left undone exactly as after a restart; if that reload fails
+  /// (store unreachable, an undecodable record) it does not fire and tries again at the next
+  /// renewal. Enqueues it already decided are still retried after leadership is lost (the
+  /// dedupe key covers the new leader enqueueing them too). stop() gives the leadership up.
+  /// Manual runs (run_now, backfill) work on every instance.
   template <class CompletionToken>
   auto async_run(CompletionToken&& token) {
     return detail::initiate_erased<void(error_code)>(

@@ -1058,3 +1058,40 @@ TEST_CASE(
           times({t0 + 1min, t0 + 2min, t0 + 3min, t0 + 4min, t0 + 6min, t0 + 7min, t0 + 8min}));
   }
 }
+
+TEST_CASE(
+    "scheduler: an occurrence whose enqueue failed is still retried after leadership is "
+    "lost (no gap at a failover)",
+    "[scheduler][leader][reliability]") {
+  sched_fixture f;
+  memory::leader_election e(f.io.get_executor(), f.clk);
+  flaky_election a_link(f.io.get_executor(), e);
+  flaky_store a_tasks(f.io.get_executor(), f.s);
+  client ca(f.io.get_executor(), f.q, a_tasks, {.time = &f.clk});
+  std::optional<scheduler> a;
+  a.emplace(ca, led(f, a_link, "a"));
+  scheduler b(f.c, led(f, e, "b"));
+  auto def = every_minute();
+  def.catch_up = catch_up_policy::run_all;
+  ensure_on(f, *a, def);
+  ensure_on(f, b, def);
+  f.advance(30s);
+  a->async_run(asio::detached);
+  drain(f.io);
+  b.async_run(asio::detached);
+  a_tasks.fail_inserts = 1000;  // a's enqueue of 1:00 fails, and its retries too
+  f.advance(40s);               // 1:10
+  CHECK(f.fired().empty());
+  CHECK(f.store.size() == 1);
+  a_link.down = true;     // a stops leading at its 1:30 renewal; b leads from 3:30
+  f.advance(2min + 30s);  // 3:40: b caught 2:00 and 3:00 up (the stored cursor is at 1:00)
+  CHECK(b.metrics().leader);
+  CHECK(f.fired() == times({t0 + 2min, t0 + 3min}));
+  a_tasks.fail_inserts = 0;  // a's next retry of 1:00 gets through
+  f.advance(1min + 30s);     // 5:10
+  CHECK(f.fired() == times({t0 + 1min, t0 + 2min, t0 + 3min, t0 + 4min, t0 + 5min}));
+  CHECK(a->metrics().totals.fired == 1);
+  b.stop();
+  a.reset();  // before the election it uses
+  drain(f.io);
+}
