@@ -598,7 +598,7 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
   // Leader election (opts.leader). Strand-only, except the atomics (read by metrics()).
   std::string holder_id;
   bool reloading = false;  // reloading progress after being granted the lease
-  time_point lease_until{};
+  std::atomic<time_point> lease_until{time_point{}};
   std::uint64_t lead_gen = 0;    // voids answers and waits of an earlier run
   std::uint64_t reload_gen = 0;  // voids a reload begun before the lease was lost
   asio::cancellation_signal lead_cancel;
@@ -618,7 +618,9 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
 
   // Fires occurrences: runs and, with an election, leads under a lease that has not run out
   // (a renewal answered late must not let an expired leader fire). Strand.
-  bool firing() const { return running && (!opts.leader || (leading && clk.now() < lease_until)); }
+  bool firing() const {
+    return running && (!opts.leader || (leading && clk.now() < lease_until.load()));
+  }
 
   // --- due set (mutex held) ---------------------------------------------------------------
 
@@ -1489,7 +1491,8 @@ scheduler_metrics scheduler::metrics() const {
   m.schedules = core_->entries.size();
   m.active_runs = core_->active.size();
   for (auto& [name, e] : core_->entries) m.per_schedule.emplace(name, e.counts);
-  m.leader = core_->opts.leader ? core_->leading.load() : core_->live.load();
+  m.leader = core_->opts.leader ? core_->leading && core_->clk.now() < core_->lease_until.load()
+                                : core_->live.load();
   m.leadership_changes = core_->leadership_changes;
   return m;
 }

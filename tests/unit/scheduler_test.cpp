@@ -878,16 +878,19 @@ TEST_CASE("scheduler: an occurrence whose enqueue fails transiently is retried, 
 
 namespace {
 
-// An election that can be made unreachable (this instance's database connection is lost).
+// An election that can be made unreachable (this instance's database connection is lost) or
+// unresponsive (its answers never come).
 class flaky_election final : public leader_election {
  public:
   flaky_election(asio::any_io_executor ex, leader_election& inner)
       : ex_(std::move(ex)), inner_(inner) {}
   std::atomic<bool> down{false};
+  std::atomic<bool> hang{false};
 
  protected:
   void do_acquire(std::string name, std::string holder, duration ttl,
                   handler<void(error_code, bool)> h) override {
+    if (hang) return unanswered_.push_back(std::move(h));
     if (down)
       return detail::post_completion(std::move(h), ex_, error_code(errc::backend_unavailable),
                                      false);
@@ -902,6 +905,7 @@ class flaky_election final : public leader_election {
  private:
   asio::any_io_executor ex_;
   leader_election& inner_;
+  std::vector<handler<void(error_code, bool)>> unanswered_;
 };
 
 scheduler_options led(sched_fixture& f, leader_election& e, std::string id) {
@@ -1093,5 +1097,36 @@ TEST_CASE(
   CHECK(a->metrics().totals.fired == 1);
   b.stop();
   a.reset();  // before the election it uses
+  drain(f.io);
+}
+
+TEST_CASE("scheduler: a leader whose renewal goes unanswered stops firing when its lease runs out",
+          "[scheduler][leader]") {
+  sched_fixture f;
+  memory::leader_election e(f.io.get_executor(), f.clk);
+  flaky_election a_link(f.io.get_executor(), e);
+  f.sched.emplace(f.c, led(f, a_link, "a"));
+  scheduler b(f.c, led(f, e, "b"));
+  auto def = every_minute();
+  def.catch_up = catch_up_policy::run_all;
+  f.ensure(def);
+  ensure_on(f, b, def);
+  f.advance(30s);
+  f.start();  // a's lease: until 3:30
+  b.async_run(asio::detached);
+  f.advance(40s);
+  a_link.hang = true;     // a's renewal at 1:30 is never answered
+  f.advance(2min + 50s);  // 4:00: a's lease ran out at 3:30, when b took over
+  CHECK_FALSE(f.sched->metrics().leader);
+  CHECK(b.metrics().leader);
+  f.advance(1min);  // 5:00
+  CHECK(f.fired() == times({t0 + 1min, t0 + 2min, t0 + 3min, t0 + 4min, t0 + 5min}));
+  // a did not fire after its lease ran out (not even to be deduplicated).
+  CHECK(f.sched->metrics().totals.fired == 3);
+  CHECK(f.sched->metrics().totals.deduplicated == 0);
+  CHECK(b.metrics().totals.fired == 2);
+  CHECK(b.metrics().totals.deduplicated == 0);
+  b.stop();
+  f.sched.reset();  // before the election it uses
   drain(f.io);
 }
