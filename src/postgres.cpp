@@ -342,7 +342,7 @@ CREATE TABLE @.paused_queues (name text PRIMARY KEY);
       R"(
 CREATE TABLE @.schedules (
   name text COLLATE "C" PRIMARY KEY,
-  record jsonb NOT NULL,
+  record json NOT NULL,
   updated_at bigint NOT NULL);
 CREATE TABLE @.leaders (
   name text PRIMARY KEY,
@@ -484,10 +484,10 @@ struct sql_text {
     sched_load = s("SELECT record::text FROM @.schedules WHERE name = $1");
     sched_load_all = s("SELECT name, record::text FROM @.schedules ORDER BY name");
     sched_insert =
-        s("INSERT INTO @.schedules (name, record, updated_at) VALUES ($1, $2::jsonb, $3) "
+        s("INSERT INTO @.schedules (name, record, updated_at) VALUES ($1, $2::json, $3) "
           "ON CONFLICT (name) DO NOTHING RETURNING name");
     sched_lock = s("SELECT record::text FROM @.schedules WHERE name = $1 FOR UPDATE");
-    sched_update = s("UPDATE @.schedules SET record = $2::jsonb, updated_at = $3 WHERE name = $1");
+    sched_update = s("UPDATE @.schedules SET record = $2::json, updated_at = $3 WHERE name = $1");
     sched_remove = s("DELETE FROM @.schedules WHERE name = $1");
     // Granted when the role is free, already ours, or its lease ran out (one statement: the
     // row lock serialises concurrent candidates).

@@ -297,7 +297,7 @@ TEST_CASE("postgres: schedule store saves, loads in name order, removes, keeps t
   CHECK_FALSE(load(f, "b"));
   schedule_record b{.definition = every_minute("b"),
                     .state = {.cursor = t0 + 5min, .last_fired = t0 + 5min, .last_run_id = "r5"}};
-  b.definition.task.payload = {{"k", "v"}};
+  b.definition.task.payload = {{"k", std::string("v\0w", 3)}};  // json, not jsonb, keeps \u0000
   b.definition.catch_up = catch_up_policy::run_all;
   save(f, b);
   save(f, {.definition = every_minute("a")});
@@ -312,7 +312,7 @@ TEST_CASE("postgres: schedule store saves, loads in name order, removes, keeps t
   CHECK(all[0].definition.name == "a");
   CHECK(all[1].definition.name == "b");
   // Stored in the stable JSON mapping.
-  CHECK(pg_exec("SELECT record->>'cron' FROM \"" + f.schema + "\".schedules WHERE name = 'b'") ==
+  CHECK(pg_exec("SELECT record->>'cron' FROM \"" + f.schema + "\".schedules WHERE name = 'a'") ==
         "* * * * *");
 
   // The save rule: a save that is behind keeps the stored cursor and last run...

@@ -10,7 +10,7 @@
 //                  processes exactly as in one.
 //   queue          one row per queued task (priority, FIFO sequence, available_at, lease).
 //   paused_queues  the names of paused queues.
-//   schedules      one row per schedule (name, the schedule_record as jsonb in the stable JSON
+//   schedules      one row per schedule (name, the schedule_record as json in the stable JSON
 //                  mapping of schedule_store.hpp, updated_at); a save locks the row and applies
 //                  detail::merge_on_save in one transaction, so racing schedulers in several
 //                  processes keep the later progress.
