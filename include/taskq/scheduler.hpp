@@ -10,6 +10,8 @@
 // stores never enqueues an occurrence twice: errc::duplicate_unique_key means "already
 // enqueued" and is counted as `deduplicated`, not as an error. Runs are tracked through the
 // client's events (started / finished) to apply the overlap policy and max_concurrency.
+// Optionally (scheduler_options::leader) only the instance holding a leader lease fires; the
+// lease is renewed on the same clock, beside the single wait for the earliest due schedule.
 #pragma once
 
 #include <taskq/client.hpp>

@@ -1,5 +1,6 @@
 // PostgreSQL backend specifics: configuration errors that say which, migrations under
-// concurrent openers, transactional enqueue, and recovery from connections the server ends.
+// concurrent openers, transactional enqueue, recovery from connections the server ends, the
+// schedule store, leader leases, and schedulers failing over between backends.
 #include "engine_fixture.hpp"
 #include "postgres/pg_env.hpp"
 
