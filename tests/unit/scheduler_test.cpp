@@ -985,12 +985,16 @@ TEST_CASE(
   CHECK(f.fired() == times({t0 + 1min, t0 + 2min}));
   CHECK(b.metrics().totals.fired + b.metrics().totals.deduplicated == 0);  // never tried
 
-  // Manual runs work on the stand-by.
+  // Manual runs and backfills work on the stand-by.
   std::optional<error_code> manual;
   b.async_run_now("m", [&](error_code ec, std::string) { manual = ec; });
   REQUIRE(run_until(f.io, [&] { return manual.has_value(); }));
   CHECK_FALSE(*manual);
   CHECK(b.metrics().totals.manual == 1);
+  auto [ec, bf] = call<backfill_result>(
+      f.io, [&](auto cb) { b.async_backfill("m", t0 - 3min, t0 - 1min, cb); });
+  CHECK_FALSE(ec);
+  CHECK(bf.ids.size() == 2);
 
   f.advance(15s);   // 2:45
   f.sched->stop();  // gives leadership up
@@ -1001,6 +1005,7 @@ TEST_CASE(
   f.advance(2min);  // 5:45
   auto all = f.fired();
   all.erase(std::find(all.begin(), all.end(), t0 + 2min + 30s));  // the manual run
+  all.erase(all.begin(), all.begin() + 2);                        // the backfill
   CHECK(all == times({t0 + 1min, t0 + 2min, t0 + 3min, t0 + 4min, t0 + 5min}));
   CHECK(f.sched->metrics().totals.fired == 2);
   CHECK(b.metrics().totals.fired == 3);
