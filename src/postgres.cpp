@@ -2,6 +2,7 @@
 // the Store, LISTEN/NOTIFY wake-ups and transactional enqueue. See backends/postgres/backend.hpp.
 #include <taskq/backends/postgres/backend.hpp>
 #include <taskq/detail/record_ops.hpp>
+#include <taskq/schedule_store.hpp>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
@@ -335,6 +336,18 @@ CREATE TABLE @.queue (
   token bigint NOT NULL DEFAULT 0);
 CREATE INDEX queue_order_idx ON @.queue (queue, priority DESC, seq);
 CREATE TABLE @.paused_queues (name text PRIMARY KEY);
+)",
+      // 2: schedule storage (the record in the stable JSON mapping of schedule_store.hpp) and
+      // leader leases (expires_at in the injected clock's microseconds).
+      R"(
+CREATE TABLE @.schedules (
+  name text COLLATE "C" PRIMARY KEY,
+  record json NOT NULL,
+  updated_at bigint NOT NULL);
+CREATE TABLE @.leaders (
+  name text PRIMARY KEY,
+  holder text NOT NULL,
+  expires_at bigint NOT NULL);
 )"};
   return all;
 }
@@ -380,6 +393,8 @@ struct sql_text {
   std::string push, reserve, hint, ack, extend, release, remove_entry, stats, pause, resume,
       paused_names;
   std::string enqueue;
+  std::string sched_load, sched_load_all, sched_insert, sched_lock, sched_update, sched_remove;
+  std::string lead_acquire, lead_release;
 
   explicit sql_text(const std::string& q) {
     auto s = [&](const char* t) { return with_schema(t, q); };
@@ -466,6 +481,22 @@ struct sql_text {
         s("WITH x AS (DELETE FROM @.paused_queues WHERE name = $1) "
           "SELECT pg_notify($2, 'r' || chr(9) || $1)");
     paused_names = s("SELECT name FROM @.paused_queues");
+    sched_load = s("SELECT record::text FROM @.schedules WHERE name = $1");
+    sched_load_all = s("SELECT name, record::text FROM @.schedules ORDER BY name");
+    sched_insert =
+        s("INSERT INTO @.schedules (name, record, updated_at) VALUES ($1, $2::json, $3) "
+          "ON CONFLICT (name) DO NOTHING RETURNING name");
+    sched_lock = s("SELECT record::text FROM @.schedules WHERE name = $1 FOR UPDATE");
+    sched_update = s("UPDATE @.schedules SET record = $2::json, updated_at = $3 WHERE name = $1");
+    sched_remove = s("DELETE FROM @.schedules WHERE name = $1");
+    // Granted when the role is free, already ours, or its lease ran out (one statement: the
+    // row lock serialises concurrent candidates).
+    lead_acquire =
+        s("INSERT INTO @.leaders AS l (name, holder, expires_at) VALUES ($1, $2, $3) "
+          "ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = "
+          "EXCLUDED.expires_at WHERE l.holder = EXCLUDED.holder OR l.expires_at <= $4 "
+          "RETURNING holder");
+    lead_release = s("DELETE FROM @.leaders WHERE name = $1 AND holder = $2");
   }
 };
 
@@ -602,6 +633,8 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
 
   std::unique_ptr<taskq::queue> q;
   std::unique_ptr<taskq::store> s;
+  std::unique_ptr<taskq::schedule_store> schedules;
+  std::unique_ptr<taskq::leader_election> leaders;
 
   state(asio::any_io_executor e, backend_options o)
       : ex(std::move(e)),
@@ -1653,6 +1686,183 @@ class pg_store final : public taskq::store {
   state& st_;
 };
 
+// --- schedule storage -----------------------------------------------------------------------
+
+/// Decodes a stored schedule row; on failure `detail` names the schedule and the field.
+std::optional<schedule_record> decode_schedule(const std::string& name, const char* text,
+                                               error_code& ec, std::string& detail) {
+  json j = json::parse(text, nullptr, false);
+  std::optional<schedule_record> r;
+  if (!j.is_discarded()) r = schedule_record_from_json(j, ec, detail);
+  if (j.is_discarded()) {
+    ec = errc::invalid_record;
+    detail = "not JSON";
+  } else if (r && r->definition.name != name) {
+    ec = errc::invalid_record;
+    detail = "field 'name' is '" + r->definition.name + "', not the row's name";
+    r.reset();
+  }
+  if (!r) detail = "taskq postgres: stored schedule '" + name + "': " + detail;
+  return r;
+}
+
+class pg_schedule_store final : public taskq::schedule_store {
+ public:
+  explicit pg_schedule_store(state& s) : st_(s) {}
+
+ protected:
+  void do_load(std::string name,
+               handler<void(error_code, std::optional<schedule_record>)> h) override {
+    auto st = st_.shared_from_this();
+    launch(st, std::move(h), load(st, std::move(name)));
+  }
+
+  static awaitable<std::tuple<error_code, std::optional<schedule_record>>> load(
+      std::shared_ptr<state> st, std::string name) {
+    params ps{name};
+    reply r = co_await st->query(st->sql.sched_load, ps);
+    std::tuple<error_code, std::optional<schedule_record>> out{r.ec, std::nullopt};
+    if (r.ec || r.res.rows() == 0) co_return out;
+    std::string detail;
+    std::get<1>(out) = decode_schedule(name, r.res.get(0, 0), std::get<0>(out), detail);
+    if (!std::get<1>(out)) st->note_error(detail);
+    co_return out;
+  }
+
+  void do_load_all(handler<void(error_code, std::vector<schedule_record>)> h) override {
+    auto st = st_.shared_from_this();
+    launch(st, std::move(h), load_all(st));
+  }
+
+  static awaitable<std::tuple<error_code, std::vector<schedule_record>>> load_all(
+      std::shared_ptr<state> st) {
+    reply r = co_await st->query(st->sql.sched_load_all, {});
+    std::tuple<error_code, std::vector<schedule_record>> out{r.ec, {}};
+    for (int i = 0; !r.ec && i < r.res.rows(); ++i) {
+      std::string detail;
+      auto rec = decode_schedule(r.res.get(i, 0), r.res.get(i, 1), std::get<0>(out), detail);
+      if (!rec) {
+        // One undecodable row fails the whole load: a scheduler must not run on a partial view.
+        st->note_error(detail);
+        std::get<1>(out).clear();
+        co_return out;
+      }
+      std::get<1>(out).push_back(std::move(*rec));
+    }
+    co_return out;
+  }
+
+  void do_save(schedule_record r, handler<void(error_code)> h) override {
+    auto st = st_.shared_from_this();
+    launch(st, std::move(h), save(st, std::move(r)));
+  }
+
+  static awaitable<std::tuple<error_code>> save(std::shared_ptr<state> st, schedule_record r) {
+    auto [aec, conn] = co_await st->acquire();
+    if (aec) co_return std::tuple<error_code>{aec};
+    reply out = co_await save_on(*st, *conn, std::move(r));
+    if (out.ec && !conn->broken) {
+      // A pooled connection must not keep a failed transaction open.
+      static const std::string rollback = "ROLLBACK";
+      reply rb = co_await exec(*conn, rollback, {});
+      if (rb.ec) conn->broken = true;
+    }
+    st->release(std::move(conn));
+    if (out.ec) st->note_error(out.detail);
+    co_return std::tuple<error_code>{out.ec};
+  }
+
+  // The save rule (detail::merge_on_save) against the stored row, locked for the transaction
+  // so that concurrent savers in other processes apply it one after the other.
+  static awaitable<reply> save_on(state& st, connection& c, schedule_record r) {
+    static const std::string begin = "BEGIN", commit = "COMMIT";
+    const std::string name = r.definition.name;
+    const std::string now = std::to_string(to_us(st.clk.now()));
+    reply x = co_await exec(c, begin, {});
+    if (x.ec) co_return x;
+    for (int round = 0;; ++round) {
+      if (round == 50) {
+        x.ec = errc::status_conflict;
+        x.detail = "taskq postgres: schedule '" + name + "' kept being removed under a save";
+        co_return x;
+      }
+      params ins{name, to_json(r).dump(), now};
+      x = co_await exec(c, st.sql.sched_insert, ins);
+      if (x.ec || x.res.rows() == 1) break;  // failed, or a new schedule
+      params lock{name};
+      x = co_await exec(c, st.sql.sched_lock, lock);
+      if (x.ec) break;
+      if (x.res.rows() == 0) continue;  // removed meanwhile: insert again
+      error_code dec;
+      std::string why;
+      if (auto stored = decode_schedule(name, x.res.get(0, 0), dec, why))
+        detail::merge_on_save(*stored, r);
+      else
+        st.note_error(why + " (replaced by a save)");  // nothing in it to keep
+      params up{name, to_json(r).dump(), now};
+      x = co_await exec(c, st.sql.sched_update, up);
+      break;
+    }
+    if (x.ec) co_return x;
+    co_return co_await exec(c, commit, {});
+  }
+
+  void do_remove(std::string name, handler<void(error_code, bool)> h) override {
+    auto st = st_.shared_from_this();
+    launch(st, std::move(h), remove(st, std::move(name)));
+  }
+
+  static awaitable<std::tuple<error_code, bool>> remove(std::shared_ptr<state> st,
+                                                        std::string name) {
+    params ps{name};
+    reply r = co_await st->query(st->sql.sched_remove, ps);
+    co_return std::make_tuple(r.ec, !r.ec && r.res.affected() > 0);
+  }
+
+ private:
+  state& st_;
+};
+
+// --- leader election ------------------------------------------------------------------------
+
+class pg_leaders final : public taskq::leader_election {
+ public:
+  explicit pg_leaders(state& s) : st_(s) {}
+
+ protected:
+  void do_acquire(std::string name, std::string holder, duration ttl,
+                  handler<void(error_code, bool)> h) override {
+    auto st = st_.shared_from_this();
+    if (ttl <= duration::zero())
+      return detail::post_completion(std::move(h), st->ex, error_code(errc::invalid_option), false);
+    launch(st, std::move(h), acquire(st, std::move(name), std::move(holder), ttl));
+  }
+
+  static awaitable<std::tuple<error_code, bool>> acquire(std::shared_ptr<state> st,
+                                                         std::string name, std::string holder,
+                                                         duration ttl) {
+    auto now = st->clk.now();
+    params ps{name, holder, std::to_string(to_us(now + ttl)), std::to_string(to_us(now))};
+    reply r = co_await st->query(st->sql.lead_acquire, ps);
+    co_return std::make_tuple(r.ec, !r.ec && r.res.rows() == 1);
+  }
+
+  void do_release(std::string name, std::string holder, handler<void(error_code)> h) override {
+    auto st = st_.shared_from_this();
+    launch(st, std::move(h), release(st, std::move(name), std::move(holder)));
+  }
+
+  static awaitable<std::tuple<error_code>> release(std::shared_ptr<state> st, std::string name,
+                                                   std::string holder) {
+    params ps{name, holder};
+    reply r = co_await st->query(st->sql.lead_release, ps);
+    co_return std::tuple<error_code>{r.ec};
+  }
+
+ private:
+  state& st_;
+};
+
 }  // namespace
 
 // --- backend --------------------------------------------------------------------------------
@@ -1701,6 +1911,8 @@ std::unique_ptr<backend> backend::open(asio::any_io_executor ex, backend_options
   auto st = std::make_shared<state>(ex, std::move(opts));
   st->q = std::make_unique<pg_queue>(*st);
   st->s = std::make_unique<pg_store>(*st);
+  st->schedules = std::make_unique<pg_schedule_store>(*st);
+  st->leaders = std::make_unique<pg_leaders>(*st);
   st->idle.push_back(std::make_unique<connection>(st->ex, c));
   st->open_conns = 1;
   asio::co_spawn(st->ex, st->listen_loop(), asio::detached);
@@ -1722,6 +1934,12 @@ taskq::queue& backend::queue() noexcept {
 }
 taskq::store& backend::store() noexcept {
   return *state_->s;
+}
+taskq::schedule_store& backend::schedules() noexcept {
+  return *state_->schedules;
+}
+taskq::leader_election& backend::leaders() noexcept {
+  return *state_->leaders;
 }
 const std::string& backend::schema() const noexcept {
   return state_->opts.schema;

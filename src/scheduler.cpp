@@ -458,6 +458,63 @@ void memory::schedule_store::do_remove(std::string name, handler<void(error_code
   detail::post_completion(std::move(h), impl_->ex, error_code{}, removed);
 }
 
+// --- in-memory leader election -------------------------------------------------------------
+
+struct memory::leader_election::impl {
+  asio::any_io_executor ex;
+  clock* clk;
+  mutable std::mutex mutex;
+  struct lease {
+    std::string holder;
+    time_point expires;
+  };
+  std::map<std::string, lease> leases;
+};
+
+memory::leader_election::leader_election(asio::any_io_executor ex, clock& time)
+    : impl_(std::make_unique<impl>()) {
+  impl_->ex = std::move(ex);
+  impl_->clk = &time;
+}
+
+memory::leader_election::~leader_election() = default;
+
+std::string memory::leader_election::holder(const std::string& name) const {
+  std::lock_guard lock(impl_->mutex);
+  auto it = impl_->leases.find(name);
+  if (it == impl_->leases.end() || it->second.expires <= impl_->clk->now()) return {};
+  return it->second.holder;
+}
+
+void memory::leader_election::do_acquire(std::string name, std::string holder, duration ttl,
+                                         handler<void(error_code, bool)> h) {
+  if (ttl <= duration::zero())
+    return detail::post_completion(std::move(h), impl_->ex, error_code(errc::invalid_option),
+                                   false);
+  bool granted = false;
+  {
+    std::lock_guard lock(impl_->mutex);
+    auto now = impl_->clk->now();
+    auto [it, fresh] = impl_->leases.try_emplace(name);
+    // The same rule as the PostgreSQL lease row: free, mine, or run out.
+    if (fresh || it->second.holder == holder || it->second.expires <= now) {
+      it->second = {std::move(holder), now + ttl};
+      granted = true;
+    }
+  }
+  detail::post_completion(std::move(h), impl_->ex, error_code{}, granted);
+}
+
+void memory::leader_election::do_release(std::string name, std::string holder,
+                                         handler<void(error_code)> h) {
+  {
+    std::lock_guard lock(impl_->mutex);
+    auto it = impl_->leases.find(name);
+    if (it != impl_->leases.end() && it->second.holder == holder) impl_->leases.erase(it);
+  }
+  detail::post_completion(std::move(h), impl_->ex, error_code{});
+}
+
 // --- the scheduler --------------------------------------------------------------------------
 
 namespace detail {
@@ -538,6 +595,17 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
   std::atomic<bool> arm_posted{false};
   std::list<asio::cancellation_signal> retry_waits;  // occurrences waiting to be enqueued again
 
+  // Leader election (opts.leader). Strand-only, except the atomics (read by metrics()).
+  std::string holder_id;
+  bool reloading = false;  // reloading progress after being granted the lease
+  std::atomic<time_point> lease_until{time_point{}};
+  std::uint64_t lead_gen = 0;    // voids answers and waits of an earlier run
+  std::uint64_t reload_gen = 0;  // voids a reload begun before the lease was lost
+  asio::cancellation_signal lead_cancel;
+  std::atomic<bool> leading{false};  // holds the lease and has reloaded progress
+  std::atomic<bool> live{false};     // mirrors `running`
+  std::atomic<std::uint64_t> leadership_changes{0};
+
   scheduler_core(client& cl, scheduler_options o)
       : c(cl),
         clk(cl.time()),
@@ -545,7 +613,14 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
         strand(asio::make_strand(cl.get_executor())),
         own_store(o.store ? nullptr : std::make_unique<memory::schedule_store>(cl.get_executor())),
         store(o.store ? *o.store : *own_store),
-        opts(o) {}
+        opts(std::move(o)),
+        holder_id(opts.instance_id.empty() ? make_task_id(clk.now()) : opts.instance_id) {}
+
+  // Fires occurrences: runs and, with an election, leads under a lease that has not run out
+  // (a renewal answered late must not let an expired leader fire). Strand.
+  bool firing() const {
+    return running && (!opts.leader || (leading && clk.now() < lease_until.load()));
+  }
 
   // --- due set (mutex held) ---------------------------------------------------------------
 
@@ -573,7 +648,7 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
   }
 
   void arm() {
-    if (!running) return;
+    if (!firing()) return;
     std::optional<time_point> earliest;
     {
       std::lock_guard lock(mutex);
@@ -590,24 +665,30 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
             asio::bind_executor(strand, [self = shared_from_this(), gen](error_code) {
               if (gen != self->generation) return;  // superseded by an earlier wait
               self->armed_at.reset();
-              if (!self->running) return;
+              if (!self->firing()) return;
               self->fire_due();
               self->arm();
             })));
   }
 
   void disarm() {
+    disarm_wait();
+    for (auto& w : retry_waits) w.emit(asio::cancellation_type::terminal);
+  }
+
+  void disarm_wait() {
     if (armed_at) {
       ++generation;
       armed_at.reset();
       wait_cancel.emit(asio::cancellation_type::terminal);
     }
-    for (auto& w : retry_waits) w.emit(asio::cancellation_type::terminal);
   }
 
   // A scheduled occurrence whose enqueue failed for a reason that may pass (an I/O error, the
   // backend unreachable): enqueue it again after a backoff (1 s doubling to 1 min) while the
   // scheduler runs, so a transient store failure does not lose the occurrence. Strand only.
+  // Goes on after leadership is lost: the occurrence was decided while leading and the stored
+  // cursor may already be past it; the dedupe key covers the new leader enqueueing it too.
   void retry_later(job j) {
     if (!running) return;
     auto delay = std::min<duration>(std::chrono::seconds(1) * (1 << std::min(j.retries, 6)),
@@ -823,6 +904,16 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
     });
   }
 
+  // Tracks runs found in the task store that are not tracked yet. Mutex held.
+  void track(std::map<std::string, entry>::iterator it, const std::vector<task_record>& runs) {
+    for (auto& r : runs) {
+      if (active.count(r.id)) continue;
+      bool is_running = r.status == task_status::running;
+      active.emplace(r.id, active_run{it->first, is_running});
+      ++(is_running ? it->second.occ.running : it->second.occ.pending);
+    }
+  }
+
   // Installs (or updates) a schedule. Mutex held. Returns what happened.
   ensure_result install(schedule def, std::optional<schedule_state> stored, time_point now,
                         const std::vector<task_record>& runs, bool& changed) {
@@ -856,12 +947,7 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
     }
     e.def = std::move(def);
     it = entries.emplace(e.def.name, std::move(e)).first;
-    for (auto& r : runs) {
-      if (active.count(r.id)) continue;
-      bool is_running = r.status == task_status::running;
-      active.emplace(r.id, active_run{it->first, is_running});
-      ++(is_running ? it->second.occ.running : it->second.occ.pending);
-    }
+    track(it, runs);
     reschedule(it);
     changed = !stored;
     return result;
@@ -908,18 +994,151 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
   void adopt_stored() {
     auto self = shared_from_this();
     store.async_load_all([self](error_code ec, std::vector<schedule_record> all) {
-      if (ec) return;
-      for (auto& r : all) {
-        {
-          std::lock_guard lock(self->mutex);
-          if (self->entries.count(r.definition.name)) continue;
-        }
-        std::string detail;
-        if (validate(r.definition, detail)) continue;
-        auto def = r.definition;
-        self->take_on(std::move(def), std::move(r), [](error_code, ensure_result) {});
-      }
+      if (!ec) self->adopt(std::move(all));
     });
+  }
+
+  // Takes on the stored schedules this instance does not know yet.
+  void adopt(std::vector<schedule_record> all) {
+    for (auto& r : all) {
+      {
+        std::lock_guard lock(mutex);
+        if (entries.count(r.definition.name)) continue;
+      }
+      std::string detail;
+      if (validate(r.definition, detail)) continue;
+      auto def = r.definition;
+      take_on(std::move(def), std::move(r), [](error_code, ensure_result) {});
+    }
+  }
+
+  // --- leader election (strand) -------------------------------------------------------------
+
+  // Asks for leadership (or renews it), then again every leader_renew while running.
+  void lead_tick() {
+    if (!running || !opts.leader) return;
+    auto gen = lead_gen;
+    auto asked = clk.now();
+    opts.leader->async_acquire(opts.leader_name, holder_id, opts.leader_ttl,
+                               asio::bind_executor(strand, [self = shared_from_this(), gen, asked](
+                                                               error_code ec, bool granted) {
+                                 if (gen != self->lead_gen || !self->running) return;
+                                 if (!ec && granted) {
+                                   self->lease_until = asked + self->opts.leader_ttl;
+                                   if (!self->leading && !self->reloading)
+                                     self->take_lead();
+                                   else
+                                     self->arm();
+                                 } else {
+                                   self->lose_lead();
+                                 }
+                                 self->lead_wait();
+                               }));
+  }
+
+  void lead_wait() {
+    auto gen = lead_gen;
+    clk.async_wait_until(
+        io_ex, clk.now() + opts.leader_renew,
+        asio::bind_cancellation_slot(
+            lead_cancel.slot(),
+            asio::bind_executor(strand, [self = shared_from_this(), gen](error_code ec) {
+              if (!ec && gen == self->lead_gen) self->lead_tick();
+            })));
+  }
+
+  // Granted the lease: reloads every schedule's progress from the store (what the previous
+  // leader did), counts the runs it enqueued that are still active, adopts the stored
+  // schedules not known here, and only then fires. A failed reload is tried again at the next
+  // renewal.
+  void take_lead() {
+    reloading = true;
+    auto rgen = ++reload_gen;
+    auto self = shared_from_this();
+    store.async_load_all(asio::bind_executor(
+        strand, [self, rgen](error_code ec, std::vector<schedule_record> all) mutable {
+          if (rgen != self->reload_gen) return;
+          if (ec) {
+            self->reloading = false;
+            return;
+          }
+          std::vector<schedule_record> unknown;
+          auto names = std::make_shared<std::vector<std::string>>();
+          {
+            std::lock_guard lock(self->mutex);
+            for (auto& r : all) {
+              auto it = self->entries.find(r.definition.name);
+              if (it == self->entries.end()) {
+                if (self->opts.adopt_stored) unknown.push_back(std::move(r));
+              } else {
+                self->reload_progress(it, std::move(r));
+              }
+            }
+            for (auto& [name, e] : self->entries) names->push_back(name);
+          }
+          auto finish = [self, rgen, unknown = std::move(unknown)]() mutable {
+            asio::post(self->strand, [self, rgen, unknown = std::move(unknown)]() mutable {
+              if (rgen != self->reload_gen) return;
+              self->reloading = false;
+              self->leading = true;
+              ++self->leadership_changes;
+              self->adopt(std::move(unknown));
+              self->arm();
+            });
+          };
+          if (names->empty()) return finish();
+          struct join {
+            std::atomic<std::size_t> left;
+            decltype(finish) done;
+          };
+          auto j = std::make_shared<join>(names->size(), std::move(finish));
+          for (auto& name : *names) {
+            self->find_active_runs(name, [self, j, name](std::vector<task_record> runs) {
+              {
+                std::lock_guard lock(self->mutex);
+                if (auto it = self->entries.find(name); it != self->entries.end())
+                  self->track(it, runs);
+              }
+              if (--j->left == 0) j->done();
+            });
+          }
+        }));
+  }
+
+  // Replaces an entry's progress with the stored one, unless this instance's is later (as the
+  // store's save rule would). Mutex held.
+  void reload_progress(std::map<std::string, entry>::iterator it, schedule_record stored) {
+    auto& e = it->second;
+    if (!same_timing(e.def, stored.definition)) return;  // redefined here since: keep ours
+    schedule_record mine{e.def, e.state};
+    stored.definition = e.def;
+    detail::merge_on_save(mine, stored);
+    e.state = std::move(stored.state);
+    e.held_back = false;  // decided again when due
+    reschedule(it);
+  }
+
+  // Stops firing (a renewal failed or was refused, or the scheduler stops).
+  void lose_lead() {
+    reloading = false;
+    ++reload_gen;
+    if (leading.exchange(false)) {
+      ++leadership_changes;
+      disarm_wait();
+    }
+  }
+
+  // Gives leadership up (harmless when not held). Any thread.
+  void release_lead() {
+    if (opts.leader) opts.leader->async_release(opts.leader_name, holder_id, [](error_code) {});
+  }
+
+  // The scheduler stops: no more renewals.
+  void end_lead() {
+    if (!opts.leader) return;
+    ++lead_gen;
+    lead_cancel.emit(asio::cancellation_type::terminal);
+    lose_lead();
   }
 
   schedule_info info_of(const std::string& name, const entry& e) const {
@@ -940,8 +1159,18 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
 
 }  // namespace detail
 
+namespace {
+scheduler_options checked(scheduler_options o) {
+  if (o.leader && (o.leader_renew <= duration::zero() || o.leader_ttl <= o.leader_renew))
+    throw error(errc::invalid_option,
+                "scheduler_options fields 'leader_ttl'/'leader_renew': need leader_ttl > "
+                "leader_renew > 0");
+  return o;
+}
+}  // namespace
+
 scheduler::scheduler(client& c, scheduler_options opts)
-    : core_(std::make_shared<detail::scheduler_core>(c, opts)) {
+    : core_(std::make_shared<detail::scheduler_core>(c, checked(std::move(opts)))) {
   std::weak_ptr<detail::scheduler_core> weak = core_;
   core_->subscription = c.subscribe([weak](const event& e) {
     if (auto self = weak.lock()) self->on_event(e);
@@ -1211,6 +1440,9 @@ void scheduler::do_run(asio::any_completion_handler<void(error_code)> h) {
           asio::post(self->strand, [self] {
             self->stopped = true;
             self->running = false;
+            self->live = false;
+            self->end_lead();
+            self->release_lead();
             self->disarm();
             if (self->run_handler) {
               auto handler = std::move(*self->run_handler);
@@ -1223,6 +1455,8 @@ void scheduler::do_run(asio::any_completion_handler<void(error_code)> h) {
     }
     core->run_handler.emplace(std::move(h));
     core->running = true;
+    core->live = true;
+    if (core->opts.leader) return core->lead_tick();  // adopts and fires once leader
     if (core->opts.adopt_stored) core->adopt_stored();
     core->arm();
   });
@@ -1230,9 +1464,13 @@ void scheduler::do_run(asio::any_completion_handler<void(error_code)> h) {
 
 void scheduler::stop() {
   auto core = core_;
+  // Given up from here, not from the strand: the election may be gone once the scheduler is.
+  core->release_lead();
   asio::post(core->strand, [core] {
     core->stopped = true;
     core->running = false;
+    core->live = false;
+    core->end_lead();
     core->disarm();
     if (core->run_handler) {
       auto h = std::move(*core->run_handler);
@@ -1253,6 +1491,9 @@ scheduler_metrics scheduler::metrics() const {
   m.schedules = core_->entries.size();
   m.active_runs = core_->active.size();
   for (auto& [name, e] : core_->entries) m.per_schedule.emplace(name, e.counts);
+  m.leader = core_->opts.leader ? core_->leading && core_->clk.now() < core_->lease_until.load()
+                                : core_->live.load();
+  m.leadership_changes = core_->leadership_changes;
   return m;
 }
 

@@ -10,10 +10,13 @@
 // stores never enqueues an occurrence twice: errc::duplicate_unique_key means "already
 // enqueued" and is counted as `deduplicated`, not as an error. Runs are tracked through the
 // client's events (started / finished) to apply the overlap policy and max_concurrency.
+// Optionally (scheduler_options::leader) only the instance holding a leader lease fires; the
+// lease is renewed on the same clock, beside the single wait for the earliest due schedule.
 #pragma once
 
 #include <taskq/client.hpp>
 #include <taskq/detail/blocking.hpp>
+#include <taskq/leader.hpp>
 #include <taskq/metrics.hpp>
 #include <taskq/schedule.hpp>
 #include <taskq/schedule_store.hpp>
@@ -36,6 +39,22 @@ struct scheduler_options {
   bool track_existing_runs = true;
   /// backfill refuses ranges with more occurrences than this (errc::invalid_schedule).
   std::size_t max_backfill = 10'000;
+
+  // --- several instances: leader election -----------------------------------------------
+  /// When set (it must outlive the scheduler), this instance fires occurrences and adopts
+  /// stored schedules only while it leads `leader_name`; the other instances stand by and take
+  /// over when the leader stops or its lease runs out. Null: this instance always fires (the
+  /// dedupe key alone keeps several instances from enqueueing an occurrence twice).
+  leader_election* leader = nullptr;
+  /// The role the instances sharing a schedule store compete for.
+  std::string leader_name = "taskq.scheduler";
+  /// This instance's identity in the election; empty: a unique one is generated.
+  std::string instance_id{};
+  /// How long a granted lease lasts. A stand-by takes over at most about
+  /// leader_ttl + leader_renew after the leader's last renewal.
+  duration leader_ttl = std::chrono::seconds(30);
+  /// How often the leader renews (and a stand-by asks). Must be less than leader_ttl.
+  duration leader_renew = std::chrono::seconds(10);
 };
 
 /// What ensure_schedule did.
@@ -59,6 +78,9 @@ struct scheduler_metrics {
   std::size_t schedules = 0;
   std::size_t active_runs = 0;  ///< runs pending or running, as tracked
   std::map<std::string, schedule_counts> per_schedule{};
+  /// This instance fires occurrences: it runs, and (with options.leader) leads.
+  bool leader = false;
+  std::uint64_t leadership_changes = 0;  ///< times this instance became leader or stopped leading
 };
 
 namespace detail {
@@ -86,6 +108,8 @@ class scheduler {
  public:
   using executor_type = asio::any_io_executor;
 
+  /// Throws taskq::error (errc::invalid_option) when options.leader is set and leader_ttl is
+  /// not greater than leader_renew > 0.
   explicit scheduler(client& c, scheduler_options opts = {});
   ~scheduler();
 
@@ -178,6 +202,16 @@ class scheduler {
   /// Fires due schedules until stop(). Completion: void(error_code) — success after stop()
   /// (also when stop() came first); errc::shutting_down when already running. Supports
   /// terminal cancellation (same as stop()).
+  ///
+  /// With options.leader, it first competes for leadership and fires only while it leads:
+  /// it renews every leader_renew on the client's clock and stops firing as soon as a renewal
+  /// fails or is refused (or its lease runs out before the answer comes). On becoming leader
+  /// it reloads every schedule's progress from the store, so the catch-up policy applies to
+  /// what the previous leader left undone exactly as after a restart; if that reload fails
+  /// (store unreachable, an undecodable record) it does not fire and tries again at the next
+  /// renewal. Enqueues it already decided are still retried after leadership is lost (the
+  /// dedupe key covers the new leader enqueueing them too). stop() gives the leadership up.
+  /// Manual runs (run_now, backfill) work on every instance.
   template <class CompletionToken>
   auto async_run(CompletionToken&& token) {
     return detail::initiate_erased<void(error_code)>(
@@ -185,7 +219,7 @@ class scheduler {
   }
 
   /// Stops firing; async_run then completes. Enqueues already started finish. Safe before
-  /// start and twice.
+  /// start and twice. Gives leadership up (options.leader).
   void stop();
 
   /// Counters and the lateness histogram.

@@ -10,6 +10,7 @@
 #include <taskq/duration.hpp>
 #include <taskq/error.hpp>
 #include <taskq/executor.hpp>
+#include <taskq/leader.hpp>
 #include <taskq/metrics.hpp>
 #include <taskq/queue.hpp>
 #include <taskq/run_promise.hpp>

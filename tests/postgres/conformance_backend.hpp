@@ -23,6 +23,7 @@ struct postgres_backend {
   postgres_backend& operator=(const postgres_backend&) = delete;
   taskq::queue& queue() { return b->queue(); }
   taskq::store& store() { return b->store(); }
+  taskq::schedule_store& schedules() { return b->schedules(); }
   std::string schema;
   std::unique_ptr<postgres::backend> b;
 };

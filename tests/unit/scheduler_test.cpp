@@ -873,3 +873,265 @@ TEST_CASE("scheduler: an occurrence whose enqueue fails transiently is retried, 
   sched.stop();
   drain(io);
 }
+
+// --- several instances with leader election ---------------------------------------------------
+
+namespace {
+
+// An election that can be made unreachable (this instance's database connection is lost) or
+// unresponsive (its answers never come).
+class flaky_election final : public leader_election {
+ public:
+  flaky_election(asio::any_io_executor ex, leader_election& inner)
+      : ex_(std::move(ex)), inner_(inner) {}
+  std::atomic<bool> down{false};
+  std::atomic<bool> hang{false};
+
+ protected:
+  void do_acquire(std::string name, std::string holder, duration ttl,
+                  handler<void(error_code, bool)> h) override {
+    if (hang) return unanswered_.push_back(std::move(h));
+    if (down)
+      return detail::post_completion(std::move(h), ex_, error_code(errc::backend_unavailable),
+                                     false);
+    inner_.async_acquire(std::move(name), std::move(holder), ttl, std::move(h));
+  }
+  void do_release(std::string name, std::string holder, handler<void(error_code)> h) override {
+    if (down)
+      return detail::post_completion(std::move(h), ex_, error_code(errc::backend_unavailable));
+    inner_.async_release(std::move(name), std::move(holder), std::move(h));
+  }
+
+ private:
+  asio::any_io_executor ex_;
+  leader_election& inner_;
+  std::vector<handler<void(error_code, bool)>> unanswered_;
+};
+
+scheduler_options led(sched_fixture& f, leader_election& e, std::string id) {
+  return {.store = &f.store,
+          .leader = &e,
+          .instance_id = std::move(id),
+          .leader_ttl = 3min,
+          .leader_renew = 1min};
+}
+
+void ensure_on(sched_fixture& f, scheduler& s, schedule def) {
+  std::optional<error_code> ec;
+  s.async_ensure_schedule(std::move(def), [&](error_code e, ensure_result) { ec = e; });
+  REQUIRE(run_until(f.io, [&] { return ec.has_value(); }));
+  REQUIRE_FALSE(*ec);
+}
+
+}  // namespace
+
+TEST_CASE("scheduler: leader election options are checked", "[scheduler][leader]") {
+  sched_fixture f;
+  memory::leader_election e(f.io.get_executor(), f.clk);
+  auto o = led(f, e, "a");
+  o.leader_renew = o.leader_ttl;
+  CHECK_THROWS_AS(scheduler(f.c, o), error);
+  o.leader_renew = 0s;
+  CHECK_THROWS_AS(scheduler(f.c, o), error);
+  o.leader_renew = 1min;
+  CHECK_NOTHROW(scheduler(f.c, o));
+  drain(f.io);
+}
+
+TEST_CASE("memory leader election: one holder, renewals, expiry, release", "[scheduler][leader]") {
+  asio::io_context io;
+  manual_clock clk(t0);
+  memory::leader_election e(io.get_executor(), clk);
+  auto ask = [&](std::string who) {
+    return std::get<1>(call<bool>(io, [&](auto cb) { e.async_acquire("r", who, 30s, cb); }));
+  };
+  CHECK(ask("a"));
+  CHECK_FALSE(ask("b"));
+  clk.advance(20s);
+  CHECK(ask("a"));  // renewed until t0 + 50s
+  clk.advance(20s);
+  CHECK_FALSE(ask("b"));
+  CHECK(e.holder("r") == "a");
+  clk.advance(10s);  // a's lease ran out
+  CHECK(e.holder("r").empty());
+  CHECK(ask("b"));
+  CHECK_FALSE(ask("a"));
+  call<>(io, [&](auto cb) { e.async_release("r", "a", cb); });  // not a's: nothing happens
+  CHECK(e.holder("r") == "b");
+  call<>(io, [&](auto cb) { e.async_release("r", "b", cb); });
+  CHECK(ask("a"));
+}
+
+TEST_CASE(
+    "scheduler: with leader election only the leader fires; a stopped leader's stand-by "
+    "takes over",
+    "[scheduler][leader]") {
+  sched_fixture f;
+  memory::leader_election e(f.io.get_executor(), f.clk);
+  f.sched.emplace(f.c, led(f, e, "a"));
+  scheduler b(f.c, led(f, e, "b"));
+  auto def = every_minute();
+  def.catch_up = catch_up_policy::run_all;
+  f.ensure(def);
+  ensure_on(f, b, def);
+  f.advance(30s);  // renewals fall between occurrences
+  f.start();
+  b.async_run(asio::detached);
+  drain(f.io);
+  CHECK(e.holder("taskq.scheduler") == "a");
+  CHECK(f.sched->metrics().leader);
+  CHECK_FALSE(b.metrics().leader);
+  f.advance(2min);  // 2:30
+  CHECK(f.fired() == times({t0 + 1min, t0 + 2min}));
+  CHECK(b.metrics().totals.fired + b.metrics().totals.deduplicated == 0);  // never tried
+
+  // Manual runs and backfills work on the stand-by.
+  std::optional<error_code> manual;
+  b.async_run_now("m", [&](error_code ec, std::string) { manual = ec; });
+  REQUIRE(run_until(f.io, [&] { return manual.has_value(); }));
+  CHECK_FALSE(*manual);
+  CHECK(b.metrics().totals.manual == 1);
+  auto [ec, bf] = call<backfill_result>(
+      f.io, [&](auto cb) { b.async_backfill("m", t0 - 3min, t0 - 1min, cb); });
+  CHECK_FALSE(ec);
+  CHECK(bf.ids.size() == 2);
+
+  f.advance(15s);   // 2:45
+  f.sched->stop();  // gives leadership up
+  f.advance(1min);  // 3:45: b took over at 3:30 and caught 3:00 up (within misfire_grace)
+  CHECK(e.holder("taskq.scheduler") == "b");
+  CHECK(b.metrics().leader);
+  CHECK_FALSE(f.sched->metrics().leader);
+  f.advance(2min);  // 5:45
+  auto all = f.fired();
+  all.erase(std::find(all.begin(), all.end(), t0 + 2min + 30s));  // the manual run
+  all.erase(all.begin(), all.begin() + 2);                        // the backfill
+  CHECK(all == times({t0 + 1min, t0 + 2min, t0 + 3min, t0 + 4min, t0 + 5min}));
+  CHECK(f.sched->metrics().totals.fired == 2);
+  CHECK(b.metrics().totals.fired == 3);
+  CHECK(b.metrics().totals.deduplicated == 0);
+  CHECK(b.metrics().leadership_changes == 1);
+  b.stop();
+  f.sched.reset();  // before the election it uses
+  drain(f.io);
+}
+
+TEST_CASE(
+    "scheduler: a leader whose renewal fails stops at once; the stand-by takes over after "
+    "the ttl and catches up per policy",
+    "[scheduler][leader]") {
+  auto run = [](catch_up_policy policy) {
+    sched_fixture f;
+    memory::leader_election e(f.io.get_executor(), f.clk);
+    flaky_election a_link(f.io.get_executor(), e);
+    f.sched.emplace(f.c, led(f, a_link, "a"));
+    scheduler b(f.c, led(f, e, "b"));
+    auto def = every_minute();
+    def.catch_up = policy;
+    f.ensure(def);
+    ensure_on(f, b, def);
+    f.advance(30s);
+    f.start();  // a leads from 0:30, renewing at 1:30, 2:30, 3:30 (lease until 6:30)
+    b.async_run(asio::detached);
+    f.advance(3min + 15s);  // 3:45
+    CHECK(f.fired() == times({t0 + 1min, t0 + 2min, t0 + 3min}));
+    a_link.down = true;  // a's renewal at 4:30 fails: a fires 4:00, then nothing
+    f.advance(1min);     // 4:45
+    CHECK_FALSE(f.sched->metrics().leader);
+    CHECK_FALSE(b.metrics().leader);  // a's lease runs until 6:30
+    f.advance(1min + 40s);            // 6:25
+    CHECK(f.fired().back() == t0 + 4min);
+    f.advance(10s);  // 6:35: b took over at 6:30, with 5:00 and 6:00 missed
+    CHECK(b.metrics().leader);
+    a_link.down = false;  // a is back, but b leads now
+    f.advance(2min);      // 8:35
+    CHECK_FALSE(f.sched->metrics().leader);
+    CHECK(f.sched->metrics().totals.fired == 4);
+    CHECK(f.sched->metrics().totals.deduplicated == 0);
+    CHECK(b.metrics().totals.deduplicated == 0);
+    b.stop();
+    f.sched.reset();  // before the election it uses
+    drain(f.io);
+    return f.fired();
+  };
+  SECTION("run_all: nothing is skipped") {
+    CHECK(run(catch_up_policy::run_all) == times({t0 + 1min, t0 + 2min, t0 + 3min, t0 + 4min,
+                                                  t0 + 5min, t0 + 6min, t0 + 7min, t0 + 8min}));
+  }
+  SECTION("run_once: the latest missed occurrence stands in for both") {
+    CHECK(run(catch_up_policy::run_once) ==
+          times({t0 + 1min, t0 + 2min, t0 + 3min, t0 + 4min, t0 + 6min, t0 + 7min, t0 + 8min}));
+  }
+  SECTION("skip: only the occurrence within misfire_grace fires") {
+    CHECK(run(catch_up_policy::skip) ==
+          times({t0 + 1min, t0 + 2min, t0 + 3min, t0 + 4min, t0 + 6min, t0 + 7min, t0 + 8min}));
+  }
+}
+
+TEST_CASE(
+    "scheduler: an occurrence whose enqueue failed is still retried after leadership is "
+    "lost (no gap at a failover)",
+    "[scheduler][leader][reliability]") {
+  sched_fixture f;
+  memory::leader_election e(f.io.get_executor(), f.clk);
+  flaky_election a_link(f.io.get_executor(), e);
+  flaky_store a_tasks(f.io.get_executor(), f.s);
+  client ca(f.io.get_executor(), f.q, a_tasks, {.time = &f.clk});
+  std::optional<scheduler> a;
+  a.emplace(ca, led(f, a_link, "a"));
+  scheduler b(f.c, led(f, e, "b"));
+  auto def = every_minute();
+  def.catch_up = catch_up_policy::run_all;
+  ensure_on(f, *a, def);
+  ensure_on(f, b, def);
+  f.advance(30s);
+  a->async_run(asio::detached);
+  drain(f.io);
+  b.async_run(asio::detached);
+  a_tasks.fail_inserts = 1000;  // a's enqueue of 1:00 fails, and its retries too
+  f.advance(40s);               // 1:10
+  CHECK(f.fired().empty());
+  CHECK(f.store.size() == 1);
+  a_link.down = true;     // a stops leading at its 1:30 renewal; b leads from 3:30
+  f.advance(2min + 30s);  // 3:40: b caught 2:00 and 3:00 up (the stored cursor is at 1:00)
+  CHECK(b.metrics().leader);
+  CHECK(f.fired() == times({t0 + 2min, t0 + 3min}));
+  a_tasks.fail_inserts = 0;  // a's next retry of 1:00 gets through
+  f.advance(1min + 30s);     // 5:10
+  CHECK(f.fired() == times({t0 + 1min, t0 + 2min, t0 + 3min, t0 + 4min, t0 + 5min}));
+  CHECK(a->metrics().totals.fired == 1);
+  b.stop();
+  a.reset();  // before the election it uses
+  drain(f.io);
+}
+
+TEST_CASE("scheduler: a leader whose renewal goes unanswered stops firing when its lease runs out",
+          "[scheduler][leader]") {
+  sched_fixture f;
+  memory::leader_election e(f.io.get_executor(), f.clk);
+  flaky_election a_link(f.io.get_executor(), e);
+  f.sched.emplace(f.c, led(f, a_link, "a"));
+  scheduler b(f.c, led(f, e, "b"));
+  auto def = every_minute();
+  def.catch_up = catch_up_policy::run_all;
+  f.ensure(def);
+  ensure_on(f, b, def);
+  f.advance(30s);
+  f.start();  // a's lease: until 3:30
+  b.async_run(asio::detached);
+  f.advance(40s);
+  a_link.hang = true;     // a's renewal at 1:30 is never answered
+  f.advance(2min + 50s);  // 4:00: a's lease ran out at 3:30, when b took over
+  CHECK_FALSE(f.sched->metrics().leader);
+  CHECK(b.metrics().leader);
+  f.advance(1min);  // 5:00
+  CHECK(f.fired() == times({t0 + 1min, t0 + 2min, t0 + 3min, t0 + 4min, t0 + 5min}));
+  // a did not fire after its lease ran out (not even to be deduplicated).
+  CHECK(f.sched->metrics().totals.fired == 3);
+  CHECK(f.sched->metrics().totals.deduplicated == 0);
+  CHECK(b.metrics().totals.fired == 2);
+  CHECK(b.metrics().totals.deduplicated == 0);
+  b.stop();
+  f.sched.reset();  // before the election it uses
+  drain(f.io);
+}

@@ -1,14 +1,22 @@
 // taskq — the PostgreSQL backend: many processes (and hosts) share one queue and one store.
 //
-// Storage: three tables in a schema of the caller's choosing (default "taskq"), created and
+// Storage: five tables in a schema of the caller's choosing (default "taskq"), created and
 // migrated by open() under a transaction-scoped advisory lock, so several processes starting
-// at once are safe; applied versions are kept in SCHEMA.migrations.
+// at once are safe; applied versions are kept in SCHEMA.migrations (version 2 added
+// schedules and leaders; a schema at version 1 is migrated by the next open()).
 //   tasks          one row per task record (filterable columns + the record as json, in the
 //                  stable JSON mapping of task.hpp); every change is a compare-and-set on a
 //                  row version, so the status rules of detail/record_ops.hpp hold across
 //                  processes exactly as in one.
 //   queue          one row per queued task (priority, FIFO sequence, available_at, lease).
 //   paused_queues  the names of paused queues.
+//   schedules      one row per schedule (name, the schedule_record as json in the stable JSON
+//                  mapping of schedule_store.hpp, updated_at); a save locks the row and applies
+//                  detail::merge_on_save in one transaction, so racing schedulers in several
+//                  processes keep the later progress.
+//   leaders        leader leases (name, holder, expires_at): one
+//                  `INSERT ... ON CONFLICT DO UPDATE ... WHERE` grants or renews a lease when
+//                  the role is free, already the candidate's, or run out.
 //
 // Reserve is `SELECT ... ORDER BY priority DESC, seq LIMIT n FOR UPDATE SKIP LOCKED` turned
 // into a lease (leased_until, lease token) in one statement: any number of processes reserve
@@ -30,7 +38,7 @@
 // version-checked write). While open, the backend keeps work outstanding on the io_context
 // (the listener); close() (or the destructor) releases it.
 //
-// Times (available_at, leases, created/finished) are the injected clock's, stored as
+// Times (available_at, leases, created/finished, leader leases) are the injected clock's, stored as
 // microseconds since the Unix epoch, so every process must use the same time source.
 //
 // Errors that mean the database cannot be used come as errc::backend_unavailable, with a
@@ -39,7 +47,9 @@
 #pragma once
 
 #include <taskq/clock.hpp>
+#include <taskq/leader.hpp>
 #include <taskq/queue.hpp>
+#include <taskq/schedule_store.hpp>
 #include <taskq/store.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
@@ -92,6 +102,20 @@ class backend {
 
   taskq::queue& queue() noexcept;
   taskq::store& store() noexcept;
+
+  /// Schedule storage for scheduler_options::store: definitions and progress survive restarts
+  /// and are shared by every process on this schema. A stored row that cannot be decoded
+  /// fails load/load_all with errc::invalid_record; last_error() (and on_error) then name the
+  /// schedule and the field. A save replaces such a row.
+  taskq::schedule_store& schedules() noexcept;
+
+  /// Leader leases for scheduler_options::leader, shared by every process on this schema;
+  /// lease times are the injected clock's (`time`), so all processes need one time source.
+  ///
+  /// @code
+  /// taskq::scheduler sched(client, {.store = &pg->schedules(), .leader = &pg->leaders()});
+  /// @endcode
+  taskq::leader_election& leaders() noexcept;
 
   /// The detail of the most recent error (empty if none).
   std::string last_error() const;
