@@ -3,6 +3,7 @@
 
 #include <taskq/backends/file/store.hpp>
 #include <taskq/client.hpp>
+#include <taskq/detail/schedule_state.hpp>
 #include <taskq/duration.hpp>
 
 #include <boost/asio/io_context.hpp>
@@ -330,6 +331,48 @@ int stats(const args& a, std::ostream& out, std::ostream& err) {
   return 0;
 }
 
+int schedules(const args& a, std::ostream& out, std::ostream& err) {
+  auto p = parse(a, {}, {"json"});
+  if (p.positional.size() != 1) throw usage_error("schedules takes one DIR");
+  runner r;
+  opened o;
+  if (int rc = open_store(r, p.positional[0], false, false, o, err)) return rc;
+  auto all = o.b->schedules().async_load_all(asio::use_future).get();
+  // The next occurrence after the stored cursor: what a scheduler adopting the store fires
+  // first (when it is in the past, the catch-up policy decides).
+  auto next_due = [](const schedule_record& rec) -> std::optional<time_point> {
+    std::string detail;
+    if (rec.definition.paused || validate(rec.definition, detail)) return std::nullopt;
+    taskq::detail::schedule_timing timing(rec.definition);
+    if (timing.is_one_shot()) return rec.state.cursor ? std::nullopt : rec.definition.at;
+    return timing.next_after(rec.state.cursor);
+  };
+  if (p.has("json")) {
+    json arr = json::array();
+    for (auto& rec : all) {
+      auto j = to_json(rec);
+      if (auto n = next_due(rec)) j["next_due"] = format_time(*n);
+      arr.push_back(std::move(j));
+    }
+    out << arr.dump() << "\n";
+    return 0;
+  }
+  auto timing_text = [](const schedule& d) {
+    if (!d.cron.empty()) return d.cron + (d.time_zone == "UTC" ? "" : " (" + d.time_zone + ")");
+    if (d.at) return "at " + format_time(*d.at);
+    return "every " +
+           format_duration(std::chrono::duration_cast<std::chrono::milliseconds>(d.every));
+  };
+  out << fmt::format("{:<24}  {:<28}  {:<16}  {:<8}  {:<27}  {}\n", "NAME", "TIMING", "TYPE",
+                     "STATE", "LAST FIRED", "NEXT DUE");
+  for (auto& rec : all)
+    out << fmt::format("{:<24}  {:<28}  {:<16}  {:<8}  {:<27}  {}\n", rec.definition.name,
+                       timing_text(rec.definition), rec.definition.task.type,
+                       rec.definition.paused ? "paused" : "active", when(rec.state.last_fired),
+                       when(next_due(rec)));
+  return 0;
+}
+
 int verify(const args& a, std::ostream& out, std::ostream& err) {
   auto p = parse(a, {}, {"json"});
   if (p.positional.size() != 1) throw usage_error("verify takes one DIR");
@@ -356,7 +399,8 @@ int verify(const args& a, std::ostream& out, std::ostream& err) {
 
 bool is_store_command(std::string_view name) {
   return name == "enqueue" || name == "list" || name == "show" || name == "cancel" ||
-         name == "retry" || name == "prune" || name == "stats" || name == "verify";
+         name == "retry" || name == "prune" || name == "stats" || name == "verify" ||
+         name == "schedules";
 }
 
 int store_command(std::string_view name, const args& a, std::ostream& out, std::ostream& err) {
@@ -368,6 +412,7 @@ int store_command(std::string_view name, const args& a, std::ostream& out, std::
     if (name == "prune") return prune(a, out, err);
     if (name == "stats") return stats(a, out, err);
     if (name == "verify") return verify(a, out, err);
+    if (name == "schedules") return schedules(a, out, err);
   } catch (const usage_error& e) {
     err << "taskq " << name << ": " << e.what() << "\n";
     return 2;

@@ -22,7 +22,9 @@ constexpr std::string_view usage =
     "  prune DIR --older-than D\n"
     "  stats DIR              counts by status, queue and type\n"
     "  verify DIR             check every record (reports file and offset of corruption)\n"
-    "list, show, stats and verify work while an application holds the store; the others need\n"
+    "  schedules DIR          stored schedules: timing, last fired, next due\n"
+    "list, show, stats, verify and schedules work while an application holds the store; the others "
+    "need\n"
     "its lock.\n";
 
 }  // namespace

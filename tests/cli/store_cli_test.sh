@@ -33,6 +33,9 @@ expect_rc 0 "$T" stats "$D" --json;              grep -q '"pending":4' "$W/out" 
 expect_rc 0 "$T" prune "$D" --older-than 1h;     grep -q "pruned 0" "$W/out" || fail "prune"
 expect_rc 2 "$T" prune "$D" --older-than soon
 expect_rc 0 "$T" verify "$D";                    grep -q "^ok: " "$W/out" || fail "verify"
+expect_rc 0 "$T" schedules "$D";                 grep -q "^NAME " "$W/out" || fail "schedules header"
+expect_rc 0 "$T" schedules "$D" --json;          grep -q '^\[\]$' "$W/out" || fail "schedules --json (none)"
+expect_rc 1 "$T" schedules "$W/nowhere";         grep -q "no such store directory" "$W/err" || fail "schedules missing dir"
 
 # While another process holds the lock: reads work, writes say why they cannot.
 if command -v flock >/dev/null; then
