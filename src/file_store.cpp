@@ -442,9 +442,24 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
   backend_recovery recovery;
 
   mutable std::mutex mutex;
+  // Records are shared with a compaction encoding them outside the mutex: a record is
+  // changed in place only while nobody else holds it (use_count() read under the mutex; the
+  // compaction drops its references under the mutex too), else it is copied first.
   struct entry {
-    task_record rec;
+    std::shared_ptr<task_record> ptr;
     std::uint64_t seq = 0;
+
+    const task_record& rec() const noexcept { return *ptr; }
+    task_record& mut() {
+      if (ptr.use_count() > 1) ptr = std::make_shared<task_record>(*ptr);
+      return *ptr;
+    }
+    void set(task_record next) {
+      if (ptr.use_count() > 1)
+        ptr = std::make_shared<task_record>(std::move(next));
+      else
+        *ptr = std::move(next);
+    }
   };
   std::map<std::string, entry, std::less<>> records;
   std::unordered_map<std::string, std::string> unique_holders;
@@ -484,25 +499,26 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
 
   void count(const task_record& r, int delta) { counts.add(r, delta); }
   void commit(entry& slot, task_record next) {
-    count(slot.rec, -1);
-    if (taskq::detail::holds_unique_key(slot.rec)) unique_holders.erase(slot.rec.unique_key);
-    slot.rec = std::move(next);
-    count(slot.rec, +1);
-    if (taskq::detail::holds_unique_key(slot.rec))
-      unique_holders[slot.rec.unique_key] = slot.rec.id;
+    count(slot.rec(), -1);
+    if (taskq::detail::holds_unique_key(slot.rec())) unique_holders.erase(slot.rec().unique_key);
+    slot.set(std::move(next));
+    count(slot.rec(), +1);
+    if (taskq::detail::holds_unique_key(slot.rec()))
+      unique_holders[slot.rec().unique_key] = slot.rec().id;
   }
   void add(std::uint64_t seq, task_record r) {
     auto id = r.id;
-    auto it = records.emplace_hint(records.end(), std::move(id), entry{std::move(r), seq});
-    count(it->second.rec, +1);
-    if (taskq::detail::holds_unique_key(it->second.rec))
-      unique_holders[it->second.rec.unique_key] = it->second.rec.id;
+    auto it = records.emplace_hint(records.end(), std::move(id),
+                                   entry{std::make_shared<task_record>(std::move(r)), seq});
+    count(it->second.rec(), +1);
+    if (taskq::detail::holds_unique_key(it->second.rec()))
+      unique_holders[it->second.rec().unique_key] = it->second.rec().id;
     next_seq = std::max(next_seq, seq + 1);
   }
   void erase(std::map<std::string, entry, std::less<>>::iterator it) {
-    count(it->second.rec, -1);
-    if (taskq::detail::holds_unique_key(it->second.rec))
-      unique_holders.erase(it->second.rec.unique_key);
+    count(it->second.rec(), -1);
+    if (taskq::detail::holds_unique_key(it->second.rec()))
+      unique_holders.erase(it->second.rec().unique_key);
     records.erase(it);
   }
   bool is_busy(const std::string& id) const { return busy.count(id) != 0; }
@@ -531,7 +547,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
         auto id = d.str();
         auto now = d.tp();
         auto& e = must_find(id);
-        task_record next = e.rec;
+        task_record next = e.rec();
         taskq::detail::apply_claim(next, now);
         commit(e, std::move(next));
         break;
@@ -540,7 +556,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
         auto seq = d.var();
         auto u = decode_update(d);
         auto& e = must_find(u.id);
-        task_record next = e.rec;
+        task_record next = e.rec();
         if (auto ec = taskq::detail::apply_update(next, u))
           throw decode_error("update of task " + u.id + " does not apply: " + ec.message());
         commit(e, std::move(next));
@@ -558,7 +574,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
         p.progress = d.opt_js();
         auto& e = must_find(p.id);
         bool cancel = false;
-        if (auto ec = taskq::detail::apply_heartbeat(e.rec, p, cancel))
+        if (auto ec = taskq::detail::apply_heartbeat(e.mut(), p, cancel))
           throw decode_error("heartbeat of task " + p.id + " does not apply: " + ec.message());
         break;
       }
@@ -567,14 +583,14 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
         log_entry l;
         l.at = d.tp();
         l.message = d.str();
-        must_find(id).rec.log.push_back(std::move(l));
+        must_find(id).mut().log.push_back(std::move(l));
         break;
       }
       case op::cancel: {
         auto id = d.str();
         auto now = d.tp();
         auto& e = must_find(id);
-        task_record next = e.rec;
+        task_record next = e.rec();
         if (auto ec = taskq::detail::apply_cancel_request(next, now))
           throw decode_error("cancel of task " + id + " does not apply: " + ec.message());
         commit(e, std::move(next));
@@ -721,14 +737,14 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
   void rebuild_queue() {
     std::vector<const entry*> live;
     for (auto& [id, e] : records)
-      if (e.rec.status == task_status::pending || e.rec.status == task_status::running)
+      if (e.rec().status == task_status::pending || e.rec().status == task_status::running)
         live.push_back(&e);
     std::sort(live.begin(), live.end(), [](auto* a, auto* b) { return a->seq < b->seq; });
     push_params p;
     p.entries.reserve(live.size());
     for (auto* e : live) {
-      p.entries.push_back(entry_of(e->rec));
-      if (e->rec.status == task_status::running) ++recovery.requeued_running;
+      p.entries.push_back(entry_of(e->rec()));
+      if (e->rec().status == task_status::running) ++recovery.requeued_running;
     }
     if (!p.entries.empty()) mq->async_push(std::move(p), [](error_code) {});
     for (auto& q : paused) mq->async_set_paused(q, true, [](error_code) {});
@@ -806,7 +822,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
           step s;
           removed->clear();
           for (auto& [id, e] : records) {
-            if (!pred(e.rec)) continue;
+            if (!pred(e.rec())) continue;
             if (is_busy(id)) {
               s.wait_on = id;
               return s;
@@ -854,9 +870,16 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
       ec = errc::store_closed;
       return;
     }
-    std::vector<std::string> bodies;
+    std::vector<std::pair<std::uint64_t, std::shared_ptr<task_record>>> live;
+    std::vector<std::string> rest;  // queue pauses and schedules (few)
     std::uint64_t n = 0;
     std::vector<op_ptr> resume;
+    // The references to live records are dropped under the mutex, so that entry::mut() and
+    // entry::set() see use_count() == 1 only once this thread is done reading the record.
+    auto drop_live = [&] {
+      std::lock_guard lk(mutex);
+      live.clear();
+    };
     {
       std::unique_lock lk(mutex);
       if (closed) {
@@ -874,18 +897,12 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
         return;
       }
       // Nothing is in flight and nothing new starts: the journal holds exactly the state.
-      std::vector<const entry*> live;
+      // Writes are held only while references are taken and the journal rotates; the records
+      // are encoded after the gate opens (copy-on-write keeps what is taken here unchanged).
       live.reserve(records.size());
-      for (auto& [id, e] : records) live.push_back(&e);
-      bodies.reserve(live.size() + paused.size() + schedules.size());
-      std::uint64_t bytes = 0;
-      for (auto* e : live) {
-        bodies.push_back(encode_insert(e->seq, e->rec));
-        bytes += bodies.back().size();
-      }
-      for (auto& q : paused) bodies.push_back(encode_pause(q, true));
-      for (auto& [name, r] : schedules) bodies.push_back(encode_schedule_save(r));
-      if (!live.empty()) avg_record_bytes = double(bytes) / double(live.size());
+      for (auto& [id, e] : records) live.emplace_back(e.seq, e.ptr);
+      for (auto& q : paused) rest.push_back(encode_pause(q, true));
+      for (auto& [name, r] : schedules) rest.push_back(encode_schedule_save(r));
       std::string d;
       n = writer.rotate(ec, &d);
       if (!ec) journal_bytes = 0;
@@ -894,7 +911,20 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
       if (ec && detail) *detail = d;
     }
     for (auto& o : resume) submit(std::move(o));
-    if (ec) return;
+    if (ec) return drop_live();
+    std::vector<std::string> bodies;
+    bodies.reserve(live.size() + rest.size());
+    std::uint64_t bytes = 0;
+    for (auto& [seq, rec] : live) {
+      bodies.push_back(encode_insert(seq, *rec));
+      bytes += bodies.back().size();
+    }
+    for (auto& b : rest) bodies.push_back(std::move(b));
+    if (!live.empty()) {
+      std::lock_guard lk(mutex);
+      avg_record_bytes = double(bytes) / double(live.size());
+    }
+    drop_live();
     auto snap = dir / snapshot_file_name;
     write_snapshot(snap, n, bodies, ec, detail);
     if (ec) return;
@@ -1014,7 +1044,7 @@ class file_store final : public taskq::store {
       if (it == s_.records.end())
         ec = errc::not_found;
       else
-        r = it->second.rec;
+        r = it->second.rec();
     }
     taskq::detail::post_completion(std::move(h), s_.ex, ec, std::move(r));
   }
@@ -1047,10 +1077,10 @@ class file_store final : public taskq::store {
               out->skipped.push_back(id);
               continue;
             }
-            task_record next = it->second.rec;
+            task_record next = it->second.rec();
             auto outcome = taskq::detail::apply_claim(next, in->now);
             if (outcome == taskq::detail::claim_outcome::skipped &&
-                next.status == it->second.rec.status) {
+                next.status == it->second.rec().status) {
               out->skipped.push_back(id);
               continue;
             }
@@ -1066,10 +1096,10 @@ class file_store final : public taskq::store {
               st->commit(it->second, std::move(c.next));
               switch (c.outcome) {
                 case taskq::detail::claim_outcome::claimed:
-                  out->claimed.push_back(it->second.rec);
+                  out->claimed.push_back(it->second.rec());
                   break;
                 case taskq::detail::claim_outcome::dropped:
-                  out->dropped.push_back(it->second.rec);
+                  out->dropped.push_back(it->second.rec());
                   break;
                 case taskq::detail::claim_outcome::skipped:
                   out->skipped.push_back(c.id);
@@ -1102,10 +1132,10 @@ class file_store final : public taskq::store {
             s.ec = errc::not_found;
             return s;
           }
-          task_record next = it->second.rec;
+          task_record next = it->second.rec();
           s.ec = taskq::detail::apply_update(next, *in);
           if (!s.ec && taskq::detail::holds_unique_key(next) &&
-              !taskq::detail::holds_unique_key(it->second.rec)) {
+              !taskq::detail::holds_unique_key(it->second.rec())) {
             auto holder = st->unique_holders.find(next.unique_key);
             if ((holder != st->unique_holders.end() && holder->second != next.id) ||
                 st->pending_keys.count(next.unique_key))
@@ -1113,7 +1143,7 @@ class file_store final : public taskq::store {
           }
           if (s.ec) return s;
           std::uint64_t seq = 0;
-          if (takes_new_position(it->second.rec, *in, next)) seq = st->next_seq++;
+          if (takes_new_position(it->second.rec(), *in, next)) seq = st->next_seq++;
           s.bodies.push_back(encode_update(seq, *in));
           s.ids.push_back(in->id);
           auto shared_next = std::make_shared<task_record>(std::move(next));
@@ -1122,7 +1152,7 @@ class file_store final : public taskq::store {
             if (it == st->records.end()) return;
             st->commit(it->second, std::move(*shared_next));
             if (seq) it->second.seq = seq;
-            *after = it->second.rec;
+            *after = it->second.rec();
           };
           return s;
         },
@@ -1163,7 +1193,7 @@ class file_store final : public taskq::store {
               continue;
             }
             auto [n, fresh] = nexts->try_emplace(u.id);
-            if (fresh) n->second = it->second.rec;
+            if (fresh) n->second = it->second.rec();
             task_record next = n->second;
             auto ec = taskq::detail::apply_update(next, u);
             if (!ec && taskq::detail::holds_unique_key(next) &&
@@ -1193,7 +1223,7 @@ class file_store final : public taskq::store {
               auto it = st->records.find((*in)[c.index].id);
               if (it == st->records.end()) continue;
               if (c.seq) it->second.seq = c.seq;
-              if ((*in)[c.index].return_record) (*out)[c.index].record = it->second.rec;
+              if ((*in)[c.index].return_record) (*out)[c.index].record = it->second.rec();
             }
           };
           return s;
@@ -1221,7 +1251,7 @@ class file_store final : public taskq::store {
             s.ec = errc::not_found;
             return s;
           }
-          task_record next = it->second.rec;
+          task_record next = it->second.rec();
           s.ec = taskq::detail::apply_heartbeat(next, *in, *cancel);
           if (s.ec) return s;
           s.bodies.push_back(encode_heartbeat(*in));
@@ -1229,7 +1259,7 @@ class file_store final : public taskq::store {
           auto shared_next = std::make_shared<task_record>(std::move(next));
           s.commit = [st, id = in->id, shared_next] {
             auto it = st->records.find(id);
-            if (it != st->records.end()) it->second.rec = std::move(*shared_next);
+            if (it != st->records.end()) it->second.set(std::move(*shared_next));
           };
           return s;
         },
@@ -1257,7 +1287,7 @@ class file_store final : public taskq::store {
           s.ids.push_back(in->first);
           s.commit = [st, in] {
             auto it = st->records.find(in->first);
-            if (it != st->records.end()) it->second.rec.log.push_back(std::move(in->second));
+            if (it != st->records.end()) it->second.mut().log.push_back(std::move(in->second));
           };
           return s;
         },
@@ -1283,10 +1313,10 @@ class file_store final : public taskq::store {
             s.ec = errc::not_found;
             return s;
           }
-          task_record next = it->second.rec;
+          task_record next = it->second.rec();
           s.ec = taskq::detail::apply_cancel_request(next, now);
           if (s.ec) {
-            *after = it->second.rec;
+            *after = it->second.rec();
             return s;
           }
           s.bodies.push_back(encode_id_time(op::cancel, id, now));
@@ -1296,7 +1326,7 @@ class file_store final : public taskq::store {
             auto it = st->records.find(id);
             if (it == st->records.end()) return;
             st->commit(it->second, std::move(*shared_next));
-            *after = it->second.rec;
+            *after = it->second.rec();
           };
           return s;
         },
@@ -1311,12 +1341,12 @@ class file_store final : public taskq::store {
       std::lock_guard lock(s_.mutex);
       auto it = f.after_id.empty() ? s_.records.begin() : s_.records.upper_bound(f.after_id);
       for (; it != s_.records.end(); ++it) {
-        if (!matches(it->second.rec, f)) continue;
+        if (!matches(it->second.rec(), f)) continue;
         if (page.records.size() == f.limit) {
           page.next_cursor = page.records.back().id;
           break;
         }
-        page.records.push_back(it->second.rec);
+        page.records.push_back(it->second.rec());
       }
     }
     taskq::detail::post_completion(std::move(h), s_.ex, error_code{}, std::move(page));
@@ -1692,11 +1722,11 @@ error_code replay_bodies(const std::vector<std::string_view>& bodies, std::strin
   task_counts recount;
   std::size_t holders = 0;
   for (auto& [id, e] : s->records) {
-    recount.add(e.rec, +1);
-    if (id != e.rec.id) consistent = false;
-    if (taskq::detail::holds_unique_key(e.rec)) {
+    recount.add(e.rec(), +1);
+    if (id != e.rec().id) consistent = false;
+    if (taskq::detail::holds_unique_key(e.rec())) {
       ++holders;
-      auto it = s->unique_holders.find(e.rec.unique_key);
+      auto it = s->unique_holders.find(e.rec().unique_key);
       if (it == s->unique_holders.end() || it->second != id) consistent = false;
     }
   }

@@ -442,6 +442,80 @@ TEST_CASE("file: schedules persist; after a crash they resume under their catch-
   CHECK_THAT(detail, Catch::Contains("schedule record: field 'name'"));
 }
 
+TEST_CASE("file: compaction while writes go on keeps every write, before and after the cut",
+          "[file][compaction]") {
+  harness h;
+  h.open();
+  std::vector<std::string> ids;
+  for (int batch = 0; batch < 6; ++batch) {
+    std::vector<task_record> rs;
+    for (int i = 0; i < 250; ++i) {
+      rs.push_back(h.rec(fmt::format("c-{:02}-{:03}", batch, i), {.type = "t", .payload = i}));
+      ids.push_back(rs.back().id);
+    }
+    REQUIRE_FALSE(h.insert(std::move(rs)));
+  }
+  auto [cec0, claimed] = h.call<claim_result>([&](auto cb) {
+    h.b->store().async_claim({ids, h.clk.now()}, cb);
+  });
+  REQUIRE(claimed.claimed.size() == ids.size());
+
+  // Compactions on another thread while this one heartbeats, logs and finishes tasks (each
+  // write changes a record the compaction may be encoding at that moment).
+  std::atomic<int> compactions{0};
+  std::atomic<bool> stop{false};
+  error_code compact_error;
+  std::thread compactor([&] {
+    do {
+      error_code ec;
+      std::string d;
+      h.b->compact(ec, &d);
+      if (ec) compact_error = ec;
+      ++compactions;
+    } while (!stop);
+  });
+  for (std::size_t next = 0; next < ids.size(); ++next) {
+    auto& id = ids[next];
+    auto [hec, cancel] = h.call<bool>([&](auto cb) {
+      h.b->store().async_heartbeat(
+          {.id = id, .attempt = 1, .progress = json(0.5), .now = h.clk.now()}, cb);
+    });
+    REQUIRE_FALSE(hec);
+    auto [lec] = h.call<>([&](auto cb) {
+      h.b->store().async_append_log(id, {h.clk.now(), "half way"}, cb);
+    });
+    REQUIRE_FALSE(lec);
+    if (next % 2 == 0) {
+      auto [uec, r] = h.call<task_record>([&](auto cb) {
+        h.b->store().async_update({.id = id,
+                                   .expected = task_status::running,
+                                   .to = task_status::succeeded,
+                                   .now = h.clk.now(),
+                                   .result = json(next)},
+                                  cb);
+      });
+      REQUIRE_FALSE(uec);
+    }
+  }
+  stop = true;
+  REQUIRE(run_until(h.io, [&] { return compactions.load() >= 1; }));
+  compactor.join();
+  CHECK_FALSE(compact_error);
+  CHECK(compactions >= 2);  // (hundreds, in practice: each takes milliseconds)
+  const auto before = h.all();
+  h.reopen();
+  CHECK(h.b->recovery().snapshot_records > 0);
+  const auto after = h.all();
+  REQUIRE(after.size() == before.size());
+  for (std::size_t i = 0; i < after.size(); ++i) {
+    INFO(after[i].id);
+    CHECK(after[i] == before[i]);
+  }
+  auto done = std::count_if(after.begin(), after.end(),
+                            [](auto& r) { return r.status == task_status::succeeded; });
+  CHECK(done == static_cast<long>(ids.size() / 2));
+}
+
 TEST_CASE("file: randomized damage to a store directory is detected, never a crash or a skip",
           "[file][damage]") {
   // A store with a snapshot and journal segments after it: tasks in several states, a paused
