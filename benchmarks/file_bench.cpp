@@ -3,7 +3,7 @@
 // 1,000,000 pending tasks, journal bytes per task, and disk use after compaction.
 //
 //   taskq_file_bench [--json] [--dir DIR] [--tasks N] [--producers P] [--batch B]
-//                    [--recovery-tasks N]
+//                    [--recovery-tasks N] [--only throughput|recovery]
 //
 // Enqueue+process: P producer threads each enqueue batches of B tasks (client.enqueue_batch:
 // one store insert, one journal append per batch) while one worker runs them (a trivial
@@ -126,6 +126,7 @@ int main(int argc, char** argv) {
   fs::path dir = fs::current_path() / "taskq-file-bench";
   std::size_t tasks = 200000, recovery_tasks = 1000000, batch = 500;
   int producers = 4;
+  std::string only;  // empty: every scenario
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
@@ -141,77 +142,86 @@ int main(int argc, char** argv) {
       batch = std::stoull(next());
     else if (a == "--recovery-tasks")
       recovery_tasks = std::stoull(next());
+    else if (a == "--only")
+      only = next();
     else {
       std::cerr << "usage: taskq_file_bench [--json] [--dir DIR] [--tasks N] [--producers P] "
-                   "[--batch B] [--recovery-tasks N]\n";
+                   "[--batch B] [--recovery-tasks N] [--only throughput|recovery]\n";
       return 2;
     }
   }
   fs::create_directories(dir);
 
+  auto wanted = [&](const char* name) { return only.empty() || only == name; };
+
   // --- throughput ---
-  auto mem = memory_run(tasks, producers, batch);
-  emit("memory: enqueue+process", mem, "tasks/s");
-  auto sync = file_run(dir / "sync", file::durability::sync, tasks, producers, batch);
-  emit("file sync: enqueue+process", sync.tasks_per_s, "tasks/s");
-  emit("file sync: fsyncs", sync.syncs_per_s, "fsyncs/s");
-  emit("file sync: records per fsync", sync.records_per_sync, "records");
-  emit("file sync: ratio to memory", sync.tasks_per_s / mem, "x");
-  auto none = file_run(dir / "none", file::durability::none, tasks, producers, batch);
-  emit("file none: enqueue+process", none.tasks_per_s, "tasks/s");
-  emit("file none: ratio to memory", none.tasks_per_s / mem, "x");
+  if (wanted("throughput")) {
+    auto mem = memory_run(tasks, producers, batch);
+    emit("memory: enqueue+process", mem, "tasks/s");
+    auto sync = file_run(dir / "sync", file::durability::sync, tasks, producers, batch);
+    emit("file sync: enqueue+process", sync.tasks_per_s, "tasks/s");
+    emit("file sync: fsyncs", sync.syncs_per_s, "fsyncs/s");
+    emit("file sync: records per fsync", sync.records_per_sync, "records");
+    emit("file sync: ratio to memory", sync.tasks_per_s / mem, "x");
+    auto none = file_run(dir / "none", file::durability::none, tasks, producers, batch);
+    emit("file none: enqueue+process", none.tasks_per_s, "tasks/s");
+    emit("file none: ratio to memory", none.tasks_per_s / mem, "x");
+  }
 
   // --- recovery of a store holding 1,000,000 pending tasks ---
-  auto rdir = dir / "recovery";
-  fs::remove_all(rdir);
-  {
-    io_threads it;
-    auto b = file::backend::open(
-        it.io.get_executor(), rdir,
-        {.mode = file::durability::none, .retention = duration::zero(), .compact_min_bytes = 0});
-    auto now = std::chrono::system_clock::now();
-    for (std::size_t done = 0; done < recovery_tasks;) {
-      auto k = std::min<std::size_t>(recovery_tasks - done, 10000);
-      std::vector<task_record> rs;
-      rs.reserve(k);
-      for (std::size_t i = 0; i < k; ++i)
-        rs.push_back(make_record({.type = "noop", .payload = json{{"n", done + i}}}, now));
-      b->store().async_insert(std::move(rs), asio::use_future).get();
-      done += k;
+  if (wanted("recovery")) {
+    auto rdir = dir / "recovery";
+    fs::remove_all(rdir);
+    {
+      io_threads it;
+      auto b = file::backend::open(
+          it.io.get_executor(), rdir,
+          {.mode = file::durability::none, .retention = duration::zero(), .compact_min_bytes = 0});
+      auto now = std::chrono::system_clock::now();
+      for (std::size_t done = 0; done < recovery_tasks;) {
+        auto k = std::min<std::size_t>(recovery_tasks - done, 10000);
+        std::vector<task_record> rs;
+        rs.reserve(k);
+        for (std::size_t i = 0; i < k; ++i)
+          rs.push_back(make_record({.type = "noop", .payload = json{{"n", done + i}}}, now));
+        b->store().async_insert(std::move(rs), asio::use_future).get();
+        done += k;
+      }
+      b->close();
     }
-    b->close();
+    std::uint64_t journal_bytes = 0;
+    for (auto& e : fs::directory_iterator(rdir))
+      if (e.path().extension() == ".log") journal_bytes += e.file_size();
+    emit("journal bytes per task (insert record)", double(journal_bytes) / double(recovery_tasks),
+         "bytes");
+    auto recover = [&](const char* name) {
+      io_threads it;
+      auto t0 = clk::now();
+      auto b = file::backend::open(it.io.get_executor(), rdir,
+                                   {.retention = duration::zero(), .compact_min_bytes = 0});
+      double secs = std::chrono::duration<double>(clk::now() - t0).count();
+      emit(fmt::format("recovery of {} pending tasks ({})", recovery_tasks, name), secs * 1000,
+           "ms");
+      return b;
+    };
+    {
+      auto b = recover("journal");
+      auto before = b->info();
+      error_code ec;
+      std::string d;
+      auto t0 = clk::now();
+      b->compact(ec, &d);
+      if (ec) std::cerr << "compaction failed: " << d << "\n";
+      emit(fmt::format("compaction ({} live tasks)", recovery_tasks),
+           std::chrono::duration<double>(clk::now() - t0).count() * 1000, "ms");
+      auto after = b->info();
+      emit("disk before compaction", double(before.journal_bytes + before.snapshot_bytes) / 1e6,
+           "MB");
+      emit("disk after compaction", double(after.journal_bytes + after.snapshot_bytes) / 1e6, "MB");
+      b->close();
+    }
+    recover("snapshot");
   }
-  std::uint64_t journal_bytes = 0;
-  for (auto& e : fs::directory_iterator(rdir))
-    if (e.path().extension() == ".log") journal_bytes += e.file_size();
-  emit("journal bytes per task (insert record)", double(journal_bytes) / double(recovery_tasks),
-       "bytes");
-  auto recover = [&](const char* name) {
-    io_threads it;
-    auto t0 = clk::now();
-    auto b = file::backend::open(it.io.get_executor(), rdir,
-                                 {.retention = duration::zero(), .compact_min_bytes = 0});
-    double secs = std::chrono::duration<double>(clk::now() - t0).count();
-    emit(fmt::format("recovery of {} pending tasks ({})", recovery_tasks, name), secs * 1000, "ms");
-    return b;
-  };
-  {
-    auto b = recover("journal");
-    auto before = b->info();
-    error_code ec;
-    std::string d;
-    auto t0 = clk::now();
-    b->compact(ec, &d);
-    if (ec) std::cerr << "compaction failed: " << d << "\n";
-    emit(fmt::format("compaction ({} live tasks)", recovery_tasks),
-         std::chrono::duration<double>(clk::now() - t0).count() * 1000, "ms");
-    auto after = b->info();
-    emit("disk before compaction", double(before.journal_bytes + before.snapshot_bytes) / 1e6,
-         "MB");
-    emit("disk after compaction", double(after.journal_bytes + after.snapshot_bytes) / 1e6, "MB");
-    b->close();
-  }
-  recover("snapshot");
   fs::remove_all(dir);
   return 0;
 }
