@@ -1,9 +1,11 @@
 // File backend benchmark: durable enqueue+process throughput (sync and none modes, with the
 // in-memory backend as the baseline in the same run), recovery time of a store holding
-// 1,000,000 pending tasks, journal bytes per task, and disk use after compaction.
+// 1,000,000 pending tasks, journal bytes per task, disk use after compaction, and disk use
+// under churn (peak directory size against the live data, the baseline; see churn_run).
 //
 //   taskq_file_bench [--json] [--dir DIR] [--tasks N] [--producers P] [--batch B]
-//                    [--recovery-tasks N] [--only throughput|recovery]
+//                    [--recovery-tasks N] [--churn-backlog N] [--churn-seconds S]
+//                    [--only throughput|recovery|churn]
 //
 // Enqueue+process: P producer threads each enqueue batches of B tasks (client.enqueue_batch:
 // one store insert, one journal append per batch) while one worker runs them (a trivial
@@ -22,6 +24,7 @@
 
 #include <fmt/format.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <iostream>
@@ -113,6 +116,88 @@ run_figures file_run(const fs::path& dir, file::durability mode, std::size_t n, 
   return f;
 }
 
+struct churn_figures {
+  double tasks_per_s = 0;
+  double live_mb = 0;      // mean of the samples
+  double peak_dir_mb = 0;  // largest directory size seen
+  double peak_ratio = 0;   // largest (directory size / live data) over the samples
+  double mean_ratio = 0;   // mean of (directory size / live data) over the samples
+  std::uint64_t compactions = 0;
+};
+
+std::uint64_t directory_bytes(const fs::path& dir) {
+  std::uint64_t n = 0;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::error_code fe;  // a file may vanish under us (compaction): skip it
+    auto size = it->file_size(fe);
+    if (!fe) n += size;
+  }
+  return n;
+}
+
+/// Churn: one worker processes tasks while a producer keeps `backlog` tasks ready; finished
+/// tasks are pruned after `retention`, and compaction runs on its own with the default
+/// thresholds. Samples the directory size (every file in it, temporaries included) and the
+/// store's live data estimate every 5 ms for `seconds`, after a warm-up that lasts until the
+/// first compaction (before it, the live estimate is a fixed guess, not a measurement).
+churn_figures churn_run(const fs::path& dir, std::size_t backlog, double seconds,
+                        duration retention) {
+  fs::remove_all(dir);
+  io_threads it;
+  auto b = file::backend::open(it.io.get_executor(), dir,
+                               {.mode = file::durability::none, .retention = retention});
+  client c(it.io.get_executor(), b->queue(), b->store());
+  local_executor exec(it.io.get_executor(), {.threads = 1});
+  std::atomic<std::uint64_t> processed{0};
+  exec.handle("noop", [&](task_context&) { processed.fetch_add(1, std::memory_order_relaxed); });
+  worker w(c, exec, {.max_in_flight = 4096, .reserve_batch = 1024});
+  w.async_run(asio::detached);
+  std::atomic<bool> stop{false};
+  std::thread producer([&] {
+    while (!stop) {
+      auto st = b->queue().async_stats("default", asio::use_future).get();
+      if (st.ready + st.delayed >= backlog) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        continue;
+      }
+      std::vector<task_spec> specs(std::min<std::size_t>(backlog - st.ready - st.delayed, 1000),
+                                   task_spec{.type = "noop", .max_attempts = 3});
+      c.enqueue_batch(std::move(specs));
+    }
+  });
+  churn_figures f;
+  for (auto t0 = clk::now();
+       b->info().compactions == 0 && clk::now() - t0 < std::chrono::minutes(1);)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  auto before = processed.load();
+  auto start = clk::now();
+  double live_sum = 0, ratio_sum = 0;
+  std::size_t samples = 0;
+  while (std::chrono::duration<double>(clk::now() - start).count() < seconds) {
+    auto live = double(b->info().live_bytes);
+    auto disk = double(directory_bytes(dir));
+    live_sum += live;
+    ++samples;
+    f.peak_dir_mb = std::max(f.peak_dir_mb, disk / 1e6);
+    if (live > 0) {
+      f.peak_ratio = std::max(f.peak_ratio, disk / live);
+      ratio_sum += disk / live;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  f.tasks_per_s = double(processed.load() - before) / seconds;
+  f.live_mb = samples ? live_sum / double(samples) / 1e6 : 0;
+  f.mean_ratio = samples ? ratio_sum / double(samples) : 0;
+  f.compactions = b->info().compactions;
+  stop = true;
+  producer.join();
+  w.stop();
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  b->close();
+  return f;
+}
+
 double memory_run(std::size_t n, int producers, std::size_t batch) {
   io_threads it;
   memory::queue q(it.io.get_executor());
@@ -126,6 +211,8 @@ int main(int argc, char** argv) {
   fs::path dir = fs::current_path() / "taskq-file-bench";
   std::size_t tasks = 200000, recovery_tasks = 1000000, batch = 500;
   int producers = 4;
+  std::size_t churn_backlog = 100000;
+  double churn_seconds = 10;
   std::string only;  // empty: every scenario
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -142,11 +229,16 @@ int main(int argc, char** argv) {
       batch = std::stoull(next());
     else if (a == "--recovery-tasks")
       recovery_tasks = std::stoull(next());
+    else if (a == "--churn-backlog")
+      churn_backlog = std::stoull(next());
+    else if (a == "--churn-seconds")
+      churn_seconds = std::stod(next());
     else if (a == "--only")
       only = next();
     else {
       std::cerr << "usage: taskq_file_bench [--json] [--dir DIR] [--tasks N] [--producers P] "
-                   "[--batch B] [--recovery-tasks N] [--only throughput|recovery]\n";
+                   "[--batch B] [--recovery-tasks N] [--churn-backlog N] [--churn-seconds S] "
+                   "[--only throughput|recovery|churn]\n";
       return 2;
     }
   }
@@ -221,6 +313,19 @@ int main(int argc, char** argv) {
       b->close();
     }
     recover("snapshot");
+  }
+
+  // --- disk use under churn (enqueue, process, prune, compact, continuously) ---
+  if (wanted("churn")) {
+    auto retention = std::chrono::seconds(1);
+    auto f = churn_run(dir / "churn", churn_backlog, churn_seconds, retention);
+    emit(fmt::format("churn: enqueue+process ({} ready, retention 1 s)", churn_backlog),
+         f.tasks_per_s, "tasks/s");
+    emit("churn: live data (mean, baseline)", f.live_mb, "MB");
+    emit("churn: peak directory size", f.peak_dir_mb, "MB");
+    emit("churn: peak directory / live data", f.peak_ratio, "x");
+    emit("churn: mean directory / live data", f.mean_ratio, "x");
+    emit("churn: compactions", double(f.compactions), "compactions");
   }
   fs::remove_all(dir);
   return 0;
