@@ -168,8 +168,8 @@ struct item {
   std::uint64_t token = 0;
   // Pushed again while leased (an explicit retry racing the old holder's ack): the ack puts
   // it back with this entry instead of removing it.
-  std::optional<queue_entry> repushed;
-  std::uint64_t push_stamp = 0;  // the last push that named this id (duplicate check)
+  std::unique_ptr<queue_entry> repushed;  // rare: kept out of line so items stay small
+  std::uint64_t push_stamp = 0;           // the last push that named this id (duplicate check)
 };
 
 // Ready order: higher priority first, then FIFO by sequence number.
@@ -433,8 +433,8 @@ void queue::do_push(push_params p, handler<void(error_code)> h) {
       for (std::size_t k = 0; k < slots.size(); ++k) {
         item& i = *slots[k];
         auto& e = p.entries[k];
-        if (i.state == item::where::leased) {  // new items are never leased
-          i.repushed = std::move(e);           // takes effect at its ack
+        if (i.state == item::where::leased) {                        // new items are never leased
+          i.repushed = std::make_unique<queue_entry>(std::move(e));  // takes effect at its ack
           continue;
         }
         i.entry = std::move(e);
