@@ -5,7 +5,11 @@
 //
 //   taskq_file_bench [--json] [--dir DIR] [--tasks N] [--producers P] [--batch B]
 //                    [--recovery-tasks N] [--churn-backlog N] [--churn-seconds S]
-//                    [--only throughput|recovery|churn]
+//                    [--only throughput|recovery|churn|generate] [--recover STORE_DIR]
+//
+// --only generate writes the recovery scenario's journal store to DIR/recovery and keeps it;
+// --recover STORE_DIR only times opening an existing store (recovery after a restart, in a
+// fresh process, whose heap is not shaped by the store that wrote it as in --only recovery).
 //
 // Enqueue+process: P producer threads each enqueue batches of B tasks (client.enqueue_batch:
 // one store insert, one journal append per batch) while one worker runs them (a trivial
@@ -214,6 +218,7 @@ int main(int argc, char** argv) {
   std::size_t churn_backlog = 100000;
   double churn_seconds = 10;
   std::string only;  // empty: every scenario
+  fs::path recover_dir;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
@@ -233,14 +238,27 @@ int main(int argc, char** argv) {
       churn_backlog = std::stoull(next());
     else if (a == "--churn-seconds")
       churn_seconds = std::stod(next());
+    else if (a == "--recover")
+      recover_dir = next();
     else if (a == "--only")
       only = next();
     else {
       std::cerr << "usage: taskq_file_bench [--json] [--dir DIR] [--tasks N] [--producers P] "
                    "[--batch B] [--recovery-tasks N] [--churn-backlog N] [--churn-seconds S] "
-                   "[--only throughput|recovery|churn]\n";
+                   "[--only throughput|recovery|churn|generate] [--recover STORE_DIR]\n";
       return 2;
     }
+  }
+  if (!recover_dir.empty()) {  // time opening an existing store, in this fresh process
+    io_threads it;
+    auto t0 = clk::now();
+    auto b = file::backend::open(it.io.get_executor(), recover_dir,
+                                 {.retention = duration::zero(), .compact_min_bytes = 0});
+    double secs = std::chrono::duration<double>(clk::now() - t0).count();
+    emit(
+        fmt::format("recovery of an existing store ({} tasks, fresh process)", b->recovery().tasks),
+        secs * 1000, "ms");
+    return 0;
   }
   fs::create_directories(dir);
 
@@ -261,26 +279,32 @@ int main(int argc, char** argv) {
   }
 
   // --- recovery of a store holding 1,000,000 pending tasks ---
+  auto generate = [&](const fs::path& rdir) {
+    fs::remove_all(rdir);
+    io_threads it;
+    auto b = file::backend::open(
+        it.io.get_executor(), rdir,
+        {.mode = file::durability::none, .retention = duration::zero(), .compact_min_bytes = 0});
+    auto now = std::chrono::system_clock::now();
+    for (std::size_t done = 0; done < recovery_tasks;) {
+      auto k = std::min<std::size_t>(recovery_tasks - done, 10000);
+      std::vector<task_record> rs;
+      rs.reserve(k);
+      for (std::size_t i = 0; i < k; ++i)
+        rs.push_back(make_record({.type = "noop", .payload = json{{"n", done + i}}}, now));
+      b->store().async_insert(std::move(rs), asio::use_future).get();
+      done += k;
+    }
+    b->close();
+  };
+  if (only == "generate") {  // a journal store for --recover in a fresh process; kept
+    generate(dir / "recovery");
+    std::cout << (dir / "recovery").string() << std::endl;
+    return 0;
+  }
   if (wanted("recovery")) {
     auto rdir = dir / "recovery";
-    fs::remove_all(rdir);
-    {
-      io_threads it;
-      auto b = file::backend::open(
-          it.io.get_executor(), rdir,
-          {.mode = file::durability::none, .retention = duration::zero(), .compact_min_bytes = 0});
-      auto now = std::chrono::system_clock::now();
-      for (std::size_t done = 0; done < recovery_tasks;) {
-        auto k = std::min<std::size_t>(recovery_tasks - done, 10000);
-        std::vector<task_record> rs;
-        rs.reserve(k);
-        for (std::size_t i = 0; i < k; ++i)
-          rs.push_back(make_record({.type = "noop", .payload = json{{"n", done + i}}}, now));
-        b->store().async_insert(std::move(rs), asio::use_future).get();
-        done += k;
-      }
-      b->close();
-    }
+    generate(rdir);
     std::uint64_t journal_bytes = 0;
     for (auto& e : fs::directory_iterator(rdir))
       if (e.path().extension() == ".log") journal_bytes += e.file_size();
