@@ -395,18 +395,19 @@ void queue::do_push(push_params p, handler<void(error_code)> h) {
     // store spends its time in): insert the new ids unplaced, then undo those insertions if
     // an entry turns out invalid or a duplicate.
     auto& items = impl_->items;
-    // Grow once for a big push instead of rehashing repeatedly (this also keeps the
-    // iterators in `added` valid); never shrink, which would cost O(size) per small push.
+    // Grow once for a big push instead of rehashing repeatedly; never shrink, which would
+    // cost O(size) per small push.
     if (auto need = items.size() + p.entries.size();
         static_cast<double>(need) >
         static_cast<double>(items.bucket_count()) * items.max_load_factor())
       items.reserve(need);
     const auto stamp = ++impl_->next_push_stamp;  // marks the items this push reached
     std::vector<item*> slots;
-    std::vector<decltype(impl_->items)::iterator> added;
+    std::vector<std::size_t> added;  // entries whose id this push inserted
     slots.reserve(p.entries.size());
     added.reserve(p.entries.size());
-    for (const auto& e : p.entries) {
+    for (std::size_t k = 0; k < p.entries.size(); ++k) {
+      const auto& e = p.entries[k];
       if (e.id.empty()) {
         ec = errc::blank_id;
         break;
@@ -424,11 +425,12 @@ void queue::do_push(push_params p, handler<void(error_code)> h) {
         break;
       }
       i.push_stamp = stamp;
-      if (inserted) added.push_back(it);
+      if (inserted) added.push_back(k);
       slots.push_back(&i);
     }
     if (ec) {
-      for (auto it : added) items.erase(it);
+      for (auto k : added)
+        items.erase(p.entries[k].id);  // by key: iterators may not outlive a rehash
     } else {
       for (std::size_t k = 0; k < slots.size(); ++k) {
         item& i = *slots[k];
