@@ -30,6 +30,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <ctime>
 #include <filesystem>
 #include <iostream>
 #include <thread>
@@ -252,12 +253,15 @@ int main(int argc, char** argv) {
   if (!recover_dir.empty()) {  // time opening an existing store, in this fresh process
     io_threads it;
     auto t0 = clk::now();
+    auto c0 = std::clock();
     auto b = file::backend::open(it.io.get_executor(), recover_dir,
                                  {.retention = duration::zero(), .compact_min_bytes = 0});
     double secs = std::chrono::duration<double>(clk::now() - t0).count();
     emit(
         fmt::format("recovery of an existing store ({} tasks, fresh process)", b->recovery().tasks),
         secs * 1000, "ms");
+    emit("recovery of an existing store, CPU time",
+         double(std::clock() - c0) * 1000 / CLOCKS_PER_SEC, "ms");
     return 0;
   }
   fs::create_directories(dir);
@@ -313,11 +317,14 @@ int main(int argc, char** argv) {
     auto recover = [&](const char* name) {
       io_threads it;
       auto t0 = clk::now();
+      auto c0 = std::clock();
       auto b = file::backend::open(it.io.get_executor(), rdir,
                                    {.retention = duration::zero(), .compact_min_bytes = 0});
       double secs = std::chrono::duration<double>(clk::now() - t0).count();
       emit(fmt::format("recovery of {} pending tasks ({})", recovery_tasks, name), secs * 1000,
            "ms");
+      emit(fmt::format("recovery of {} pending tasks ({}), CPU time", recovery_tasks, name),
+           double(std::clock() - c0) * 1000 / CLOCKS_PER_SEC, "ms");
       return b;
     };
     {
