@@ -63,7 +63,7 @@ double enqueue_and_process(asio::io_context& io, taskq::queue& q, taskq::store& 
   local_executor exec(io.get_executor(), {.threads = 1});
   exec.handle("noop", [](task_context&) {});
   worker w(c, exec, {.max_in_flight = 4096, .reserve_batch = 1024});
-  w.async_run(asio::detached);
+  auto ran = w.async_run(asio::use_future);
   auto start = clk::now();
   std::vector<std::thread> ps;
   for (int p = 0; p < producers; ++p) {
@@ -86,7 +86,7 @@ double enqueue_and_process(asio::io_context& io, taskq::queue& q, taskq::store& 
   }
   double secs = std::chrono::duration<double>(clk::now() - start).count();
   w.stop();
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ran.get();  // the worker may be destroyed only after async_run completed
   return secs;
 }
 
@@ -157,7 +157,7 @@ churn_figures churn_run(const fs::path& dir, std::size_t backlog, double seconds
   std::atomic<std::uint64_t> processed{0};
   exec.handle("noop", [&](task_context&) { processed.fetch_add(1, std::memory_order_relaxed); });
   worker w(c, exec, {.max_in_flight = 4096, .reserve_batch = 1024});
-  w.async_run(asio::detached);
+  auto ran = w.async_run(asio::use_future);
   std::atomic<bool> stop{false};
   std::thread producer([&] {
     while (!stop) {
@@ -198,7 +198,7 @@ churn_figures churn_run(const fs::path& dir, std::size_t backlog, double seconds
   stop = true;
   producer.join();
   w.stop();
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ran.get();  // the worker may be destroyed only after async_run completed
   b->close();
   return f;
 }
