@@ -1,9 +1,15 @@
 // File backend benchmark: durable enqueue+process throughput (sync and none modes, with the
 // in-memory backend as the baseline in the same run), recovery time of a store holding
-// 1,000,000 pending tasks, journal bytes per task, and disk use after compaction.
+// 1,000,000 pending tasks, journal bytes per task, disk use after compaction, and disk use
+// under churn (peak directory size against the live data, the baseline; see churn_run).
 //
 //   taskq_file_bench [--json] [--dir DIR] [--tasks N] [--producers P] [--batch B]
-//                    [--recovery-tasks N]
+//                    [--recovery-tasks N] [--churn-backlog N] [--churn-seconds S]
+//                    [--only throughput|recovery|churn|generate] [--recover STORE_DIR]
+//
+// --only generate writes the recovery scenario's journal store to DIR/recovery and keeps it;
+// --recover STORE_DIR only times opening an existing store (recovery after a restart, in a
+// fresh process, whose heap is not shaped by the store that wrote it as in --only recovery).
 //
 // Enqueue+process: P producer threads each enqueue batches of B tasks (client.enqueue_batch:
 // one store insert, one journal append per batch) while one worker runs them (a trivial
@@ -22,7 +28,9 @@
 
 #include <fmt/format.h>
 
+#include <atomic>
 #include <chrono>
+#include <ctime>
 #include <filesystem>
 #include <iostream>
 #include <thread>
@@ -55,7 +63,7 @@ double enqueue_and_process(asio::io_context& io, taskq::queue& q, taskq::store& 
   local_executor exec(io.get_executor(), {.threads = 1});
   exec.handle("noop", [](task_context&) {});
   worker w(c, exec, {.max_in_flight = 4096, .reserve_batch = 1024});
-  w.async_run(asio::detached);
+  auto ran = w.async_run(asio::use_future);
   auto start = clk::now();
   std::vector<std::thread> ps;
   for (int p = 0; p < producers; ++p) {
@@ -78,7 +86,7 @@ double enqueue_and_process(asio::io_context& io, taskq::queue& q, taskq::store& 
   }
   double secs = std::chrono::duration<double>(clk::now() - start).count();
   w.stop();
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ran.get();  // the worker may be destroyed only after async_run completed
   return secs;
 }
 
@@ -113,6 +121,88 @@ run_figures file_run(const fs::path& dir, file::durability mode, std::size_t n, 
   return f;
 }
 
+struct churn_figures {
+  double tasks_per_s = 0;
+  double live_mb = 0;      // mean of the samples
+  double peak_dir_mb = 0;  // largest directory size seen
+  double peak_ratio = 0;   // largest (directory size / live data) over the samples
+  double mean_ratio = 0;   // mean of (directory size / live data) over the samples
+  std::uint64_t compactions = 0;
+};
+
+std::uint64_t directory_bytes(const fs::path& dir) {
+  std::uint64_t n = 0;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::error_code fe;  // a file may vanish under us (compaction): skip it
+    auto size = it->file_size(fe);
+    if (!fe) n += size;
+  }
+  return n;
+}
+
+/// Churn: one worker processes tasks while a producer keeps `backlog` tasks ready; finished
+/// tasks are pruned after `retention`, and compaction runs on its own with the default
+/// thresholds. Samples the directory size (every file in it, temporaries included) and the
+/// store's live data estimate every 5 ms for `seconds`, after a warm-up that lasts until the
+/// first compaction (before it, the live estimate is a fixed guess, not a measurement).
+churn_figures churn_run(const fs::path& dir, std::size_t backlog, double seconds,
+                        duration retention) {
+  fs::remove_all(dir);
+  io_threads it;
+  auto b = file::backend::open(it.io.get_executor(), dir,
+                               {.mode = file::durability::none, .retention = retention});
+  client c(it.io.get_executor(), b->queue(), b->store());
+  local_executor exec(it.io.get_executor(), {.threads = 1});
+  std::atomic<std::uint64_t> processed{0};
+  exec.handle("noop", [&](task_context&) { processed.fetch_add(1, std::memory_order_relaxed); });
+  worker w(c, exec, {.max_in_flight = 4096, .reserve_batch = 1024});
+  auto ran = w.async_run(asio::use_future);
+  std::atomic<bool> stop{false};
+  std::thread producer([&] {
+    while (!stop) {
+      auto st = b->queue().async_stats("default", asio::use_future).get();
+      if (st.ready + st.delayed >= backlog) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        continue;
+      }
+      std::vector<task_spec> specs(std::min<std::size_t>(backlog - st.ready - st.delayed, 1000),
+                                   task_spec{.type = "noop", .max_attempts = 3});
+      c.enqueue_batch(std::move(specs));
+    }
+  });
+  churn_figures f;
+  for (auto t0 = clk::now();
+       b->info().compactions == 0 && clk::now() - t0 < std::chrono::minutes(1);)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  auto before = processed.load();
+  auto start = clk::now();
+  double live_sum = 0, ratio_sum = 0;
+  std::size_t samples = 0;
+  while (std::chrono::duration<double>(clk::now() - start).count() < seconds) {
+    auto live = double(b->info().live_bytes);
+    auto disk = double(directory_bytes(dir));
+    live_sum += live;
+    ++samples;
+    f.peak_dir_mb = std::max(f.peak_dir_mb, disk / 1e6);
+    if (live > 0) {
+      f.peak_ratio = std::max(f.peak_ratio, disk / live);
+      ratio_sum += disk / live;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  f.tasks_per_s = double(processed.load() - before) / seconds;
+  f.live_mb = samples ? live_sum / double(samples) / 1e6 : 0;
+  f.mean_ratio = samples ? ratio_sum / double(samples) : 0;
+  f.compactions = b->info().compactions;
+  stop = true;
+  producer.join();
+  w.stop();
+  ran.get();  // the worker may be destroyed only after async_run completed
+  b->close();
+  return f;
+}
+
 double memory_run(std::size_t n, int producers, std::size_t batch) {
   io_threads it;
   memory::queue q(it.io.get_executor());
@@ -126,6 +216,10 @@ int main(int argc, char** argv) {
   fs::path dir = fs::current_path() / "taskq-file-bench";
   std::size_t tasks = 200000, recovery_tasks = 1000000, batch = 500;
   int producers = 4;
+  std::size_t churn_backlog = 100000;
+  double churn_seconds = 10;
+  std::string only;  // empty: every scenario
+  fs::path recover_dir;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
@@ -141,30 +235,56 @@ int main(int argc, char** argv) {
       batch = std::stoull(next());
     else if (a == "--recovery-tasks")
       recovery_tasks = std::stoull(next());
+    else if (a == "--churn-backlog")
+      churn_backlog = std::stoull(next());
+    else if (a == "--churn-seconds")
+      churn_seconds = std::stod(next());
+    else if (a == "--recover")
+      recover_dir = next();
+    else if (a == "--only")
+      only = next();
     else {
       std::cerr << "usage: taskq_file_bench [--json] [--dir DIR] [--tasks N] [--producers P] "
-                   "[--batch B] [--recovery-tasks N]\n";
+                   "[--batch B] [--recovery-tasks N] [--churn-backlog N] [--churn-seconds S] "
+                   "[--only throughput|recovery|churn|generate] [--recover STORE_DIR]\n";
       return 2;
     }
   }
+  if (!recover_dir.empty()) {  // time opening an existing store, in this fresh process
+    io_threads it;
+    auto t0 = clk::now();
+    auto c0 = std::clock();
+    auto b = file::backend::open(it.io.get_executor(), recover_dir,
+                                 {.retention = duration::zero(), .compact_min_bytes = 0});
+    double secs = std::chrono::duration<double>(clk::now() - t0).count();
+    emit(
+        fmt::format("recovery of an existing store ({} tasks, fresh process)", b->recovery().tasks),
+        secs * 1000, "ms");
+    emit("recovery of an existing store, CPU time",
+         double(std::clock() - c0) * 1000 / CLOCKS_PER_SEC, "ms");
+    return 0;
+  }
   fs::create_directories(dir);
 
+  auto wanted = [&](const char* name) { return only.empty() || only == name; };
+
   // --- throughput ---
-  auto mem = memory_run(tasks, producers, batch);
-  emit("memory: enqueue+process", mem, "tasks/s");
-  auto sync = file_run(dir / "sync", file::durability::sync, tasks, producers, batch);
-  emit("file sync: enqueue+process", sync.tasks_per_s, "tasks/s");
-  emit("file sync: fsyncs", sync.syncs_per_s, "fsyncs/s");
-  emit("file sync: records per fsync", sync.records_per_sync, "records");
-  emit("file sync: ratio to memory", sync.tasks_per_s / mem, "x");
-  auto none = file_run(dir / "none", file::durability::none, tasks, producers, batch);
-  emit("file none: enqueue+process", none.tasks_per_s, "tasks/s");
-  emit("file none: ratio to memory", none.tasks_per_s / mem, "x");
+  if (wanted("throughput")) {
+    auto mem = memory_run(tasks, producers, batch);
+    emit("memory: enqueue+process", mem, "tasks/s");
+    auto sync = file_run(dir / "sync", file::durability::sync, tasks, producers, batch);
+    emit("file sync: enqueue+process", sync.tasks_per_s, "tasks/s");
+    emit("file sync: fsyncs", sync.syncs_per_s, "fsyncs/s");
+    emit("file sync: records per fsync", sync.records_per_sync, "records");
+    emit("file sync: ratio to memory", sync.tasks_per_s / mem, "x");
+    auto none = file_run(dir / "none", file::durability::none, tasks, producers, batch);
+    emit("file none: enqueue+process", none.tasks_per_s, "tasks/s");
+    emit("file none: ratio to memory", none.tasks_per_s / mem, "x");
+  }
 
   // --- recovery of a store holding 1,000,000 pending tasks ---
-  auto rdir = dir / "recovery";
-  fs::remove_all(rdir);
-  {
+  auto generate = [&](const fs::path& rdir) {
+    fs::remove_all(rdir);
     io_threads it;
     auto b = file::backend::open(
         it.io.get_executor(), rdir,
@@ -180,38 +300,64 @@ int main(int argc, char** argv) {
       done += k;
     }
     b->close();
-  }
-  std::uint64_t journal_bytes = 0;
-  for (auto& e : fs::directory_iterator(rdir))
-    if (e.path().extension() == ".log") journal_bytes += e.file_size();
-  emit("journal bytes per task (insert record)", double(journal_bytes) / double(recovery_tasks),
-       "bytes");
-  auto recover = [&](const char* name) {
-    io_threads it;
-    auto t0 = clk::now();
-    auto b = file::backend::open(it.io.get_executor(), rdir,
-                                 {.retention = duration::zero(), .compact_min_bytes = 0});
-    double secs = std::chrono::duration<double>(clk::now() - t0).count();
-    emit(fmt::format("recovery of {} pending tasks ({})", recovery_tasks, name), secs * 1000, "ms");
-    return b;
   };
-  {
-    auto b = recover("journal");
-    auto before = b->info();
-    error_code ec;
-    std::string d;
-    auto t0 = clk::now();
-    b->compact(ec, &d);
-    if (ec) std::cerr << "compaction failed: " << d << "\n";
-    emit(fmt::format("compaction ({} live tasks)", recovery_tasks),
-         std::chrono::duration<double>(clk::now() - t0).count() * 1000, "ms");
-    auto after = b->info();
-    emit("disk before compaction", double(before.journal_bytes + before.snapshot_bytes) / 1e6,
-         "MB");
-    emit("disk after compaction", double(after.journal_bytes + after.snapshot_bytes) / 1e6, "MB");
-    b->close();
+  if (only == "generate") {  // a journal store for --recover in a fresh process; kept
+    generate(dir / "recovery");
+    std::cout << (dir / "recovery").string() << std::endl;
+    return 0;
   }
-  recover("snapshot");
+  if (wanted("recovery")) {
+    auto rdir = dir / "recovery";
+    generate(rdir);
+    std::uint64_t journal_bytes = 0;
+    for (auto& e : fs::directory_iterator(rdir))
+      if (e.path().extension() == ".log") journal_bytes += e.file_size();
+    emit("journal bytes per task (insert record)", double(journal_bytes) / double(recovery_tasks),
+         "bytes");
+    auto recover = [&](const char* name) {
+      io_threads it;
+      auto t0 = clk::now();
+      auto c0 = std::clock();
+      auto b = file::backend::open(it.io.get_executor(), rdir,
+                                   {.retention = duration::zero(), .compact_min_bytes = 0});
+      double secs = std::chrono::duration<double>(clk::now() - t0).count();
+      emit(fmt::format("recovery of {} pending tasks ({})", recovery_tasks, name), secs * 1000,
+           "ms");
+      emit(fmt::format("recovery of {} pending tasks ({}), CPU time", recovery_tasks, name),
+           double(std::clock() - c0) * 1000 / CLOCKS_PER_SEC, "ms");
+      return b;
+    };
+    {
+      auto b = recover("journal");
+      auto before = b->info();
+      error_code ec;
+      std::string d;
+      auto t0 = clk::now();
+      b->compact(ec, &d);
+      if (ec) std::cerr << "compaction failed: " << d << "\n";
+      emit(fmt::format("compaction ({} live tasks)", recovery_tasks),
+           std::chrono::duration<double>(clk::now() - t0).count() * 1000, "ms");
+      auto after = b->info();
+      emit("disk before compaction", double(before.journal_bytes + before.snapshot_bytes) / 1e6,
+           "MB");
+      emit("disk after compaction", double(after.journal_bytes + after.snapshot_bytes) / 1e6, "MB");
+      b->close();
+    }
+    recover("snapshot");
+  }
+
+  // --- disk use under churn (enqueue, process, prune, compact, continuously) ---
+  if (wanted("churn")) {
+    auto retention = std::chrono::seconds(1);
+    auto f = churn_run(dir / "churn", churn_backlog, churn_seconds, retention);
+    emit(fmt::format("churn: enqueue+process ({} ready, retention 1 s)", churn_backlog),
+         f.tasks_per_s, "tasks/s");
+    emit("churn: live data (mean, baseline)", f.live_mb, "MB");
+    emit("churn: peak directory size", f.peak_dir_mb, "MB");
+    emit("churn: peak directory / live data", f.peak_ratio, "x");
+    emit("churn: mean directory / live data", f.mean_ratio, "x");
+    emit("churn: compactions", double(f.compactions), "compactions");
+  }
   fs::remove_all(dir);
   return 0;
 }

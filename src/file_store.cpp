@@ -506,14 +506,23 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
     if (taskq::detail::holds_unique_key(slot.rec()))
       unique_holders[slot.rec().unique_key] = slot.rec().id;
   }
-  void add(std::uint64_t seq, task_record r) {
+  /// Adds a record whose id is new; returns false (and leaves `r` alone) if the id is taken.
+  /// Ids are time-ordered, so records mostly arrive in key order (always on replay): comparing
+  /// with the last key spares the O(log n) search for them.
+  bool add(std::uint64_t seq, task_record&& r) {
+    auto pos = records.end();
+    if (!records.empty() && !(records.rbegin()->first < r.id)) {
+      pos = records.lower_bound(r.id);
+      if (pos != records.end() && pos->first == r.id) return false;
+    }
     auto id = r.id;
-    auto it = records.emplace_hint(records.end(), std::move(id),
+    auto it = records.emplace_hint(pos, std::move(id),
                                    entry{std::make_shared<task_record>(std::move(r)), seq});
     count(it->second.rec(), +1);
     if (taskq::detail::holds_unique_key(it->second.rec()))
       unique_holders[it->second.rec().unique_key] = it->second.rec().id;
     next_seq = std::max(next_seq, seq + 1);
+    return true;
   }
   void erase(std::map<std::string, entry, std::less<>>::iterator it) {
     count(it->second.rec(), -1);
@@ -539,8 +548,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
       case op::insert: {
         auto seq = d.var();
         auto r = d.record();
-        if (records.count(r.id)) throw decode_error("second insert of task " + r.id);
-        add(seq, std::move(r));
+        if (!add(seq, std::move(r))) throw decode_error("second insert of task " + r.id);
         break;
       }
       case op::claim: {
@@ -735,14 +743,19 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
 
   /// Builds the queue index from the records: pending and running tasks in persisted order.
   void rebuild_queue() {
-    std::vector<const entry*> live;
+    // The seq is copied next to the pointer so sorting does not chase a pointer per
+    // comparison; ids and seqs are both in creation order, so this is usually sorted already.
+    std::vector<std::pair<std::uint64_t, const entry*>> live;
+    live.reserve(records.size());
     for (auto& [id, e] : records)
       if (e.rec().status == task_status::pending || e.rec().status == task_status::running)
-        live.push_back(&e);
-    std::sort(live.begin(), live.end(), [](auto* a, auto* b) { return a->seq < b->seq; });
+        live.emplace_back(e.seq, &e);
+    auto by_seq = [](const auto& a, const auto& b) { return a.first < b.first; };
+    if (!std::is_sorted(live.begin(), live.end(), by_seq))
+      std::sort(live.begin(), live.end(), by_seq);
     push_params p;
     p.entries.reserve(live.size());
-    for (auto* e : live) {
+    for (const auto& [seq, e] : live) {
       p.entries.push_back(entry_of(e->rec()));
       if (e->rec().status == task_status::running) ++recovery.requeued_running;
     }

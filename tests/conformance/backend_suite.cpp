@@ -236,6 +236,23 @@ TEMPLATE_TEST_CASE("queue: push is all or nothing and rejects duplicates", "[con
   CHECK(f.ids(f.reserve(10)) == std::vector<std::string>{"a"});
 }
 
+#ifndef TASKQ_CONFORMANCE_POSTGRES
+// memory::queue accepts a push of a leased id (it takes effect at the ack). Push checks and
+// inserts ids in one pass and undoes a failed push: a repeat within one push and a failed
+// push must leave things as they were.
+TEST_CASE("memory queue: a leased id may be pushed again, once per push", "[queue][memory]") {
+  fixture<memory_backend> f;
+  auto e = [](std::string id) { return queue_entry{std::move(id), "default", "t", "", 0, {}}; };
+  f.push1("a");
+  REQUIRE(f.ids(f.reserve(1)) == std::vector<std::string>{"a"});
+  f.push({e("a"), e("a")}, errc::duplicate_id);
+  f.push({e("a"), e("x"), e("x")}, errc::duplicate_id);
+  f.push({e("x"), e("")}, errc::blank_id);
+  f.push({e("a"), e("x")});
+  CHECK(f.ids(f.reserve(10)) == std::vector<std::string>{"x"});  // "a" is still leased
+}
+#endif
+
 TEMPLATE_TEST_CASE("queue: a waiting reserve completes when work arrives or a delay elapses",
                    "[conformance][queue]", BACKENDS) {
   fixture<TestType> f;

@@ -7,7 +7,7 @@
 // ON-DISK FORMAT (version 1; also described in docs/file-format.md)
 // ------------------------------------------------------------------
 // All integers are little-endian. CRC32C is the Castagnoli CRC (poly 0x1EDC6F41, reflected,
-// init and final xor 0xFFFFFFFF), as computed by boost::crc_optimal.
+// init and final xor 0xFFFFFFFF), i.e. boost::crc_optimal<32, 0x1EDC6F41, ~0, ~0, true, true>.
 //
 // A file (journal segment or snapshot) starts with a 32-byte header:
 //
@@ -80,8 +80,14 @@ inline constexpr std::uint32_t max_record_size = 64u * 1024 * 1024;
 /// What a file holds; stored in its header so a snapshot is never replayed as a segment.
 enum class file_kind : std::uint32_t { journal_segment = 1, snapshot = 2 };
 
-/// CRC32C (Castagnoli) of `data`.
+/// CRC32C (Castagnoli) of `data`. Uses the SSE4.2 crc32 instruction when the CPU has it
+/// (checked at run time), table-driven slicing-by-8 otherwise; both give the same value.
 std::uint32_t crc32c(std::string_view data) noexcept;
+
+namespace detail {
+/// Tests only: crc32c() forced onto the portable (table) path.
+std::uint32_t crc32c_portable(std::string_view data) noexcept;
+}  // namespace detail
 
 /// Returns the 32-byte header of a file of `kind` with `id`. Building block for tests, tools
 /// and the fuzzer's seed corpus; the writer uses the same function.

@@ -19,7 +19,8 @@
 //
 // Compaction runs on a background thread when the journal outgrows the live data: it
 // rotates the journal, writes a snapshot of the live records and removes the old segments,
-// so disk use stays within about twice the live data. Finished tasks older than the
+// so disk use stays within about twice the live data, with a brief peak near three times
+// while a compaction writes its snapshot (docs/file-format.md). Finished tasks older than the
 // retention are pruned by the same thread.
 //
 // One process at a time: open() takes DIR/LOCK (errc::store_locked names the holder).
