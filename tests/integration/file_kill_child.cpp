@@ -29,7 +29,8 @@ using namespace taskq;
 namespace {
 
 void write_all(int fd, const std::string& s) {
-  // One write() per call: O_APPEND makes it land whole (a kill cannot split it).
+  // One write() per call, O_APPEND: lines of concurrent writers never interleave. A SIGKILL
+  // may still cut a write short (the parent reads around that, see read_lines).
   if (::write(fd, s.data(), s.size()) != static_cast<ssize_t>(s.size())) std::abort();
 }
 
