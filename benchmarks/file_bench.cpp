@@ -28,6 +28,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <ctime>
@@ -314,8 +315,7 @@ int main(int argc, char** argv) {
       if (e.path().extension() == ".log") journal_bytes += e.file_size();
     emit("journal bytes per task (insert record)", double(journal_bytes) / double(recovery_tasks),
          "bytes");
-    auto recover = [&](const char* name) {
-      io_threads it;
+    auto recover = [&](io_threads& it, const char* name) {
       auto t0 = clk::now();
       auto c0 = std::clock();
       auto b = file::backend::open(it.io.get_executor(), rdir,
@@ -328,22 +328,59 @@ int main(int argc, char** argv) {
       return b;
     };
     {
-      auto b = recover("journal");
+      io_threads it;  // outlives the backend (its completions run there)
+      auto b = recover(it, "journal");
       auto before = b->info();
+      // A producer enqueues one task at a time (sync mode) before and during the compaction:
+      // how long a compaction holds writes up, against the same producer's latency without one.
+      std::atomic<int> phase{0};  // 0: baseline, 1: compacting, 2: stop
+      std::vector<double> quiet_us, compacting_us;
+      std::thread producer([&] {
+        for (std::size_t i = 0; phase != 2; ++i) {
+          auto r = make_record({.type = "t", .id = fmt::format("stall-{:09}", i)},
+                               std::chrono::system_clock::now());
+          auto t = clk::now();
+          b->store().async_insert({std::move(r)}, asio::use_future).get();
+          double us = std::chrono::duration<double, std::micro>(clk::now() - t).count();
+          (phase == 0 ? quiet_us : compacting_us).push_back(us);
+        }
+      });
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      phase = 1;
       error_code ec;
       std::string d;
       auto t0 = clk::now();
       b->compact(ec, &d);
+      auto compact_ms = std::chrono::duration<double>(clk::now() - t0).count() * 1000;
+      phase = 2;
+      producer.join();
       if (ec) std::cerr << "compaction failed: " << d << "\n";
-      emit(fmt::format("compaction ({} live tasks)", recovery_tasks),
-           std::chrono::duration<double>(clk::now() - t0).count() * 1000, "ms");
+      emit(fmt::format("compaction ({} live tasks)", recovery_tasks), compact_ms, "ms");
+      auto max_of = [](const std::vector<double>& v) {
+        return v.empty() ? 0.0 : *std::max_element(v.begin(), v.end());
+      };
+      auto median = [](std::vector<double> v) {
+        if (v.empty()) return 0.0;
+        std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+        return v[v.size() / 2];
+      };
+      emit("enqueue latency without compaction, p50 (baseline)", median(quiet_us), "us");
+      emit("enqueue latency without compaction, max (baseline)", max_of(quiet_us), "us");
+      emit("enqueue latency during compaction, p50", median(compacting_us), "us");
+      emit("enqueue latency during compaction, max (write stall)", max_of(compacting_us), "us");
+      emit("write stall / baseline max", max_of(compacting_us) / std::max(1.0, max_of(quiet_us)),
+           "x");
+      emit("enqueues completed during compaction", double(compacting_us.size()), "enqueues");
       auto after = b->info();
       emit("disk before compaction", double(before.journal_bytes + before.snapshot_bytes) / 1e6,
            "MB");
       emit("disk after compaction", double(after.journal_bytes + after.snapshot_bytes) / 1e6, "MB");
       b->close();
     }
-    recover("snapshot");
+    {
+      io_threads it;
+      recover(it, "snapshot")->close();
+    }
   }
 
   // --- disk use under churn (enqueue, process, prune, compact, continuously) ---

@@ -889,9 +889,13 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
     std::vector<op_ptr> resume;
     // The references to live records are dropped under the mutex, so that entry::mut() and
     // entry::set() see use_count() == 1 only once this thread is done reading the record.
+    // In chunks, so that writes are not held up while a million references go.
     auto drop_live = [&] {
-      std::lock_guard lk(mutex);
-      live.clear();
+      constexpr std::size_t chunk = 4096;
+      while (!live.empty()) {
+        std::lock_guard lk(mutex);
+        live.resize(live.size() - std::min(chunk, live.size()));
+      }
     };
     {
       std::unique_lock lk(mutex);
