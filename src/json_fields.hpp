@@ -73,6 +73,41 @@ struct json_reader {
   void get_json(const char* key, json& out) {
     if (const json* f = field(key, false)) out = *f;
   }
+  /// An object written by retry_json (required); a bad member is named "key.member".
+  void get_retry(const char* key, retry_policy& out) {
+    const json* f = field(key, true);
+    if (!f) return;
+    if (!f->is_object()) {
+      if (bad.empty()) bad = key;
+      return;
+    }
+    json_reader rr{*f, {}};
+    rr.get_duration("initial_delay", out.initial_delay);
+    rr.get_duration("max_delay", out.max_delay);
+    rr.get("multiplier", out.multiplier);
+    rr.get("jitter", out.jitter);
+    if (!rr.bad.empty() && bad.empty()) bad = std::string(key) + "." + rr.bad;
+  }
+  /// "active" (the default when missing) or "any".
+  void get_unique_for(const char* key, unique_scope& out) {
+    std::string scope = "active";
+    get(key, scope, false);
+    if (scope == "any")
+      out = unique_scope::any;
+    else if (scope != "active" && bad.empty())
+      bad = key;
+  }
 };
+
+inline json retry_json(const retry_policy& r) {
+  return {{"initial_delay", to_us(r.initial_delay)},
+          {"max_delay", to_us(r.max_delay)},
+          {"multiplier", r.multiplier},
+          {"jitter", r.jitter}};
+}
+
+inline const char* unique_for_text(unique_scope s) {
+  return s == unique_scope::any ? "any" : "active";
+}
 
 }  // namespace taskq::detail

@@ -238,7 +238,9 @@ namespace {
 
 using detail::json_reader;
 using detail::put_opt;
+using detail::retry_json;
 using detail::to_us;
+using detail::unique_for_text;
 
 template <class Enum, std::size_t N>
 bool parse_enum(std::string_view text, const std::array<Enum, N>& values, Enum& out) {
@@ -259,16 +261,12 @@ json spec_to_json(const task_spec& t) {
       {"priority", t.priority},
       {"delay", to_us(t.delay)},
       {"max_attempts", t.max_attempts},
-      {"retry",
-       {{"initial_delay", to_us(t.retry.initial_delay)},
-        {"max_delay", to_us(t.retry.max_delay)},
-        {"multiplier", t.retry.multiplier},
-        {"jitter", t.retry.jitter}}},
+      {"retry", retry_json(t.retry)},
       {"timeout", to_us(t.timeout)},
       {"labels", t.labels},
       {"concurrency_key", t.concurrency_key},
       {"unique_key", t.unique_key},
-      {"unique_for", t.unique_for == unique_scope::any ? "any" : "active"},
+      {"unique_for", unique_for_text(t.unique_for)},
       {"id", t.id},
   };
   put_opt(j, "run_at", t.run_at);
@@ -288,28 +286,12 @@ std::string spec_from_json(const json& j, task_spec& t) {
   rd.get_duration("delay", t.delay);
   rd.get_opt_time("run_at", t.run_at);
   rd.get("max_attempts", t.max_attempts);
-  if (const json* retry = rd.field("retry", true)) {
-    json_reader rr{*retry, {}};
-    if (!retry->is_object())
-      rr.bad = "retry";
-    else {
-      rr.get_duration("initial_delay", t.retry.initial_delay);
-      rr.get_duration("max_delay", t.retry.max_delay);
-      rr.get("multiplier", t.retry.multiplier);
-      rr.get("jitter", t.retry.jitter);
-    }
-    if (!rr.bad.empty() && rd.bad.empty()) rd.bad = "retry." + rr.bad;
-  }
+  rd.get_retry("retry", t.retry);
   rd.get_duration("timeout", t.timeout);
   rd.get("labels", t.labels, false);
   rd.get("concurrency_key", t.concurrency_key, false);
   rd.get("unique_key", t.unique_key, false);
-  std::string scope = "active";
-  rd.get("unique_for", scope, false);
-  if (scope == "any")
-    t.unique_for = unique_scope::any;
-  else if (scope != "active" && rd.bad.empty())
-    rd.bad = "unique_for";
+  rd.get_unique_for("unique_for", t.unique_for);
   rd.get("id", t.id, false);
   rd.get_opt_time("scheduled_for", t.scheduled_for);
   return rd.bad.empty() ? std::string() : "task." + rd.bad;

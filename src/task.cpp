@@ -175,7 +175,9 @@ std::string format_time(time_point t) {
 
 using detail::json_reader;
 using detail::put_opt;
+using detail::retry_json;
 using detail::to_us;
+using detail::unique_for_text;
 
 json to_json(const task_record& r) {
   json j = {
@@ -188,16 +190,12 @@ json to_json(const task_record& r) {
       {"priority", r.priority},
       {"available_at", to_us(r.available_at)},
       {"max_attempts", r.max_attempts},
-      {"retry",
-       {{"initial_delay", to_us(r.retry.initial_delay)},
-        {"max_delay", to_us(r.retry.max_delay)},
-        {"multiplier", r.retry.multiplier},
-        {"jitter", r.retry.jitter}}},
+      {"retry", retry_json(r.retry)},
       {"timeout", to_us(r.timeout)},
       {"labels", r.labels},
       {"concurrency_key", r.concurrency_key},
       {"unique_key", r.unique_key},
-      {"unique_for", r.unique_for == unique_scope::any ? "any" : "active"},
+      {"unique_for", unique_for_text(r.unique_for)},
       {"status", to_string(r.status)},
       {"attempt", r.attempt},
       {"progress", r.progress},
@@ -240,30 +238,12 @@ std::optional<task_record> record_from_json(const json& j, error_code& ec, std::
   rd.get("priority", r.priority);
   rd.get_time("available_at", r.available_at);
   rd.get("max_attempts", r.max_attempts);
-  if (const json* retry = rd.field("retry", true)) {
-    json_reader rr{*retry, {}};
-    if (!retry->is_object())
-      rr.bad = "retry";
-    else {
-      rr.get_duration("initial_delay", r.retry.initial_delay);
-      rr.get_duration("max_delay", r.retry.max_delay);
-      rr.get("multiplier", r.retry.multiplier);
-      rr.get("jitter", r.retry.jitter);
-    }
-    if (!rr.bad.empty() && rd.bad.empty()) rd.bad = "retry." + rr.bad;
-  }
+  rd.get_retry("retry", r.retry);
   rd.get_duration("timeout", r.timeout);
   rd.get("labels", r.labels, false);
   rd.get("concurrency_key", r.concurrency_key, false);
   rd.get("unique_key", r.unique_key, false);
-  {
-    std::string scope = "active";
-    rd.get("unique_for", scope, false);
-    if (scope == "any")
-      r.unique_for = unique_scope::any;
-    else if (scope != "active" && rd.bad.empty())
-      rd.bad = "unique_for";
-  }
+  rd.get_unique_for("unique_for", r.unique_for);
   rd.get_opt_time("scheduled_for", r.scheduled_for);
   std::string status;
   rd.get("status", status);
