@@ -392,7 +392,7 @@ struct sql_text {
   std::string insert_tasks, load, write_back, get, counts, prune;
   std::string push, reserve, hint, ack, extend, release, remove_entry, stats, pause, resume,
       paused_names;
-  std::string enqueue;
+  std::string enqueue, rescue;
   std::string sched_load, sched_load_all, sched_insert, sched_lock, sched_update, sched_remove;
   std::string lead_acquire, lead_release;
 
@@ -440,6 +440,20 @@ struct sql_text {
                          "unique_key, unique_any, created_at, finished_at, labels, record) ") +
                  insert_sel + "), ins AS (" + push_ins + ")" + notify_sel,
              "$2", "$3");
+    // Pending records without a queue entry (a dead process's half-done work) get it back.
+    // The inner query walks pending rows through tasks_finished (status leads it) and the
+    // queue's primary key; OFFSET 0 keeps the planner from parsing the json of every pending
+    // record before the anti-join has thinned them out.
+    rescue = fill(
+        "WITH ins AS (INSERT INTO @.queue (id, queue, type, concurrency_key, priority, "
+        "available_at) SELECT o.id, o.queue, o.type, o.record->>'concurrency_key', "
+        "(o.record->>'priority')::integer, (o.record->>'available_at')::bigint FROM (SELECT t.id, "
+        "t.queue, t.type, t.record FROM @.tasks t WHERE t.status = 0 AND NOT EXISTS (SELECT 1 "
+        "FROM @.queue e WHERE e.id = t.id) OFFSET 0) o WHERE (o.record->>'updated_at')::bigint < "
+        "$1 ORDER BY o.id ON CONFLICT (id) DO NOTHING RETURNING queue, available_at) SELECT queue, "
+        "min(available_at), pg_notify($C, 'p' || chr(9) || queue || chr(9) || "
+        "min(available_at)::text) FROM ins GROUP BY queue",
+        "", "$2");
     reserve =
         s("WITH picked AS (SELECT e.id FROM @.queue e WHERE e.queue = ANY($1::text[]) "
           "AND NOT EXISTS (SELECT 1 FROM @.paused_queues p WHERE p.name = e.queue) "
@@ -630,6 +644,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
   connection* listener = nullptr;
   asio::steady_timer poll_timer;
   asio::steady_timer listen_backoff;
+  asio::steady_timer rescue_timer;
 
   std::unique_ptr<taskq::queue> q;
   std::unique_ptr<taskq::store> s;
@@ -643,7 +658,8 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
         sql(quote_ident(opts.schema)),
         channel(channel_for(opts.schema)),
         poll_timer(ex),
-        listen_backoff(ex) {}
+        listen_backoff(ex),
+        rescue_timer(ex) {}
 
   void note_error(const std::string& detail) {
     if (detail.empty()) return;
@@ -764,6 +780,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
   awaitable<void> attempt(std::uint64_t id);
   awaitable<void> listen_loop();
   awaitable<void> poll_loop();
+  awaitable<void> rescue_loop();
 };
 
 namespace {
@@ -1148,6 +1165,24 @@ awaitable<void> backend::state::poll_loop() {
   }
 }
 
+awaitable<void> backend::state::rescue_loop() {
+  auto self = shared_from_this();
+  for (;;) {
+    rescue_timer.expires_after(opts.orphan_check_interval);
+    auto [ec] = co_await rescue_timer.async_wait(use_tuple);
+    if (ec) co_return;
+    {
+      std::lock_guard lock(mutex);
+      if (closed) co_return;
+    }
+    params ps{std::to_string(to_us(clk.now() - opts.orphan_grace)), channel};
+    reply r = co_await query(sql.rescue, ps);
+    // A failure is reported by query(); the next round tries again.
+    for (int i = 0; !r.ec && i < r.res.rows(); ++i)
+      on_pushed(r.res.get(i, 0), from_us(r.res.i64(i, 1)));  // this process's waiters, now
+  }
+}
+
 namespace {
 
 class pg_queue final : public taskq::queue {
@@ -1158,6 +1193,8 @@ class pg_queue final : public taskq::queue {
     std::lock_guard lock(st_.mutex);
     return st_.paused.count(queue_name) != 0;
   }
+
+  bool fed_by(const taskq::store& s) const noexcept override { return &s == st_.s.get(); }
 
  protected:
   void do_push(push_params p, handler<void(error_code)> h) override {
@@ -1406,13 +1443,30 @@ class pg_store final : public taskq::store {
     launch(st, std::move(h), insert(st, std::move(r)));
   }
 
+  // Pending records are queued in the same statement (the queue is fed by this store), so
+  // no record is ever left without the entry that gets it run.
   static awaitable<std::tuple<error_code>> insert(std::shared_ptr<state> st,
                                                   std::vector<task_record> rs) {
     if (rs.empty()) co_return std::tuple<error_code>{};
-    json arr = json::array();
-    for (const auto& r : rs) arr.push_back(row_json(r, 0));
-    params ps{arr.dump()};
-    reply r = co_await st->query(st->sql.insert_tasks, ps);
+    json arr = json::array(), entries = json::array();
+    std::unordered_map<std::string, time_point> first;  // per queue: the earliest available_at
+    for (const auto& r : rs) {
+      arr.push_back(row_json(r, 0));
+      if (r.status != task_status::pending) continue;
+      entries.push_back(
+          entry_json({r.id, r.queue, r.type, r.concurrency_key, r.priority, r.available_at}));
+      auto [it, fresh] = first.try_emplace(r.queue, r.available_at);
+      if (!fresh) it->second = std::min(it->second, r.available_at);
+    }
+    if (entries.empty()) {
+      params ps{arr.dump()};
+      reply r = co_await st->query(st->sql.insert_tasks, ps);
+      co_return std::tuple<error_code>{r.ec};
+    }
+    params ps{arr.dump(), entries.dump(), st->channel};
+    reply r = co_await st->query(st->sql.enqueue, ps);
+    if (!r.ec)
+      for (const auto& [q, at] : first) st->on_pushed(q, at);  // this process's waiters, now
     co_return std::tuple<error_code>{r.ec};
   }
 
@@ -1896,6 +1950,11 @@ std::unique_ptr<backend> backend::open(asio::any_io_executor ex, backend_options
     return fail(
         errc::invalid_option,
         "backend_options fields 'reconnect_min'/'reconnect_max' must be positive and ordered");
+  if (opts.orphan_check_interval < std::chrono::milliseconds(0) ||
+      opts.orphan_grace < std::chrono::milliseconds(0))
+    return fail(errc::invalid_option,
+                "backend_options fields 'orphan_check_interval'/'orphan_grace' must not be "
+                "negative");
   PGconn* c = PQconnectdb(opts.conninfo.c_str());
   if (!c || PQstatus(c) != CONNECTION_OK) {
     std::string msg = c ? PQerrorMessage(c) : "out of memory";
@@ -1917,6 +1976,8 @@ std::unique_ptr<backend> backend::open(asio::any_io_executor ex, backend_options
   st->open_conns = 1;
   asio::co_spawn(st->ex, st->listen_loop(), asio::detached);
   asio::co_spawn(st->ex, st->poll_loop(), asio::detached);
+  if (st->opts.orphan_check_interval > std::chrono::milliseconds(0))
+    asio::co_spawn(st->ex, st->rescue_loop(), asio::detached);
   ec = {};
   return std::unique_ptr<backend>(new backend(std::move(st)));
 }
@@ -1975,6 +2036,7 @@ void backend::close() noexcept {
   asio::post(st->ex, [st] {
     st->poll_timer.cancel();
     st->listen_backoff.cancel();
+    st->rescue_timer.cancel();
     std::lock_guard lock(st->mutex);
     if (st->listener) st->listener->sd.cancel();
     for (auto& w : st->pool_waiters) w->cancel();

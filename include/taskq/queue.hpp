@@ -18,6 +18,8 @@
 
 namespace taskq {
 
+class store;
+
 /// What the queue needs to know about a task.
 struct queue_entry {
   std::string id{};
@@ -157,6 +159,16 @@ class queue {
 
   /// Whether the named queue is paused (synchronous: pause state is small and local).
   virtual bool is_paused(const std::string& queue_name) const = 0;
+
+  /// Whether `s` queues what it inserts: inserting a pending record into `s` also adds its
+  /// queue entry to this queue, in the same atomic write. The client then skips its own push,
+  /// so a process dying mid-enqueue cannot leave a record that no worker will ever run (a
+  /// push of such an id fails with errc::duplicate_id). False by default: the record and the
+  /// entry are written separately.
+  virtual bool fed_by(const taskq::store& s) const noexcept {
+    (void)s;
+    return false;
+  }
 
  protected:
   template <class Sig>

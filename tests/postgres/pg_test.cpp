@@ -6,6 +6,7 @@
 
 #include <taskq/backends/postgres/backend.hpp>
 
+#include <taskq/client.hpp>
 #include <taskq/scheduler.hpp>
 
 #include <boost/asio/detached.hpp>
@@ -183,6 +184,131 @@ TEST_CASE("postgres: transactional enqueue exists iff the host's transaction com
   REQUIRE(leases.size() == 2);
   CHECK(leases[0].id == committed[0]);
   CHECK(leases[1].id == committed[1]);
+}
+
+TEST_CASE("postgres: the store queues what it inserts, in the same statement", "[postgres]") {
+  pg_fixture f;
+  auto& q = f.b->queue();
+  auto& s = f.b->store();
+  CHECK(q.fed_by(s));
+  {
+    // Another backend's store (another schema, say) does not feed this queue.
+    pg_fixture other;
+    CHECK_FALSE(q.fed_by(other.b->store()));
+  }
+  auto rec = [&](std::string id, task_spec spec = {.type = "t"}) {
+    spec.id = std::move(id);
+    return make_record(std::move(spec), f.clk.now());
+  };
+  auto insert = [&](std::vector<task_record> rs) {
+    auto [ec] = f.call<>([&](auto cb) { s.async_insert(std::move(rs), cb); });
+    return ec;
+  };
+  auto finished = rec("done");
+  finished.status = task_status::cancelled;
+  finished.finished_at = f.clk.now();
+  REQUIRE_FALSE(insert({rec("a", {.type = "t", .priority = 1}), finished,
+                        rec("b", {.type = "t", .unique_key = "k"})}));
+  // All or nothing, queue entries included: the failed inserts queue nothing.
+  CHECK(insert({rec("c"), rec("a")}) == errc::duplicate_id);
+  CHECK(insert({rec("d"), rec("e", {.type = "t", .unique_key = "k"})}) ==
+        errc::duplicate_unique_key);
+  // A push of an inserted id is a duplicate: its entry is there already.
+  std::vector<queue_entry> again;
+  again.push_back({"a", "default", "t", "", 1, f.clk.now()});
+  auto [pec] = f.call<>([&](auto cb) { q.async_push({std::move(again)}, cb); });
+  CHECK(pec == errc::duplicate_id);
+  auto [ec, leases] =
+      f.call<std::vector<lease>>([&](auto cb) { q.async_reserve({.max = 10}, cb); });
+  REQUIRE_FALSE(ec);
+  REQUIRE(leases.size() == 2);  // the pending ones only
+  CHECK(leases[0].id == "a");
+  CHECK(leases[0].priority == 1);
+  CHECK(leases[1].id == "b");
+}
+
+TEST_CASE("postgres: a client enqueue writes record and queue entry together, or neither",
+          "[postgres]") {
+  pg_fixture f;
+  client c{f.io.get_executor(), f.b->queue(), f.b->store(), {.time = &f.clk}};
+  auto [e1, id] =
+      f.call<std::string>([&](auto cb) { c.async_enqueue({.type = "t", .unique_key = "u"}, cb); });
+  REQUIRE_FALSE(e1);
+  auto [e2, none] =
+      f.call<std::string>([&](auto cb) { c.async_enqueue({.type = "t", .unique_key = "u"}, cb); });
+  CHECK(e2 == errc::duplicate_unique_key);
+  auto rows = [&](const std::string& table) {
+    return pg_exec("SELECT count(*) FROM \"" + f.schema + "\"." + table);
+  };
+  CHECK(rows("tasks") == "1");
+  CHECK(rows("queue") == "1");
+  auto [e3, leases] =
+      f.call<std::vector<lease>>([&](auto cb) { f.b->queue().async_reserve({.max = 5}, cb); });
+  REQUIRE(leases.size() == 1);
+  CHECK(leases[0].id == id);
+}
+
+TEST_CASE("postgres: a pending record left without its queue entry is queued again after a grace",
+          "[postgres]") {
+  asio::io_context io;
+  manual_clock clk;
+  auto schema = fresh_schema("orph");
+  auto b = postgres::backend::open(io.get_executor(),
+                                   {.conninfo = pg_conninfo(),
+                                    .schema = schema,
+                                    .orphan_check_interval = std::chrono::milliseconds(50),
+                                    .orphan_grace = std::chrono::minutes(1),
+                                    .time = &clk});
+  auto& q = b->queue();
+  auto& s = b->store();
+  // What a process killed between two statements leaves behind (a taskq whose enqueue was an
+  // insert then a push, or a retry between its record update and its push): a pending
+  // record, no queue entry.
+  auto orphan = make_record({.type = "t", .priority = 3, .concurrency_key = "ck"}, clk.now());
+  auto queued = make_record({.type = "t"}, clk.now());
+  auto [ie] = call<>(io, [&](auto cb) { s.async_insert({orphan, queued}, cb); });
+  REQUIRE_FALSE(ie);
+  pg_exec("DELETE FROM \"" + schema + "\".queue WHERE id = '" + orphan.id + "'");
+
+  std::optional<std::vector<lease>> got;
+  auto reserve = [&] {
+    got.reset();
+    q.async_reserve({.max = 5, .lease_for = 1h, .wait = true},
+                    [&](error_code, std::vector<lease> l) { got = std::move(l); });
+  };
+  reserve();
+  REQUIRE(run_until(io, [&] { return got.has_value(); }));
+  REQUIRE(got->size() == 1);
+  CHECK((*got)[0].id == queued.id);
+  // Within the grace the record is left alone (its push may still be on its way).
+  reserve();
+  run_until(
+      io, [] { return false; }, 1s);
+  CHECK_FALSE(got.has_value());
+  // After it, a maintenance round gives the entry back, at the record's priority, and the
+  // waiting reserve wakes for it.
+  clk.advance(std::chrono::minutes(2));
+  REQUIRE(run_until(
+      io, [&] { return got.has_value(); }, 10s));
+  REQUIRE(got->size() == 1);
+  CHECK((*got)[0].id == orphan.id);
+  CHECK((*got)[0].priority == 3);
+  CHECK((*got)[0].concurrency_key == "ck");
+  auto [ce, claimed] = call<claim_result>(io, [&](auto cb) {
+    s.async_claim({{orphan.id}, clk.now()}, cb);
+  });
+  REQUIRE_FALSE(ce);
+  REQUIRE(claimed.claimed.size() == 1);
+  CHECK(claimed.claimed[0].status == task_status::running);
+  // Running, then acked: not pending, so its entry stays gone.
+  auto [ae, n] = call<std::size_t>(io, [&](auto cb) { q.async_ack(*got, cb); });
+  CHECK(n == 1u);
+  clk.advance(std::chrono::minutes(2));
+  run_until(
+      io, [] { return false; }, 1s);
+  CHECK(pg_exec("SELECT count(*) FROM \"" + schema + "\".queue") == "1");  // `queued`, leased
+  b.reset();
+  drop_schema(schema);
 }
 
 TEST_CASE("postgres: a waiting reserve wakes on a transactional enqueue's commit (NOTIFY)",

@@ -25,6 +25,11 @@
 // extensions of a batch are one statement each (JSON array or array parameters), never one
 // round trip per task.
 //
+// The store feeds the queue: inserting a pending record writes its queue entry in the same
+// statement (queue().fed_by(store())), so a client enqueue is atomic and a process dying
+// mid-enqueue leaves nothing half-written. A periodic check (`orphan_check_interval`) queues
+// pending records that still lack an entry after `orphan_grace` (left by a retry cut short).
+//
 // Waiting reserves wake on LISTEN/NOTIFY (a push or a release notifies, in the same statement),
 // on the injected clock when the next delay or lease runs out, and on a slow real-time fallback
 // poll (`poll_interval`) that covers a lost notification.
@@ -78,6 +83,15 @@ struct backend_options {
   /// Backoff between attempts to open a connection after a failure (doubling up to max).
   std::chrono::milliseconds reconnect_min{100};
   std::chrono::milliseconds reconnect_max{5000};
+  /// Safety net for tasks a dead process left half-enqueued: every `orphan_check_interval`
+  /// (real time; zero turns it off), pending records that have no queue entry and were last
+  /// updated more than `orphan_grace` ago (the injected clock's time) get their entry back, at
+  /// their priority and available_at. One statement; every open backend may run it. Such
+  /// records come from a process that died between a record update and its push (a retry by
+  /// request) or from taskq versions whose enqueue was two statements; this version's enqueue
+  /// writes both in one (see queue::fed_by).
+  std::chrono::milliseconds orphan_check_interval{30000};
+  std::chrono::milliseconds orphan_grace{60000};
   /// Time source for leases, delays and record times; must outlive the backend.
   clock* time = nullptr;
   /// Told every backend error detail (connection failures, failed statements).
@@ -100,6 +114,8 @@ class backend {
   backend(const backend&) = delete;
   backend& operator=(const backend&) = delete;
 
+  /// The queue, fed by store(): inserting a pending record also queues it, in one statement
+  /// (queue().fed_by(store()) is true), so a client enqueue is atomic.
   taskq::queue& queue() noexcept;
   taskq::store& store() noexcept;
 
