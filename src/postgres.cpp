@@ -510,13 +510,19 @@ struct sql_text {
         "min(available_at), pg_notify($C, 'p' || chr(9) || queue || chr(9) || "
         "min(available_at)::text) FROM ins GROUP BY queue",
         "", "$2");
+    // Per queue served, the head of queue_order_idx in order (queue = one name, so the index
+    // yields priority-then-FIFO order and the scan stops after $3 rows; with `queue = ANY(...)`
+    // the planner would read and sort every row of the queues); then the best $3 of those.
     reserve =
-        s("WITH picked AS (SELECT e.id FROM @.queue e WHERE e.queue = ANY($1::text[]) "
-          "AND NOT EXISTS (SELECT 1 FROM @.paused_queues p WHERE p.name = e.queue) "
+        s("WITH picked AS (SELECT c.id FROM (SELECT DISTINCT unnest($1::text[]) AS name) qn "
+          "CROSS JOIN LATERAL (SELECT e.id, e.priority, e.seq FROM @.queue e "
+          "WHERE e.queue = qn.name "
           "AND e.available_at <= $2 AND (e.leased_until IS NULL OR e.leased_until <= $2) "
           "AND NOT (e.type = ANY($4::text[])) "
           "AND NOT (e.concurrency_key <> '' AND e.concurrency_key = ANY($5::text[])) "
-          "ORDER BY e.priority DESC, e.seq LIMIT $3 FOR UPDATE SKIP LOCKED) "
+          "ORDER BY e.priority DESC, e.seq LIMIT $3 FOR UPDATE SKIP LOCKED) c "
+          "WHERE NOT EXISTS (SELECT 1 FROM @.paused_queues p WHERE p.name = qn.name) "
+          "ORDER BY c.priority DESC, c.seq LIMIT $3) "
           "UPDATE @.queue e SET leased_until = $6, token = nextval('@.lease_tokens') "
           "FROM picked WHERE e.id = picked.id "
           "RETURNING e.id, e.queue, e.type, e.concurrency_key, e.priority, e.token, e.seq");
