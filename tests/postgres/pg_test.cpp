@@ -500,7 +500,7 @@ TEST_CASE("postgres: an undecodable stored schedule is an invalid_record naming 
   CHECK(load(f, "bad"));
 }
 
-TEST_CASE("postgres: a schema at version 1 is migrated to the schedule tables",
+TEST_CASE("postgres: a schema at version 1 is migrated to the current version",
           "[postgres][schedules]") {
   auto schema = fresh_schema("mig1");
   asio::io_context io;
@@ -514,8 +514,12 @@ TEST_CASE("postgres: a schema at version 1 is migrated to the schedule tables",
           schema + "\".migrations WHERE version > 1");
   auto b = open();
   CHECK(pg_exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM \"" + schema +
-                "\".migrations") == "1,2");
+                "\".migrations") == "1,2,3");
   CHECK(pg_exec("SELECT count(*) FROM \"" + schema + "\".schedules") == "0");
+  // Version 3: the queue's storage parameters.
+  CHECK_THAT(pg_exec("SELECT array_to_string(reloptions, ',') FROM pg_class WHERE oid = '\"" +
+                     schema + "\".queue'::regclass"),
+             Catch::Contains("fillfactor=60"));
   CHECK(pg_exec("SELECT count(*) FROM \"" + schema + "\".leaders") == "0");
   b.reset();
   drop_schema(schema);

@@ -3,7 +3,8 @@
 // Storage: five tables in a schema of the caller's choosing (default "taskq"), created and
 // migrated by open() under a transaction-scoped advisory lock, so several processes starting
 // at once are safe; applied versions are kept in SCHEMA.migrations (version 2 added
-// schedules and leaders; a schema at version 1 is migrated by the next open()).
+// schedules and leaders, version 3 tuned the queue table's storage for its churn; an older
+// schema is migrated by the next open()).
 //   tasks          one row per task record (filterable columns + the record as json, in the
 //                  stable JSON mapping of task.hpp); every change is a compare-and-set on a
 //                  row version, so the status rules of detail/record_ops.hpp hold across
