@@ -1418,6 +1418,7 @@ struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
   void on_recorded(const std::vector<std::string>& ids, error_code batch_ec,
                    std::vector<update_result> results, std::vector<run_outcome> outcomes) {
     std::vector<lease> acks;
+    const bool store_removes_finished = client->q.fed_by(client->s);
     for (std::size_t i = 0; i < ids.size(); ++i) {
       --updates_in_flight;
       auto it = slots.find(ids[i]);
@@ -1430,8 +1431,8 @@ struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
         task_record& after = results[i].record;
         if (o.to == task_status::pending) {
           requeue(l, o);
-        } else {
-          acks.push_back(l);
+        } else if (!is_terminal(o.to) || !store_removes_finished) {
+          acks.push_back(l);  // else the store's write took the entry out already
         }
         client->record_event(
             o.event, after.id.empty() ? it->second.task : after, o.error,

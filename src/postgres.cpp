@@ -464,12 +464,16 @@ struct sql_text {
                      "unique_any, created_at, finished_at, labels, record) SELECT * FROM ") +
                    task_cols + ")";
     load = s("SELECT id, version, record::text FROM @.tasks WHERE id = ANY($1::text[])");
+    // A record reaching a final status loses its queue entry in the same statement (the queue
+    // is fed by this store: workers need not ack finished tasks).
     write_back =
-        s("UPDATE @.tasks t SET status = x.status, attempt = x.attempt, unique_any = x.ua, "
-          "finished_at = x.fa, record = x.r, version = t.version + 1 "
+        s("WITH w AS (UPDATE @.tasks t SET status = x.status, attempt = x.attempt, unique_any = "
+          "x.ua, finished_at = x.fa, record = x.r, version = t.version + 1 "
           "FROM unnest($1::text[], $2::bigint[], $3::smallint[], $4::integer[], $5::boolean[], "
           "$6::bigint[], $7::json[]) AS x(id, v, status, attempt, ua, fa, r) "
-          "WHERE t.id = x.id AND t.version = x.v RETURNING t.id");
+          "WHERE t.id = x.id AND t.version = x.v RETURNING t.id, t.status), "
+          "d AS (DELETE FROM @.queue e USING w WHERE e.id = w.id AND w.status >= 2) "
+          "SELECT id FROM w");
     get = s("SELECT record::text FROM @.tasks WHERE id = $1");
     counts = s("SELECT status, type, queue, count(*) FROM @.tasks GROUP BY 1, 2, 3");
     prune = s("DELETE FROM @.tasks WHERE status >= 2 AND finished_at < $1");

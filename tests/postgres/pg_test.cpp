@@ -225,6 +225,24 @@ TEST_CASE("postgres: the store queues what it inserts, in the same statement", "
   CHECK(leases[0].id == "a");
   CHECK(leases[0].priority == 1);
   CHECK(leases[1].id == "b");
+  // Finishing a record takes its entry out in the same statement (no ack needed); a record
+  // that is not finished keeps it.
+  auto [cle, claimed] = f.call<claim_result>([&](auto cb) {
+    s.async_claim({{"a", "b"}, f.clk.now()}, cb);
+  });
+  REQUIRE(claimed.claimed.size() == 2);
+  auto [ue, after] = f.call<task_record>([&](auto cb) {
+    s.async_update({.id = "a",
+                    .expected = task_status::running,
+                    .to = task_status::succeeded,
+                    .now = f.clk.now()},
+                   cb);
+  });
+  REQUIRE_FALSE(ue);
+  auto entries = [&] {
+    return pg_exec("SELECT string_agg(id, ',' ORDER BY id) FROM \"" + f.schema + "\".queue");
+  };
+  CHECK(entries() == "b");
 }
 
 TEST_CASE("postgres: a client enqueue writes record and queue entry together, or neither",

@@ -27,8 +27,9 @@
 // round trip per task.
 //
 // The store feeds the queue: inserting a pending record writes its queue entry in the same
-// statement (queue().fed_by(store())), so a client enqueue is atomic and a process dying
-// mid-enqueue leaves nothing half-written. A periodic check (`orphan_check_interval`) queues
+// statement, and a record reaching a final status loses it in the same statement
+// (queue().fed_by(store())), so a client enqueue is atomic (a process dying mid-enqueue
+// leaves nothing half-written) and workers need not ack finished tasks. A periodic check (`orphan_check_interval`) queues
 // pending records that still lack an entry after `orphan_grace` (left by a retry cut short).
 //
 // Waiting reserves wake on LISTEN/NOTIFY (a push or a release notifies, in the same statement),
@@ -115,8 +116,8 @@ class backend {
   backend(const backend&) = delete;
   backend& operator=(const backend&) = delete;
 
-  /// The queue, fed by store(): inserting a pending record also queues it, in one statement
-  /// (queue().fed_by(store()) is true), so a client enqueue is atomic.
+  /// The queue, fed by store() (queue().fed_by(store()) is true): inserting a pending record
+  /// also queues it and finishing a record removes its entry, each in one statement.
   taskq::queue& queue() noexcept;
   taskq::store& store() noexcept;
 
