@@ -121,6 +121,9 @@ struct reply {
   error_code ec{};
   std::string detail{};
   result res{};
+  /// The connection was found dead before the statement went out: safe to run it again on
+  /// another connection.
+  bool unsent = false;
 };
 
 /// Maps a failed statement to taskq's errors.
@@ -160,7 +163,10 @@ struct connection {
   asio::posix::stream_descriptor sd;
   bool broken = false;
 
-  connection(asio::any_io_executor ex, PGconn* c) : pg(c), sd(ex) { sd.assign(PQsocket(c)); }
+  connection(asio::any_io_executor ex, PGconn* c) : pg(c), sd(ex) {
+    sd.assign(PQsocket(c));
+    PQsetNoticeReceiver(pg, &on_notice, this);
+  }
   ~connection() {
     sd.release();  // the socket is libpq's
     PQfinish(pg);
@@ -177,6 +183,15 @@ struct connection {
     return out;
   }
 
+  /// libpq hands an error that arrives while no statement runs (the FATAL of a session the
+  /// server ends: pg_terminate_backend, shutdown) to the notice receiver, and the connection
+  /// still looks fine until the socket's end-of-file arrives, which may be later: note it.
+  static void on_notice(void* self, const PGresult* r) {
+    const char* sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+    if (sev && (std::string_view(sev) == "FATAL" || std::string_view(sev) == "PANIC"))
+      static_cast<connection*>(self)->broken = true;
+  }
+
   /// Whether an idle connection is still usable (reads what the server sent meanwhile, e.g.
   /// the termination notice of pg_terminate_backend).
   bool healthy() {
@@ -185,8 +200,8 @@ struct connection {
     // both (twice), and let libpq parse what it read.
     for (int i = 0; i < 2; ++i)
       if (!PQconsumeInput(pg)) return false;
-    (void)PQisBusy(pg);
-    return PQstatus(pg) != CONNECTION_BAD;
+    (void)PQisBusy(pg);  // parses what was read: a FATAL reaches on_notice
+    return !broken && PQstatus(pg) != CONNECTION_BAD;
   }
 };
 
@@ -209,8 +224,11 @@ awaitable<reply> exec(connection& c, const std::string& sql, const params& ps) {
   values.reserve(ps.size());
   for (const auto& p : ps) values.push_back(p ? p->c_str() : nullptr);
   if (!PQsendQueryParams(c.pg, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(),
-                         nullptr, nullptr, 0))
-    co_return c.lost("send");
+                         nullptr, nullptr, 0)) {
+    auto out = c.lost("send");
+    out.unsent = true;  // refused by libpq: nothing of it reached the server
+    co_return out;
+  }
   for (;;) {
     int f = PQflush(c.pg);
     if (f == 0) break;
@@ -265,7 +283,9 @@ struct borrowed_socket {
 
 /// Opens a connection without blocking (PQconnectStart / PQconnectPoll on Asio waits).
 awaitable<std::tuple<error_code, std::string, std::unique_ptr<connection>>> connect_async(
-    asio::any_io_executor ex, std::string conninfo) {
+    asio::any_io_executor ex, std::string conninfo, std::chrono::milliseconds timeout) {
+  using namespace asio::experimental::awaitable_operators;
+  const auto deadline = steady::now() + timeout;
   std::tuple<error_code, std::string, std::unique_ptr<connection>> out;
   // Owned by the frame: a frame destroyed while suspended (its io_context destroyed) frees it.
   std::unique_ptr<PGconn, void (*)(PGconn*)> owner(PQconnectStart(conninfo.c_str()), &PQfinish);
@@ -284,7 +304,17 @@ awaitable<std::tuple<error_code, std::string, std::unique_ptr<connection>>> conn
     }
     borrowed_socket sock(ex, PQsocket(c));
     auto w = st == PGRES_POLLING_READING ? wait_type::wait_read : wait_type::wait_write;
-    auto [ec] = co_await sock.sd.async_wait(w, use_tuple);
+    // A server that never answers (a black-holed address, a stopped server) would hold the
+    // attempt forever: give up at the deadline.
+    asio::steady_timer timer(ex, deadline);
+    auto r = co_await (sock.sd.async_wait(w, use_tuple) || timer.async_wait(use_tuple));
+    if (r.index() == 1) {
+      std::get<0>(out) = errc::backend_unavailable;
+      std::get<1>(out) = "PostgreSQL server unreachable: no answer within connect_timeout (" +
+                         std::to_string(timeout.count()) + " ms)";
+      co_return out;
+    }
+    auto [ec] = std::get<0>(r);
     if (ec) {
       std::get<0>(out) = errc::store_closed;
       std::get<1>(out) = "connection attempt cancelled";
@@ -788,7 +818,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
           asio::steady_timer t(ex, not_before);
           co_await t.async_wait(use_tuple);
         }
-        auto [ec, detail, conn] = co_await connect_async(ex, opts.conninfo);
+        auto [ec, detail, conn] = co_await connect_async(ex, opts.conninfo, opts.connect_timeout);
         if (ec) {
           {
             std::lock_guard lock(mutex);
@@ -841,6 +871,18 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
     }
     reply r = co_await exec(*conn, sql_text, ps);
     release(std::move(conn));
+    if (r.unsent) {
+      // Nothing was sent: run it once more, on a connection acquire() checks or opens.
+      note_error(r.detail);
+      auto [ec2, conn2] = co_await acquire();
+      if (ec2) {
+        r = reply{};
+        r.ec = ec2;
+        co_return r;
+      }
+      r = co_await exec(*conn2, sql_text, ps);
+      release(std::move(conn2));
+    }
     if (r.ec) note_error(r.detail);
     co_return r;
   }
@@ -1173,7 +1215,7 @@ awaitable<void> backend::state::listen_loop() {
       std::lock_guard lock(mutex);
       if (closed) co_return;
     }
-    auto [ec, detail, conn] = co_await connect_async(ex, opts.conninfo);
+    auto [ec, detail, conn] = co_await connect_async(ex, opts.conninfo, opts.connect_timeout);
     if (!ec) {
       reply r = co_await exec(*conn, listen_sql, {});
       if (!r.ec) r = co_await exec(*conn, sql.paused_names, {});
@@ -2027,6 +2069,8 @@ std::unique_ptr<backend> backend::open(asio::any_io_executor ex, backend_options
     return fail(errc::invalid_option,
                 "backend_options fields 'orphan_check_interval'/'orphan_grace' must not be "
                 "negative");
+  if (opts.connect_timeout <= std::chrono::milliseconds(0))
+    return fail(errc::invalid_option, "backend_options field 'connect_timeout' must be positive");
   PGconn* c = PQconnectdb(opts.conninfo.c_str());
   if (!c || PQstatus(c) != CONNECTION_OK) {
     std::string msg = c ? PQerrorMessage(c) : "out of memory";

@@ -11,6 +11,7 @@
 
 #include <boost/asio/detached.hpp>
 
+#include <signal.h>
 #include <algorithm>
 #include <thread>
 
@@ -375,7 +376,9 @@ TEST_CASE("postgres: connections ended by the server (pg_terminate_backend) are 
   }));
   // The next operations succeed on new connections (an idle connection found dead is
   // replaced before use); nothing pushed is lost.
-  REQUIRE_FALSE(push("b"));
+  auto pushed = push("b");
+  INFO(f.b->last_error());
+  REQUIRE_FALSE(pushed);
   auto [ec, leases] =
       f.call<std::vector<lease>>([&](auto cb) { f.b->queue().async_reserve({.max = 5}, cb); });
   CHECK_FALSE(ec);
@@ -392,6 +395,58 @@ TEST_CASE("postgres: connections ended by the server (pg_terminate_backend) are 
       f.io, [&] { return got.has_value(); }, 10s));
   CHECK(got->size() == 1);
   CHECK(f.b->last_error().find("connection lost") != std::string::npos);
+}
+
+TEST_CASE("postgres: a reconnect to a server that never answers gives up at connect_timeout",
+          "[postgres]") {
+  asio::io_context io;
+  auto schema = fresh_schema("cto");
+  auto b = postgres::backend::open(io.get_executor(),
+                                   {.conninfo = pg_conninfo(),
+                                    .schema = schema,
+                                    .pool_size = 1,
+                                    .reconnect_min = std::chrono::milliseconds(20),
+                                    .reconnect_max = std::chrono::milliseconds(50),
+                                    .connect_timeout = std::chrono::milliseconds(300)});
+  auto push = [&](std::string id) {
+    std::vector<queue_entry> e;
+    e.push_back({id, "default", "t", "", 0, time_point{}});
+    auto [ec] = call<>(io, [&](auto cb) { b->queue().async_push({std::move(e)}, cb); });
+    return ec;
+  };
+  REQUIRE_FALSE(push("a"));
+  // End this backend's sessions while the server still accepts new ones.
+  const std::string mine =
+      "FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND backend_type = 'client backend' "
+      "AND query LIKE '%\"" +
+      schema + "\"%'";
+  auto pids = pg_exec("SELECT string_agg(pid::text, ',') " + mine);
+  REQUIRE_FALSE(pids.empty());
+  pg_exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid IN (" + pids + ")");
+  REQUIRE(run_until(io, [&] {
+    return pg_exec("SELECT count(*) FROM pg_stat_activity WHERE pid IN (" + pids + ")") == "0";
+  }));
+  // A stopped postmaster: the kernel still completes TCP connections to its port, but nothing
+  // ever answers the startup packet (a black hole).
+  const pid_t postmaster =
+      std::stoi(pg_exec("SELECT split_part(pg_read_file('postmaster.pid'), "
+                        "E'\\n', 1)"));
+  REQUIRE(::kill(postmaster, SIGSTOP) == 0);
+  struct resume {
+    pid_t pid;
+    ~resume() { ::kill(pid, SIGCONT); }
+  } guard{postmaster};
+  auto t0 = std::chrono::steady_clock::now();
+  auto ec = push("b");
+  auto took = std::chrono::steady_clock::now() - t0;
+  CHECK(ec == errc::backend_unavailable);
+  CHECK(took < 5s);
+  CHECK_THAT(b->last_error(), Catch::Contains("connect_timeout"));
+  ::kill(postmaster, SIGCONT);
+  // Once the server answers again, the next attempt (after the backoff) connects.
+  REQUIRE(run_until(io, [&] { return !push("c"); }));
+  b.reset();
+  drop_schema(schema);
 }
 
 // --- schedule storage and leader election ---------------------------------------------------

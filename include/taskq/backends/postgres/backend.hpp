@@ -29,8 +29,9 @@
 // The store feeds the queue: inserting a pending record writes its queue entry in the same
 // statement, and a record reaching a final status loses it in the same statement
 // (queue().fed_by(store())), so a client enqueue is atomic (a process dying mid-enqueue
-// leaves nothing half-written) and workers need not ack finished tasks. A periodic check (`orphan_check_interval`) queues
-// pending records that still lack an entry after `orphan_grace` (left by a retry cut short).
+// leaves nothing half-written) and workers need not ack finished tasks. A periodic check
+// (`orphan_check_interval`) queues pending records that still lack an entry after `orphan_grace`
+// (left by a retry cut short).
 //
 // Waiting reserves wake on LISTEN/NOTIFY (a push or a release notifies, in the same statement),
 // on the injected clock when the next delay or lease runs out, and on a slow real-time fallback
@@ -85,6 +86,11 @@ struct backend_options {
   /// Backoff between attempts to open a connection after a failure (doubling up to max).
   std::chrono::milliseconds reconnect_min{100};
   std::chrono::milliseconds reconnect_max{5000};
+  /// Limit on one asynchronous connection attempt (the pool's and the listener's reconnects),
+  /// so a server that never answers fails the attempt (errc::backend_unavailable, then the
+  /// backoff) instead of holding it forever. open() connects with libpq's blocking call:
+  /// there, libpq's own `connect_timeout` conninfo parameter applies.
+  std::chrono::milliseconds connect_timeout{10000};
   /// Safety net for tasks a dead process left half-enqueued: every `orphan_check_interval`
   /// (real time; zero turns it off), pending records that have no queue entry and were last
   /// updated more than `orphan_grace` ago (the injected clock's time) get their entry back, at
