@@ -461,10 +461,10 @@ struct row_arrays {
     ps.emplace_back(channel);
     return ps;
   }
-  /// $1..$7: what write_back sets, with the expected version.
+  /// $1..$8: what write_back sets, with the expected version and created_at.
   params write_params() const {
     return {close(id), close(version), close(status), close(attempt),
-            close(ua), close(fa),      close(record)};
+            close(ua), close(fa),      close(record), close(ca)};
   }
 };
 
@@ -500,8 +500,9 @@ struct sql_text {
         s("WITH w AS (UPDATE @.tasks t SET status = x.status, attempt = x.attempt, unique_any = "
           "x.ua, finished_at = x.fa, record = x.r, version = t.version + 1 "
           "FROM unnest($1::text[], $2::bigint[], $3::smallint[], $4::integer[], $5::boolean[], "
-          "$6::bigint[], $7::json[]) AS x(id, v, status, attempt, ua, fa, r) "
-          "WHERE t.id = x.id AND t.version = x.v RETURNING t.id, t.status), "
+          "$6::bigint[], $7::json[], $8::bigint[]) AS x(id, v, status, attempt, ua, fa, r, ca) "
+          "WHERE t.id = x.id AND t.version = x.v AND t.created_at = x.ca "
+          "RETURNING t.id, t.status), "
           "d AS (DELETE FROM @.queue e USING w WHERE e.id = w.id AND w.status >= 2) "
           "SELECT id FROM w");
     get = s("SELECT record::text FROM @.tasks WHERE id = $1");
@@ -750,6 +751,12 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
   asio::steady_timer listen_backoff;
   asio::steady_timer rescue_timer;
 
+  // Running records this process wrote last (version, record): the next update of one (its
+  // worker's outcome, a heartbeat) skips loading it. Only a hint: every write is checked
+  // against the stored version, and a record the hint would refuse is loaded first.
+  std::unordered_map<std::string, std::pair<std::int64_t, task_record>> written;
+  static constexpr std::size_t written_cap = 8192;
+
   std::unique_ptr<taskq::queue> q;
   std::unique_ptr<taskq::store> s;
   std::unique_ptr<taskq::schedule_store> schedules;
@@ -953,13 +960,31 @@ awaitable<reply> rmw(std::shared_ptr<state> st, std::vector<std::string> ids, Ap
       out.detail = "taskq postgres: records kept changing under an update";
       break;
     }
-    params lp{text_array(ids)};
-    reply loaded = co_await exec(*conn, st->sql.load, lp);
+    std::unordered_map<std::string, std::pair<std::int64_t, task_record>> rows;
+    std::unordered_set<std::string> hinted;  // taken from st->written, not loaded
+    std::vector<std::string> to_load;
+    {
+      std::lock_guard lock(st->mutex);
+      for (const auto& id : ids) {
+        auto it = round == 0 ? st->written.find(id) : st->written.end();
+        if (it != st->written.end()) {
+          rows.emplace(id, it->second);
+          hinted.insert(id);
+        } else {
+          st->written.erase(id);
+          to_load.push_back(id);
+        }
+      }
+    }
+    reply loaded;
+    if (!to_load.empty()) {
+      params lp{text_array(to_load)};
+      loaded = co_await exec(*conn, st->sql.load, lp);
+    }
     if (loaded.ec) {
       out = std::move(loaded);
       break;
     }
-    std::unordered_map<std::string, std::pair<std::int64_t, task_record>> rows;
     for (int i = 0; i < loaded.res.rows(); ++i) {
       auto rec = parse_record(loaded.res.get(i, 2));
       if (!rec) {
@@ -972,17 +997,25 @@ awaitable<reply> rmw(std::shared_ptr<state> st, std::vector<std::string> ids, Ap
     if (out.ec) break;
     row_arrays batch;
     std::vector<std::string> changed;
+    std::vector<std::string> again;
     for (const auto& id : ids) {
       auto it = rows.find(id);
       task_record* rec = it == rows.end() ? nullptr : &it->second.second;
       if (apply(id, rec)) {
         batch.add(*rec, it->second.first);
         changed.push_back(id);
+      } else if (hinted.count(id)) {
+        again.push_back(id);  // refused on the hint alone: decide on the stored record
       }
     }
-    if (changed.empty()) break;
-    reply w = co_await exec(*conn, st->sql.write_back, batch.write_params());
-    std::vector<std::string> again;
+    if (changed.empty() && again.empty()) break;
+    {
+      // Re-entered below for what this write is known to have stored.
+      std::lock_guard lock(st->mutex);
+      for (const auto& id : changed) st->written.erase(id);
+    }
+    reply w;
+    if (!changed.empty()) w = co_await exec(*conn, st->sql.write_back, batch.write_params());
     if (w.ec == errc::duplicate_unique_key) {
       for (std::size_t k = 0; k < changed.size(); ++k) {
         auto& row = rows.find(changed[k])->second;
@@ -1006,8 +1039,15 @@ awaitable<reply> rmw(std::shared_ptr<state> st, std::vector<std::string> ids, Ap
     } else {
       std::unordered_set<std::string> written;
       for (int i = 0; i < w.res.rows(); ++i) written.insert(w.res.get(i, 0));
-      for (auto& id : changed)
-        if (!written.count(id)) again.push_back(id);
+      std::lock_guard lock(st->mutex);
+      if (st->written.size() > state::written_cap) st->written.clear();
+      for (auto& id : changed) {
+        auto& row = rows.find(id)->second;
+        if (!written.count(id))
+          again.push_back(id);
+        else if (row.second.status == task_status::running)
+          st->written.insert_or_assign(id, std::make_pair(row.first + 1, row.second));
+      }
     }
     ids = std::move(again);
   }

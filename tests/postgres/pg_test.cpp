@@ -330,6 +330,88 @@ TEST_CASE("postgres: a pending record left without its queue entry is queued aga
   drop_schema(schema);
 }
 
+TEST_CASE("postgres: records written by another process are never judged on this one's stale copy",
+          "[postgres]") {
+  pg_fixture f;
+  asio::io_context io2;
+  auto other = postgres::backend::open(
+      io2.get_executor(), {.conninfo = pg_conninfo(), .schema = f.schema, .time = &f.clk});
+  auto& s1 = f.b->store();
+  auto& s2 = other->store();
+  auto a = make_record({.type = "t", .max_attempts = 3}, f.clk.now());
+  auto [ie] = f.call<>([&](auto cb) { s1.async_insert({a}, cb); });
+  REQUIRE_FALSE(ie);
+  // This process claims it (and keeps what it wrote); the other rescues it as lost.
+  auto [c1e, c1] = f.call<claim_result>([&](auto cb) {
+    s1.async_claim({{a.id}, f.clk.now()}, cb);
+  });
+  REQUIRE(c1.claimed.size() == 1);
+  auto [c2e, c2] = call<claim_result>(io2, [&](auto cb) {
+    s2.async_claim({{a.id}, f.clk.now()}, cb);
+  });
+  REQUIRE(c2.claimed.size() == 1);
+  CHECK(c2.claimed[0].attempt == 2);
+  // Attempt 1's outcome is refused although this process last saw attempt 1 running.
+  auto [u1e, u1] = f.call<task_record>([&](auto cb) {
+    s1.async_update({.id = a.id,
+                     .expected = task_status::running,
+                     .expected_attempt = 1,
+                     .to = task_status::succeeded,
+                     .now = f.clk.now()},
+                    cb);
+  });
+  CHECK(u1e == errc::status_conflict);
+  // The other finishes it; an update that only the stored record allows goes through here.
+  auto [u2e, u2] = call<task_record>(io2, [&](auto cb) {
+    s2.async_update({.id = a.id,
+                     .expected = task_status::running,
+                     .expected_attempt = 2,
+                     .to = task_status::failed,
+                     .now = f.clk.now()},
+                    cb);
+  });
+  REQUIRE_FALSE(u2e);
+  auto [u3e, u3] = f.call<task_record>([&](auto cb) {
+    s1.async_update({.id = a.id,
+                     .expected = task_status::failed,
+                     .to = task_status::pending,
+                     .now = f.clk.now(),
+                     .attempt = 0},
+                    cb);
+  });
+  CHECK_FALSE(u3e);
+  CHECK(u3.status == task_status::pending);
+  // Claimed here, finished by the other: a retry here is judged on the stored (failed) record,
+  // not on the running one this process wrote last.
+  auto b = make_record({.type = "t"}, f.clk.now());
+  auto [ie2] = f.call<>([&](auto cb) { s1.async_insert({b}, cb); });
+  REQUIRE_FALSE(ie2);
+  auto [c3e, c3] = f.call<claim_result>([&](auto cb) {
+    s1.async_claim({{b.id}, f.clk.now()}, cb);
+  });
+  REQUIRE(c3.claimed.size() == 1);
+  auto [u4e, u4] = call<task_record>(io2, [&](auto cb) {
+    s2.async_update({.id = b.id,
+                     .expected = task_status::running,
+                     .expected_attempt = 1,
+                     .to = task_status::failed,
+                     .now = f.clk.now()},
+                    cb);
+  });
+  REQUIRE_FALSE(u4e);
+  auto [u5e, u5] = f.call<task_record>([&](auto cb) {
+    s1.async_update({.id = b.id,
+                     .expected = task_status::failed,
+                     .to = task_status::pending,
+                     .now = f.clk.now(),
+                     .attempt = 0},
+                    cb);
+  });
+  CHECK_FALSE(u5e);
+  CHECK(u5.status == task_status::pending);
+  other.reset();
+}
+
 TEST_CASE("postgres: a waiting reserve wakes on a transactional enqueue's commit (NOTIFY)",
           "[postgres]") {
   pg_fixture f;
