@@ -162,6 +162,7 @@ struct connection {
   PGconn* pg = nullptr;
   asio::posix::stream_descriptor sd;
   bool broken = false;
+  std::unordered_map<std::string, std::string> prepared{};  ///< statement text -> name
 
   connection(asio::any_io_executor ex, PGconn* c) : pg(c), sd(ex) {
     sd.assign(PQsocket(c));
@@ -218,17 +219,47 @@ awaitable<error_code> wait_for(connection& c, wait_type w,
   co_return error_code{};  // rechecked: the caller reads what there is
 }
 
-/// Runs one statement (extended protocol, text parameters) without blocking.
-awaitable<reply> exec(connection& c, const std::string& sql, const params& ps) {
+awaitable<reply> collect(connection& c);
+
+/// Runs one statement (extended protocol, text parameters) without blocking. With `prepare`,
+/// the statement is parsed and planned once per connection (PQsendPrepare on first use), then
+/// run by name: the hot statements are long CTEs whose parse and plan cost as much as a small
+/// batch's execution.
+awaitable<reply> exec(connection& c, const std::string& sql, const params& ps,
+                      bool prepare = false) {
   std::vector<const char*> values;
   values.reserve(ps.size());
   for (const auto& p : ps) values.push_back(p ? p->c_str() : nullptr);
-  if (!PQsendQueryParams(c.pg, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(),
-                         nullptr, nullptr, 0)) {
+  const int n = static_cast<int>(values.size());
+  const std::string* name = nullptr;
+  if (prepare) {
+    auto it = c.prepared.find(sql);
+    if (it == c.prepared.end()) {
+      std::string fresh = "taskq_" + std::to_string(c.prepared.size());
+      if (!PQsendPrepare(c.pg, fresh.c_str(), sql.c_str(), n, nullptr)) {
+        auto out = c.lost("send");
+        out.unsent = true;  // refused by libpq: nothing of it reached the server
+        co_return out;
+      }
+      reply made = co_await collect(c);
+      if (made.ec) co_return made;
+      it = c.prepared.emplace(sql, std::move(fresh)).first;
+    }
+    name = &it->second;
+  }
+  const int sent =
+      name ? PQsendQueryPrepared(c.pg, name->c_str(), n, values.data(), nullptr, nullptr, 0)
+           : PQsendQueryParams(c.pg, sql.c_str(), n, nullptr, values.data(), nullptr, nullptr, 0);
+  if (!sent) {
     auto out = c.lost("send");
     out.unsent = true;  // refused by libpq: nothing of it reached the server
     co_return out;
   }
+  co_return co_await collect(c);
+}
+
+/// Sends what libpq buffered and reads the statement's results.
+awaitable<reply> collect(connection& c) {
   for (;;) {
     int f = PQflush(c.pg);
     if (f == 0) break;
@@ -869,14 +900,14 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
   }
 
   /// Runs one statement on a pooled connection.
-  awaitable<reply> query(std::string sql_text, params ps) {
+  awaitable<reply> query(std::string sql_text, params ps, bool prepare = false) {
     auto [ec, conn] = co_await acquire();
     if (ec) {
       reply r;
       r.ec = ec;
       co_return r;
     }
-    reply r = co_await exec(*conn, sql_text, ps);
+    reply r = co_await exec(*conn, sql_text, ps, prepare);
     release(std::move(conn));
     if (r.unsent) {
       // Nothing was sent: run it once more, on a connection acquire() checks or opens.
@@ -887,7 +918,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
         r.ec = ec2;
         co_return r;
       }
-      r = co_await exec(*conn2, sql_text, ps);
+      r = co_await exec(*conn2, sql_text, ps, prepare);
       release(std::move(conn2));
     }
     if (r.ec) note_error(r.detail);
@@ -979,7 +1010,7 @@ awaitable<reply> rmw(std::shared_ptr<state> st, std::vector<std::string> ids, Ap
     reply loaded;
     if (!to_load.empty()) {
       params lp{text_array(to_load)};
-      loaded = co_await exec(*conn, st->sql.load, lp);
+      loaded = co_await exec(*conn, st->sql.load, lp, true);
     }
     if (loaded.ec) {
       out = std::move(loaded);
@@ -1015,14 +1046,14 @@ awaitable<reply> rmw(std::shared_ptr<state> st, std::vector<std::string> ids, Ap
       for (const auto& id : changed) st->written.erase(id);
     }
     reply w;
-    if (!changed.empty()) w = co_await exec(*conn, st->sql.write_back, batch.write_params());
+    if (!changed.empty()) w = co_await exec(*conn, st->sql.write_back, batch.write_params(), true);
     if (w.ec == errc::duplicate_unique_key) {
       for (std::size_t k = 0; k < changed.size(); ++k) {
         auto& row = rows.find(changed[k])->second;
         row_arrays single;
         single.add(row.second, row.first);
         params one = single.write_params();
-        reply w1 = co_await exec(*conn, st->sql.write_back, one);
+        reply w1 = co_await exec(*conn, st->sql.write_back, one, true);
         if (w1.ec == errc::duplicate_unique_key) {
           on_unique(changed[k]);
         } else if (w1.ec) {
@@ -1094,7 +1125,7 @@ awaitable<reserve_outcome> reserve_once(std::shared_ptr<state> st, reserve_param
   auto until = now + p.lease_for;
   params ps{text_array(p.queues),     std::to_string(to_us(now)), std::to_string(p.max),
             text_array(p.skip_types), text_array(p.skip_keys),    std::to_string(to_us(until))};
-  reply r = co_await st->query(st->sql.reserve, ps);
+  reply r = co_await st->query(st->sql.reserve, ps, true);
   if (r.ec) {
     out.ec = r.ec;
     co_return out;
@@ -1376,7 +1407,7 @@ class pg_queue final : public taskq::queue {
     json arr = json::array();
     for (const auto& e : p.entries) arr.push_back(entry_json(e));
     params ps{arr.dump(), st->channel};
-    reply r = co_await st->query(st->sql.push, ps);
+    reply r = co_await st->query(st->sql.push, ps, true);
     if (!r.ec) {
       // Wake this process's waiters now (the notification also comes back, later).
       std::unordered_map<std::string, time_point> first;
@@ -1459,7 +1490,7 @@ class pg_queue final : public taskq::queue {
     if (l.empty()) co_return std::make_tuple(error_code{}, std::size_t{0});
     auto [ids, tokens] = id_token_arrays(l);
     params ps{ids, tokens};
-    reply r = co_await st->query(st->sql.ack, ps);
+    reply r = co_await st->query(st->sql.ack, ps, true);
     co_return std::make_tuple(r.ec, r.ec ? std::size_t{0} : r.res.affected());
   }
 
@@ -1477,7 +1508,7 @@ class pg_queue final : public taskq::queue {
     auto now = st->clk.now();
     auto [ids, tokens] = id_token_arrays(l);
     params ps{ids, tokens, std::to_string(to_us(now + lease_for)), std::to_string(to_us(now))};
-    reply r = co_await st->query(st->sql.extend, ps);
+    reply r = co_await st->query(st->sql.extend, ps, true);
     if (!r.ec) {
       std::unordered_set<std::string> got;
       for (int i = 0; i < r.res.rows(); ++i) got.insert(r.res.get(i, 0));
@@ -1615,10 +1646,10 @@ class pg_store final : public taskq::store {
       if (!fresh) it->second = std::min(it->second, r.available_at);
     }
     if (first.empty()) {
-      reply r = co_await st->query(st->sql.insert_tasks, rows.insert_params());
+      reply r = co_await st->query(st->sql.insert_tasks, rows.insert_params(), true);
       co_return std::tuple<error_code>{r.ec};
     }
-    reply r = co_await st->query(st->sql.enqueue, rows.enqueue_params(st->channel));
+    reply r = co_await st->query(st->sql.enqueue, rows.enqueue_params(st->channel), true);
     if (!r.ec)
       for (const auto& [q, at] : first) st->on_pushed(q, at);  // this process's waiters, now
     co_return std::tuple<error_code>{r.ec};
@@ -1632,7 +1663,7 @@ class pg_store final : public taskq::store {
   static awaitable<std::tuple<error_code, task_record>> get(std::shared_ptr<state> st,
                                                             std::string id) {
     params ps{id};
-    reply r = co_await st->query(st->sql.get, ps);
+    reply r = co_await st->query(st->sql.get, ps, true);
     std::tuple<error_code, task_record> out;
     if (r.ec) {
       std::get<0>(out) = r.ec;
