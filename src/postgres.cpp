@@ -1383,7 +1383,9 @@ class pg_queue final : public taskq::queue {
     return st_.paused.count(queue_name) != 0;
   }
 
-  bool fed_by(const taskq::store& s) const noexcept override { return &s == st_.s.get(); }
+  // Any PostgreSQL store on the same tables queues what it inserts (another backend object
+  // opened with the same conninfo and schema, say), not only this backend's own.
+  bool fed_by(const taskq::store& s) const noexcept override;
 
  protected:
   void do_push(push_params p, handler<void(error_code)> h) override {
@@ -1621,6 +1623,7 @@ std::string where_of(const task_filter& f, params& ps) {
 class pg_store final : public taskq::store {
  public:
   explicit pg_store(state& s) : st_(s) {}
+  const state& owner() const noexcept { return st_; }
   bool durable() const noexcept override { return true; }
 
  protected:
@@ -1924,6 +1927,13 @@ class pg_store final : public taskq::store {
  private:
   state& st_;
 };
+
+bool pg_queue::fed_by(const taskq::store& s) const noexcept {
+  if (&s == st_.s.get()) return true;
+  const auto* other = dynamic_cast<const pg_store*>(&s);
+  return other && other->owner().opts.schema == st_.opts.schema &&
+         other->owner().opts.conninfo == st_.opts.conninfo;
+}
 
 // --- schedule storage -----------------------------------------------------------------------
 

@@ -193,9 +193,13 @@ TEST_CASE("postgres: the store queues what it inserts, in the same statement", "
   auto& s = f.b->store();
   CHECK(q.fed_by(s));
   {
-    // Another backend's store (another schema, say) does not feed this queue.
+    // Another backend's store on other tables does not feed this queue; one on the same
+    // tables (same conninfo and schema) does.
     pg_fixture other;
     CHECK_FALSE(q.fed_by(other.b->store()));
+    auto same = postgres::backend::open(other.io.get_executor(),
+                                        {.conninfo = pg_conninfo(), .schema = f.schema});
+    CHECK(q.fed_by(same->store()));
   }
   auto rec = [&](std::string id, task_spec spec = {.type = "t"}) {
     spec.id = std::move(id);
