@@ -718,6 +718,22 @@ void client::do_enqueue(task_spec spec,
                        }));
 }
 
+namespace {
+
+/// Tells subscribers (or counts) and completes an enqueue whose tasks are stored and queued.
+void enqueued(const std::shared_ptr<detail::client_core>& core, std::vector<std::string> ids,
+              std::vector<event>& for_events,
+              asio::any_completion_handler<void(error_code, std::vector<std::string>)> h) {
+  if (for_events.empty()) {
+    core->event_counts[static_cast<std::size_t>(event_kind::enqueued)] += ids.size();
+  } else {
+    for (auto& e : for_events) core->emit(e);
+  }
+  detail::dispatch_completion(std::move(h), core->ex, error_code{}, std::move(ids));
+}
+
+}  // namespace
+
 void client::do_enqueue_batch(
     std::vector<task_spec> specs,
     asio::any_completion_handler<void(error_code, std::vector<std::string>)> h) {
@@ -731,13 +747,16 @@ void client::do_enqueue_batch(
   auto now = core->clk.now();
   std::vector<task_record> records;
   records.reserve(specs.size());
+  // A store that queues what it inserts does both in one write (nothing to undo, nothing to
+  // orphan if this process dies in between); otherwise insert, then push.
+  const bool fed = core->q.fed_by(core->s);
   push_params push;
-  push.entries.reserve(specs.size());
+  if (!fed) push.entries.reserve(specs.size());
   std::vector<std::string> ids;
   ids.reserve(specs.size());
   for (auto& s : specs) {
     records.push_back(make_record(std::move(s), now));
-    push.entries.push_back(entry_of(records.back()));
+    if (!fed) push.entries.push_back(entry_of(records.back()));
     ids.push_back(records.back().id);
   }
   // The events go out after the store and queue have the tasks; build them (small) only if
@@ -748,11 +767,12 @@ void client::do_enqueue_batch(
     for (const auto& r : records)
       for_events.push_back(detail::client_core::make_event(event_kind::enqueued, r, now));
   }
-  core->s.async_insert(std::move(records), [core, push = std::move(push), ids = std::move(ids),
+  core->s.async_insert(std::move(records), [core, fed, push = std::move(push), ids = std::move(ids),
                                             for_events = std::move(for_events),
                                             h = std::move(h)](error_code ec) mutable {
     if (ec)
       return detail::dispatch_completion(std::move(h), core->ex, ec, std::vector<std::string>{});
+    if (fed) return enqueued(core, std::move(ids), for_events, std::move(h));
     core->q.async_push(
         std::move(push), [core, ids = std::move(ids), for_events = std::move(for_events),
                           h = std::move(h)](error_code ec) mutable {
@@ -766,12 +786,7 @@ void client::do_enqueue_batch(
             });
             return;
           }
-          if (for_events.empty()) {
-            core->event_counts[static_cast<std::size_t>(event_kind::enqueued)] += ids.size();
-          } else {
-            for (auto& e : for_events) core->emit(e);
-          }
-          detail::dispatch_completion(std::move(h), core->ex, error_code{}, std::move(ids));
+          enqueued(core, std::move(ids), for_events, std::move(h));
         });
   });
 }
@@ -1403,6 +1418,7 @@ struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
   void on_recorded(const std::vector<std::string>& ids, error_code batch_ec,
                    std::vector<update_result> results, std::vector<run_outcome> outcomes) {
     std::vector<lease> acks;
+    const bool store_removes_finished = client->q.fed_by(client->s);
     for (std::size_t i = 0; i < ids.size(); ++i) {
       --updates_in_flight;
       auto it = slots.find(ids[i]);
@@ -1415,8 +1431,8 @@ struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
         task_record& after = results[i].record;
         if (o.to == task_status::pending) {
           requeue(l, o);
-        } else {
-          acks.push_back(l);
+        } else if (!is_terminal(o.to) || !store_removes_finished) {
+          acks.push_back(l);  // else the store's write took the entry out already
         }
         client->record_event(
             o.event, after.id.empty() ? it->second.task : after, o.error,

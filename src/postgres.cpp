@@ -121,6 +121,9 @@ struct reply {
   error_code ec{};
   std::string detail{};
   result res{};
+  /// The connection was found dead before the statement went out: safe to run it again on
+  /// another connection.
+  bool unsent = false;
 };
 
 /// Maps a failed statement to taskq's errors.
@@ -159,8 +162,12 @@ struct connection {
   PGconn* pg = nullptr;
   asio::posix::stream_descriptor sd;
   bool broken = false;
+  std::unordered_map<std::string, std::string> prepared{};  ///< statement text -> name
 
-  connection(asio::any_io_executor ex, PGconn* c) : pg(c), sd(ex) { sd.assign(PQsocket(c)); }
+  connection(asio::any_io_executor ex, PGconn* c) : pg(c), sd(ex) {
+    sd.assign(PQsocket(c));
+    PQsetNoticeReceiver(pg, &on_notice, this);
+  }
   ~connection() {
     sd.release();  // the socket is libpq's
     PQfinish(pg);
@@ -177,6 +184,15 @@ struct connection {
     return out;
   }
 
+  /// libpq hands an error that arrives while no statement runs (the FATAL of a session the
+  /// server ends: pg_terminate_backend, shutdown) to the notice receiver, and the connection
+  /// still looks fine until the socket's end-of-file arrives, which may be later: note it.
+  static void on_notice(void* self, const PGresult* r) {
+    const char* sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+    if (sev && (std::string_view(sev) == "FATAL" || std::string_view(sev) == "PANIC"))
+      static_cast<connection*>(self)->broken = true;
+  }
+
   /// Whether an idle connection is still usable (reads what the server sent meanwhile, e.g.
   /// the termination notice of pg_terminate_backend).
   bool healthy() {
@@ -185,8 +201,8 @@ struct connection {
     // both (twice), and let libpq parse what it read.
     for (int i = 0; i < 2; ++i)
       if (!PQconsumeInput(pg)) return false;
-    (void)PQisBusy(pg);
-    return PQstatus(pg) != CONNECTION_BAD;
+    (void)PQisBusy(pg);  // parses what was read: a FATAL reaches on_notice
+    return !broken && PQstatus(pg) != CONNECTION_BAD;
   }
 };
 
@@ -203,14 +219,47 @@ awaitable<error_code> wait_for(connection& c, wait_type w,
   co_return error_code{};  // rechecked: the caller reads what there is
 }
 
-/// Runs one statement (extended protocol, text parameters) without blocking.
-awaitable<reply> exec(connection& c, const std::string& sql, const params& ps) {
+awaitable<reply> collect(connection& c);
+
+/// Runs one statement (extended protocol, text parameters) without blocking. With `prepare`,
+/// the statement is parsed and planned once per connection (PQsendPrepare on first use), then
+/// run by name: the hot statements are long CTEs whose parse and plan cost as much as a small
+/// batch's execution.
+awaitable<reply> exec(connection& c, const std::string& sql, const params& ps,
+                      bool prepare = false) {
   std::vector<const char*> values;
   values.reserve(ps.size());
   for (const auto& p : ps) values.push_back(p ? p->c_str() : nullptr);
-  if (!PQsendQueryParams(c.pg, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(),
-                         nullptr, nullptr, 0))
-    co_return c.lost("send");
+  const int n = static_cast<int>(values.size());
+  const std::string* name = nullptr;
+  if (prepare) {
+    auto it = c.prepared.find(sql);
+    if (it == c.prepared.end()) {
+      std::string fresh = "taskq_" + std::to_string(c.prepared.size());
+      if (!PQsendPrepare(c.pg, fresh.c_str(), sql.c_str(), n, nullptr)) {
+        auto out = c.lost("send");
+        out.unsent = true;  // refused by libpq: nothing of it reached the server
+        co_return out;
+      }
+      reply made = co_await collect(c);
+      if (made.ec) co_return made;
+      it = c.prepared.emplace(sql, std::move(fresh)).first;
+    }
+    name = &it->second;
+  }
+  const int sent =
+      name ? PQsendQueryPrepared(c.pg, name->c_str(), n, values.data(), nullptr, nullptr, 0)
+           : PQsendQueryParams(c.pg, sql.c_str(), n, nullptr, values.data(), nullptr, nullptr, 0);
+  if (!sent) {
+    auto out = c.lost("send");
+    out.unsent = true;  // refused by libpq: nothing of it reached the server
+    co_return out;
+  }
+  co_return co_await collect(c);
+}
+
+/// Sends what libpq buffered and reads the statement's results.
+awaitable<reply> collect(connection& c) {
   for (;;) {
     int f = PQflush(c.pg);
     if (f == 0) break;
@@ -265,7 +314,9 @@ struct borrowed_socket {
 
 /// Opens a connection without blocking (PQconnectStart / PQconnectPoll on Asio waits).
 awaitable<std::tuple<error_code, std::string, std::unique_ptr<connection>>> connect_async(
-    asio::any_io_executor ex, std::string conninfo) {
+    asio::any_io_executor ex, std::string conninfo, std::chrono::milliseconds timeout) {
+  using namespace asio::experimental::awaitable_operators;
+  const auto deadline = steady::now() + timeout;
   std::tuple<error_code, std::string, std::unique_ptr<connection>> out;
   // Owned by the frame: a frame destroyed while suspended (its io_context destroyed) frees it.
   std::unique_ptr<PGconn, void (*)(PGconn*)> owner(PQconnectStart(conninfo.c_str()), &PQfinish);
@@ -284,7 +335,17 @@ awaitable<std::tuple<error_code, std::string, std::unique_ptr<connection>>> conn
     }
     borrowed_socket sock(ex, PQsocket(c));
     auto w = st == PGRES_POLLING_READING ? wait_type::wait_read : wait_type::wait_write;
-    auto [ec] = co_await sock.sd.async_wait(w, use_tuple);
+    // A server that never answers (a black-holed address, a stopped server) would hold the
+    // attempt forever: give up at the deadline.
+    asio::steady_timer timer(ex, deadline);
+    auto r = co_await (sock.sd.async_wait(w, use_tuple) || timer.async_wait(use_tuple));
+    if (r.index() == 1) {
+      std::get<0>(out) = errc::backend_unavailable;
+      std::get<1>(out) = "PostgreSQL server unreachable: no answer within connect_timeout (" +
+                         std::to_string(timeout.count()) + " ms)";
+      co_return out;
+    }
+    auto [ec] = std::get<0>(r);
     if (ec) {
       std::get<0>(out) = errc::store_closed;
       std::get<1>(out) = "connection attempt cancelled";
@@ -348,6 +409,14 @@ CREATE TABLE @.leaders (
   name text PRIMARY KEY,
   holder text NOT NULL,
   expires_at bigint NOT NULL);
+)",
+      // 3: room on each page of the queue for a row's next versions, so that leasing a row
+      // (leased_until and token, neither indexed) is a HOT update: no new index entries, and
+      // no dead ones for every reserve to step over at the head of queue_order_idx. Vacuumed
+      // sooner than the default (it churns: every task passes through it once).
+      R"(
+ALTER TABLE @.queue SET (fillfactor = 60, autovacuum_vacuum_scale_factor = 0.02,
+  autovacuum_vacuum_insert_scale_factor = 0.02);
 )"};
   return all;
 }
@@ -363,21 +432,72 @@ std::string with_schema(const std::string& text, const std::string& quoted) {
   return out;
 }
 
-// Columns of a record row, as JSON for json_array_elements.
-json row_json(const task_record& r, std::int64_t version) {
-  return json{{"id", r.id},
-              {"v", version},
-              {"type", r.type},
-              {"queue", r.queue},
-              {"status", static_cast<int>(r.status)},
-              {"attempt", r.attempt},
-              {"uk", r.unique_key},
-              {"ua", r.unique_for == unique_scope::any},
-              {"ca", to_us(r.created_at)},
-              {"fa", r.finished_at ? json(to_us(*r.finished_at)) : json()},
-              {"labels", r.labels},
-              {"r", to_json(r)}};
+/// Appends one element to a PostgreSQL array literal: quoted, with backslash escapes.
+void array_element(std::string& out, std::string_view v) {
+  out += out.size() > 1 ? ",\"" : "\"";
+  for (char c : v) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  out += '"';
 }
+
+/// Record rows as one array literal per column, for `unnest($1::text[], ...)`: the server
+/// parses arrays far faster than json_to_recordset (which lexes every record's json twice),
+/// and each record's json is only validated.
+struct row_arrays {
+  std::string id = "{", version = "{", type = "{", queue = "{", status = "{", attempt = "{",
+              uk = "{", ua = "{", ca = "{", fa = "{", labels = "{", record = "{", key = "{",
+              priority = "{", at = "{";
+  std::size_t size = 0;
+
+  static void number(std::string& out, std::int64_t v) {
+    if (out.size() > 1) out += ',';
+    out += std::to_string(v);
+  }
+  void add(const task_record& r, std::int64_t v) {
+    ++size;
+    array_element(id, r.id);
+    number(version, v);
+    array_element(type, r.type);
+    array_element(queue, r.queue);
+    number(status, static_cast<int>(r.status));
+    number(attempt, r.attempt);
+    array_element(uk, r.unique_key);
+    ua += ua.size() > 1 ? "," : "";
+    ua += r.unique_for == unique_scope::any ? 't' : 'f';
+    number(ca, to_us(r.created_at));
+    if (r.finished_at)
+      number(fa, to_us(*r.finished_at));
+    else
+      fa += fa.size() > 1 ? ",NULL" : "NULL";
+    array_element(labels, json(r.labels).dump());
+    array_element(record, to_json(r).dump());
+    array_element(key, r.concurrency_key);
+    number(priority, r.priority);
+    number(at, to_us(r.available_at));
+  }
+  static std::string close(const std::string& a) { return a + '}'; }
+  /// $1..$11: the tasks columns (insert_tasks).
+  params insert_params() const {
+    return {close(id), close(type), close(queue), close(status), close(attempt), close(uk),
+            close(ua), close(ca),   close(fa),    close(labels), close(record)};
+  }
+  /// $1..$14: the tasks columns and the queue entry's (enqueue); the channel is appended.
+  params enqueue_params(const std::string& channel) const {
+    auto ps = insert_params();
+    ps.emplace_back(close(key));
+    ps.emplace_back(close(priority));
+    ps.emplace_back(close(at));
+    ps.emplace_back(channel);
+    return ps;
+  }
+  /// $1..$8: what write_back sets, with the expected version and created_at.
+  params write_params() const {
+    return {close(id), close(version), close(status), close(attempt),
+            close(ua), close(fa),      close(record), close(ca)};
+  }
+};
 
 json entry_json(const queue_entry& e) {
   return json{{"id", e.id},
@@ -392,28 +512,30 @@ struct sql_text {
   std::string insert_tasks, load, write_back, get, counts, prune;
   std::string push, reserve, hint, ack, extend, release, remove_entry, stats, pause, resume,
       paused_names;
-  std::string enqueue;
+  std::string enqueue, rescue;
   std::string sched_load, sched_load_all, sched_insert, sched_lock, sched_update, sched_remove;
   std::string lead_acquire, lead_release;
 
   explicit sql_text(const std::string& q) {
     auto s = [&](const char* t) { return with_schema(t, q); };
-    // json_to_recordset parses each element once (field access on json re-parses it).
-    const char* insert_sel =
-        "SELECT x.id, x.type, x.queue, x.status, x.attempt, x.uk, x.ua, x.ca, x.fa, x.labels, "
-        "x.r FROM json_to_recordset($1::json) AS x(id text, type text, queue text, status "
-        "smallint, attempt integer, uk text, ua boolean, ca bigint, fa bigint, labels jsonb, r "
-        "json)";
+    const char* task_cols =
+        "unnest($1::text[], $2::text[], $3::text[], $4::smallint[], $5::integer[], $6::text[], "
+        "$7::boolean[], $8::bigint[], $9::bigint[], $10::jsonb[], $11::json[]";
     insert_tasks = s("INSERT INTO @.tasks (id, type, queue, status, attempt, unique_key, "
-                     "unique_any, created_at, finished_at, labels, record) ") +
-                   insert_sel;
+                     "unique_any, created_at, finished_at, labels, record) SELECT * FROM ") +
+                   task_cols + ")";
     load = s("SELECT id, version, record::text FROM @.tasks WHERE id = ANY($1::text[])");
+    // A record reaching a final status loses its queue entry in the same statement (the queue
+    // is fed by this store: workers need not ack finished tasks).
     write_back =
-        s("UPDATE @.tasks t SET status = x.status, attempt = x.attempt, unique_any = x.ua, "
-          "finished_at = x.fa, record = x.r, version = t.version + 1 "
-          "FROM json_to_recordset($1::json) AS x(id text, v bigint, status smallint, attempt "
-          "integer, ua boolean, fa bigint, r json) "
-          "WHERE t.id = x.id AND t.version = x.v RETURNING t.id");
+        s("WITH w AS (UPDATE @.tasks t SET status = x.status, attempt = x.attempt, unique_any = "
+          "x.ua, finished_at = x.fa, record = x.r, version = t.version + 1 "
+          "FROM unnest($1::text[], $2::bigint[], $3::smallint[], $4::integer[], $5::boolean[], "
+          "$6::bigint[], $7::json[], $8::bigint[]) AS x(id, v, status, attempt, ua, fa, r, ca) "
+          "WHERE t.id = x.id AND t.version = x.v AND t.created_at = x.ca "
+          "RETURNING t.id, t.status), "
+          "d AS (DELETE FROM @.queue e USING w WHERE e.id = w.id AND w.status >= 2) "
+          "SELECT id FROM w");
     get = s("SELECT record::text FROM @.tasks WHERE id = $1");
     counts = s("SELECT status, type, queue, count(*) FROM @.tasks GROUP BY 1, 2, 3");
     prune = s("DELETE FROM @.tasks WHERE status >= 2 AND finished_at < $1");
@@ -435,18 +557,46 @@ struct sql_text {
       return t;
     };
     push = fill(std::string("WITH ins AS (") + push_ins + ")" + notify_sel, "$1", "$2");
-    enqueue =
-        fill(std::string("WITH t AS (INSERT INTO @.tasks (id, type, queue, status, attempt, "
-                         "unique_key, unique_any, created_at, finished_at, labels, record) ") +
-                 insert_sel + "), ins AS (" + push_ins + ")" + notify_sel,
-             "$2", "$3");
+    // Records and, for the pending ones, their queue entries (in batch order: FIFO), in one
+    // statement: a task is never stored without the entry that gets it run.
+    enqueue = s((std::string("WITH x AS (SELECT * FROM ") + task_cols +
+                 ", $12::text[], $13::integer[], $14::bigint[]) WITH ORDINALITY AS x(id, type, "
+                 "queue, status, attempt, uk, ua, ca, fa, labels, r, key, priority, at, n)), "
+                 "t AS (INSERT INTO @.tasks (id, type, queue, status, attempt, unique_key, "
+                 "unique_any, created_at, finished_at, labels, record) SELECT id, type, queue, "
+                 "status, attempt, uk, ua, ca, fa, labels, r FROM x), ins AS (INSERT INTO "
+                 "@.queue (id, queue, type, concurrency_key, priority, available_at) SELECT id, "
+                 "queue, type, key, priority, at FROM x WHERE status = 0 ORDER BY n RETURNING "
+                 "queue, available_at) SELECT pg_notify($15, 'p' || chr(9) || queue || chr(9) || "
+                 "min(available_at)::text) FROM ins GROUP BY queue")
+                    .c_str());
+    // Pending records without a queue entry (a dead process's half-done work) get it back.
+    // The inner query walks pending rows through tasks_finished (status leads it) and the
+    // queue's primary key; OFFSET 0 keeps the planner from parsing the json of every pending
+    // record before the anti-join has thinned them out.
+    rescue = fill(
+        "WITH ins AS (INSERT INTO @.queue (id, queue, type, concurrency_key, priority, "
+        "available_at) SELECT o.id, o.queue, o.type, o.record->>'concurrency_key', "
+        "(o.record->>'priority')::integer, (o.record->>'available_at')::bigint FROM (SELECT t.id, "
+        "t.queue, t.type, t.record FROM @.tasks t WHERE t.status = 0 AND NOT EXISTS (SELECT 1 "
+        "FROM @.queue e WHERE e.id = t.id) OFFSET 0) o WHERE (o.record->>'updated_at')::bigint < "
+        "$1 ORDER BY o.id ON CONFLICT (id) DO NOTHING RETURNING queue, available_at) SELECT queue, "
+        "min(available_at), pg_notify($C, 'p' || chr(9) || queue || chr(9) || "
+        "min(available_at)::text) FROM ins GROUP BY queue",
+        "", "$2");
+    // Per queue served, the head of queue_order_idx in order (queue = one name, so the index
+    // yields priority-then-FIFO order and the scan stops after $3 rows; with `queue = ANY(...)`
+    // the planner would read and sort every row of the queues); then the best $3 of those.
     reserve =
-        s("WITH picked AS (SELECT e.id FROM @.queue e WHERE e.queue = ANY($1::text[]) "
-          "AND NOT EXISTS (SELECT 1 FROM @.paused_queues p WHERE p.name = e.queue) "
+        s("WITH picked AS (SELECT c.id FROM (SELECT DISTINCT unnest($1::text[]) AS name) qn "
+          "CROSS JOIN LATERAL (SELECT e.id, e.priority, e.seq FROM @.queue e "
+          "WHERE e.queue = qn.name "
           "AND e.available_at <= $2 AND (e.leased_until IS NULL OR e.leased_until <= $2) "
           "AND NOT (e.type = ANY($4::text[])) "
           "AND NOT (e.concurrency_key <> '' AND e.concurrency_key = ANY($5::text[])) "
-          "ORDER BY e.priority DESC, e.seq LIMIT $3 FOR UPDATE SKIP LOCKED) "
+          "ORDER BY e.priority DESC, e.seq LIMIT $3 FOR UPDATE SKIP LOCKED) c "
+          "WHERE NOT EXISTS (SELECT 1 FROM @.paused_queues p WHERE p.name = qn.name) "
+          "ORDER BY c.priority DESC, c.seq LIMIT $3) "
           "UPDATE @.queue e SET leased_until = $6, token = nextval('@.lease_tokens') "
           "FROM picked WHERE e.id = picked.id "
           "RETURNING e.id, e.queue, e.type, e.concurrency_key, e.priority, e.token, e.seq");
@@ -630,6 +780,13 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
   connection* listener = nullptr;
   asio::steady_timer poll_timer;
   asio::steady_timer listen_backoff;
+  asio::steady_timer rescue_timer;
+
+  // Running records this process wrote last (version, record): the next update of one (its
+  // worker's outcome, a heartbeat) skips loading it. Only a hint: every write is checked
+  // against the stored version, and a record the hint would refuse is loaded first.
+  std::unordered_map<std::string, std::pair<std::int64_t, task_record>> written;
+  static constexpr std::size_t written_cap = 8192;
 
   std::unique_ptr<taskq::queue> q;
   std::unique_ptr<taskq::store> s;
@@ -643,7 +800,8 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
         sql(quote_ident(opts.schema)),
         channel(channel_for(opts.schema)),
         poll_timer(ex),
-        listen_backoff(ex) {}
+        listen_backoff(ex),
+        rescue_timer(ex) {}
 
   void note_error(const std::string& detail) {
     if (detail.empty()) return;
@@ -698,7 +856,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
           asio::steady_timer t(ex, not_before);
           co_await t.async_wait(use_tuple);
         }
-        auto [ec, detail, conn] = co_await connect_async(ex, opts.conninfo);
+        auto [ec, detail, conn] = co_await connect_async(ex, opts.conninfo, opts.connect_timeout);
         if (ec) {
           {
             std::lock_guard lock(mutex);
@@ -742,15 +900,27 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
   }
 
   /// Runs one statement on a pooled connection.
-  awaitable<reply> query(std::string sql_text, params ps) {
+  awaitable<reply> query(std::string sql_text, params ps, bool prepare = false) {
     auto [ec, conn] = co_await acquire();
     if (ec) {
       reply r;
       r.ec = ec;
       co_return r;
     }
-    reply r = co_await exec(*conn, sql_text, ps);
+    reply r = co_await exec(*conn, sql_text, ps, prepare);
     release(std::move(conn));
+    if (r.unsent) {
+      // Nothing was sent: run it once more, on a connection acquire() checks or opens.
+      note_error(r.detail);
+      auto [ec2, conn2] = co_await acquire();
+      if (ec2) {
+        r = reply{};
+        r.ec = ec2;
+        co_return r;
+      }
+      r = co_await exec(*conn2, sql_text, ps, prepare);
+      release(std::move(conn2));
+    }
     if (r.ec) note_error(r.detail);
     co_return r;
   }
@@ -764,6 +934,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
   awaitable<void> attempt(std::uint64_t id);
   awaitable<void> listen_loop();
   awaitable<void> poll_loop();
+  awaitable<void> rescue_loop();
 };
 
 namespace {
@@ -820,13 +991,31 @@ awaitable<reply> rmw(std::shared_ptr<state> st, std::vector<std::string> ids, Ap
       out.detail = "taskq postgres: records kept changing under an update";
       break;
     }
-    params lp{text_array(ids)};
-    reply loaded = co_await exec(*conn, st->sql.load, lp);
+    std::unordered_map<std::string, std::pair<std::int64_t, task_record>> rows;
+    std::unordered_set<std::string> hinted;  // taken from st->written, not loaded
+    std::vector<std::string> to_load;
+    {
+      std::lock_guard lock(st->mutex);
+      for (const auto& id : ids) {
+        auto it = round == 0 ? st->written.find(id) : st->written.end();
+        if (it != st->written.end()) {
+          rows.emplace(id, it->second);
+          hinted.insert(id);
+        } else {
+          st->written.erase(id);
+          to_load.push_back(id);
+        }
+      }
+    }
+    reply loaded;
+    if (!to_load.empty()) {
+      params lp{text_array(to_load)};
+      loaded = co_await exec(*conn, st->sql.load, lp, true);
+    }
     if (loaded.ec) {
       out = std::move(loaded);
       break;
     }
-    std::unordered_map<std::string, std::pair<std::int64_t, task_record>> rows;
     for (int i = 0; i < loaded.res.rows(); ++i) {
       auto rec = parse_record(loaded.res.get(i, 2));
       if (!rec) {
@@ -837,24 +1026,34 @@ awaitable<reply> rmw(std::shared_ptr<state> st, std::vector<std::string> ids, Ap
       rows.emplace(loaded.res.get(i, 0), std::make_pair(loaded.res.i64(i, 1), std::move(*rec)));
     }
     if (out.ec) break;
-    json batch = json::array();
+    row_arrays batch;
     std::vector<std::string> changed;
+    std::vector<std::string> again;
     for (const auto& id : ids) {
       auto it = rows.find(id);
       task_record* rec = it == rows.end() ? nullptr : &it->second.second;
       if (apply(id, rec)) {
-        batch.push_back(row_json(*rec, it->second.first));
+        batch.add(*rec, it->second.first);
         changed.push_back(id);
+      } else if (hinted.count(id)) {
+        again.push_back(id);  // refused on the hint alone: decide on the stored record
       }
     }
-    if (changed.empty()) break;
-    params wp{batch.dump()};
-    reply w = co_await exec(*conn, st->sql.write_back, wp);
-    std::vector<std::string> again;
+    if (changed.empty() && again.empty()) break;
+    {
+      // Re-entered below for what this write is known to have stored.
+      std::lock_guard lock(st->mutex);
+      for (const auto& id : changed) st->written.erase(id);
+    }
+    reply w;
+    if (!changed.empty()) w = co_await exec(*conn, st->sql.write_back, batch.write_params(), true);
     if (w.ec == errc::duplicate_unique_key) {
       for (std::size_t k = 0; k < changed.size(); ++k) {
-        params one{"[" + batch[k].dump() + "]"};
-        reply w1 = co_await exec(*conn, st->sql.write_back, one);
+        auto& row = rows.find(changed[k])->second;
+        row_arrays single;
+        single.add(row.second, row.first);
+        params one = single.write_params();
+        reply w1 = co_await exec(*conn, st->sql.write_back, one, true);
         if (w1.ec == errc::duplicate_unique_key) {
           on_unique(changed[k]);
         } else if (w1.ec) {
@@ -871,8 +1070,15 @@ awaitable<reply> rmw(std::shared_ptr<state> st, std::vector<std::string> ids, Ap
     } else {
       std::unordered_set<std::string> written;
       for (int i = 0; i < w.res.rows(); ++i) written.insert(w.res.get(i, 0));
-      for (auto& id : changed)
-        if (!written.count(id)) again.push_back(id);
+      std::lock_guard lock(st->mutex);
+      if (st->written.size() > state::written_cap) st->written.clear();
+      for (auto& id : changed) {
+        auto& row = rows.find(id)->second;
+        if (!written.count(id))
+          again.push_back(id);
+        else if (row.second.status == task_status::running)
+          st->written.insert_or_assign(id, std::make_pair(row.first + 1, row.second));
+      }
     }
     ids = std::move(again);
   }
@@ -919,7 +1125,7 @@ awaitable<reserve_outcome> reserve_once(std::shared_ptr<state> st, reserve_param
   auto until = now + p.lease_for;
   params ps{text_array(p.queues),     std::to_string(to_us(now)), std::to_string(p.max),
             text_array(p.skip_types), text_array(p.skip_keys),    std::to_string(to_us(until))};
-  reply r = co_await st->query(st->sql.reserve, ps);
+  reply r = co_await st->query(st->sql.reserve, ps, true);
   if (r.ec) {
     out.ec = r.ec;
     co_return out;
@@ -1080,7 +1286,7 @@ awaitable<void> backend::state::listen_loop() {
       std::lock_guard lock(mutex);
       if (closed) co_return;
     }
-    auto [ec, detail, conn] = co_await connect_async(ex, opts.conninfo);
+    auto [ec, detail, conn] = co_await connect_async(ex, opts.conninfo, opts.connect_timeout);
     if (!ec) {
       reply r = co_await exec(*conn, listen_sql, {});
       if (!r.ec) r = co_await exec(*conn, sql.paused_names, {});
@@ -1148,6 +1354,24 @@ awaitable<void> backend::state::poll_loop() {
   }
 }
 
+awaitable<void> backend::state::rescue_loop() {
+  auto self = shared_from_this();
+  for (;;) {
+    rescue_timer.expires_after(opts.orphan_check_interval);
+    auto [ec] = co_await rescue_timer.async_wait(use_tuple);
+    if (ec) co_return;
+    {
+      std::lock_guard lock(mutex);
+      if (closed) co_return;
+    }
+    params ps{std::to_string(to_us(clk.now() - opts.orphan_grace)), channel};
+    reply r = co_await query(sql.rescue, ps);
+    // A failure is reported by query(); the next round tries again.
+    for (int i = 0; !r.ec && i < r.res.rows(); ++i)
+      on_pushed(r.res.get(i, 0), from_us(r.res.i64(i, 1)));  // this process's waiters, now
+  }
+}
+
 namespace {
 
 class pg_queue final : public taskq::queue {
@@ -1158,6 +1382,10 @@ class pg_queue final : public taskq::queue {
     std::lock_guard lock(st_.mutex);
     return st_.paused.count(queue_name) != 0;
   }
+
+  // Any PostgreSQL store on the same tables queues what it inserts (another backend object
+  // opened with the same conninfo and schema, say), not only this backend's own.
+  bool fed_by(const taskq::store& s) const noexcept override;
 
  protected:
   void do_push(push_params p, handler<void(error_code)> h) override {
@@ -1181,7 +1409,7 @@ class pg_queue final : public taskq::queue {
     json arr = json::array();
     for (const auto& e : p.entries) arr.push_back(entry_json(e));
     params ps{arr.dump(), st->channel};
-    reply r = co_await st->query(st->sql.push, ps);
+    reply r = co_await st->query(st->sql.push, ps, true);
     if (!r.ec) {
       // Wake this process's waiters now (the notification also comes back, later).
       std::unordered_map<std::string, time_point> first;
@@ -1264,7 +1492,7 @@ class pg_queue final : public taskq::queue {
     if (l.empty()) co_return std::make_tuple(error_code{}, std::size_t{0});
     auto [ids, tokens] = id_token_arrays(l);
     params ps{ids, tokens};
-    reply r = co_await st->query(st->sql.ack, ps);
+    reply r = co_await st->query(st->sql.ack, ps, true);
     co_return std::make_tuple(r.ec, r.ec ? std::size_t{0} : r.res.affected());
   }
 
@@ -1282,7 +1510,7 @@ class pg_queue final : public taskq::queue {
     auto now = st->clk.now();
     auto [ids, tokens] = id_token_arrays(l);
     params ps{ids, tokens, std::to_string(to_us(now + lease_for)), std::to_string(to_us(now))};
-    reply r = co_await st->query(st->sql.extend, ps);
+    reply r = co_await st->query(st->sql.extend, ps, true);
     if (!r.ec) {
       std::unordered_set<std::string> got;
       for (int i = 0; i < r.res.rows(); ++i) got.insert(r.res.get(i, 0));
@@ -1395,6 +1623,7 @@ std::string where_of(const task_filter& f, params& ps) {
 class pg_store final : public taskq::store {
  public:
   explicit pg_store(state& s) : st_(s) {}
+  const state& owner() const noexcept { return st_; }
   bool durable() const noexcept override { return true; }
 
  protected:
@@ -1406,13 +1635,26 @@ class pg_store final : public taskq::store {
     launch(st, std::move(h), insert(st, std::move(r)));
   }
 
+  // Pending records are queued in the same statement (the queue is fed by this store), so
+  // no record is ever left without the entry that gets it run.
   static awaitable<std::tuple<error_code>> insert(std::shared_ptr<state> st,
                                                   std::vector<task_record> rs) {
     if (rs.empty()) co_return std::tuple<error_code>{};
-    json arr = json::array();
-    for (const auto& r : rs) arr.push_back(row_json(r, 0));
-    params ps{arr.dump()};
-    reply r = co_await st->query(st->sql.insert_tasks, ps);
+    row_arrays rows;
+    std::unordered_map<std::string, time_point> first;  // per queue: the earliest available_at
+    for (const auto& r : rs) {
+      rows.add(r, 0);
+      if (r.status != task_status::pending) continue;
+      auto [it, fresh] = first.try_emplace(r.queue, r.available_at);
+      if (!fresh) it->second = std::min(it->second, r.available_at);
+    }
+    if (first.empty()) {
+      reply r = co_await st->query(st->sql.insert_tasks, rows.insert_params(), true);
+      co_return std::tuple<error_code>{r.ec};
+    }
+    reply r = co_await st->query(st->sql.enqueue, rows.enqueue_params(st->channel), true);
+    if (!r.ec)
+      for (const auto& [q, at] : first) st->on_pushed(q, at);  // this process's waiters, now
     co_return std::tuple<error_code>{r.ec};
   }
 
@@ -1424,7 +1666,7 @@ class pg_store final : public taskq::store {
   static awaitable<std::tuple<error_code, task_record>> get(std::shared_ptr<state> st,
                                                             std::string id) {
     params ps{id};
-    reply r = co_await st->query(st->sql.get, ps);
+    reply r = co_await st->query(st->sql.get, ps, true);
     std::tuple<error_code, task_record> out;
     if (r.ec) {
       std::get<0>(out) = r.ec;
@@ -1686,6 +1928,13 @@ class pg_store final : public taskq::store {
   state& st_;
 };
 
+bool pg_queue::fed_by(const taskq::store& s) const noexcept {
+  if (&s == st_.s.get()) return true;
+  const auto* other = dynamic_cast<const pg_store*>(&s);
+  return other && other->owner().opts.schema == st_.opts.schema &&
+         other->owner().opts.conninfo == st_.opts.conninfo;
+}
+
 // --- schedule storage -----------------------------------------------------------------------
 
 /// Decodes a stored schedule row; on failure `detail` names the schedule and the field.
@@ -1896,6 +2145,13 @@ std::unique_ptr<backend> backend::open(asio::any_io_executor ex, backend_options
     return fail(
         errc::invalid_option,
         "backend_options fields 'reconnect_min'/'reconnect_max' must be positive and ordered");
+  if (opts.orphan_check_interval < std::chrono::milliseconds(0) ||
+      opts.orphan_grace < std::chrono::milliseconds(0))
+    return fail(errc::invalid_option,
+                "backend_options fields 'orphan_check_interval'/'orphan_grace' must not be "
+                "negative");
+  if (opts.connect_timeout <= std::chrono::milliseconds(0))
+    return fail(errc::invalid_option, "backend_options field 'connect_timeout' must be positive");
   PGconn* c = PQconnectdb(opts.conninfo.c_str());
   if (!c || PQstatus(c) != CONNECTION_OK) {
     std::string msg = c ? PQerrorMessage(c) : "out of memory";
@@ -1917,6 +2173,8 @@ std::unique_ptr<backend> backend::open(asio::any_io_executor ex, backend_options
   st->open_conns = 1;
   asio::co_spawn(st->ex, st->listen_loop(), asio::detached);
   asio::co_spawn(st->ex, st->poll_loop(), asio::detached);
+  if (st->opts.orphan_check_interval > std::chrono::milliseconds(0))
+    asio::co_spawn(st->ex, st->rescue_loop(), asio::detached);
   ec = {};
   return std::unique_ptr<backend>(new backend(std::move(st)));
 }
@@ -1975,6 +2233,7 @@ void backend::close() noexcept {
   asio::post(st->ex, [st] {
     st->poll_timer.cancel();
     st->listen_backoff.cancel();
+    st->rescue_timer.cancel();
     std::lock_guard lock(st->mutex);
     if (st->listener) st->listener->sd.cancel();
     for (auto& w : st->pool_waiters) w->cancel();
@@ -2006,18 +2265,16 @@ std::vector<std::string> enqueue(PGconn* conn, const std::string& schema,
     if (detail) *detail = "the host's connection is in a failed transaction or busy";
     return {};
   }
-  json records = json::array(), entries = json::array();
+  row_arrays rows;
   std::vector<std::string> ids;
   for (auto& s : specs) {
     auto r = make_record(std::move(s), now);
-    entries.push_back(
-        entry_json({r.id, r.queue, r.type, r.concurrency_key, r.priority, r.available_at}));
-    records.push_back(row_json(r, 0));
+    rows.add(r, 0);
     ids.push_back(r.id);
   }
   if (ids.empty()) return ids;
   sql_text sql(quote_ident(schema));
-  params ps{records.dump(), entries.dump(), channel_for(schema)};
+  params ps = rows.enqueue_params(channel_for(schema));
   const bool in_tx = tx == PQTRANS_INTRANS;
   if (in_tx && !run_sync(conn, "SAVEPOINT taskq_enqueue", ec, why)) {
     if (detail) *detail = why;

@@ -18,6 +18,8 @@
 
 namespace taskq {
 
+class store;
+
 /// What the queue needs to know about a task.
 struct queue_entry {
   std::string id{};
@@ -157,6 +159,18 @@ class queue {
 
   /// Whether the named queue is paused (synchronous: pause state is small and local).
   virtual bool is_paused(const std::string& queue_name) const = 0;
+
+  /// Whether `s` keeps this queue in step with its records, in the same atomic write as the
+  /// record: inserting a pending record adds its queue entry, and a record reaching a final
+  /// status (succeeded, failed, cancelled, dropped) loses it. The client then skips its own
+  /// push, so a process dying mid-enqueue cannot leave a record that no worker will ever run
+  /// (a push of such an id fails with errc::duplicate_id), and workers skip the ack of a
+  /// finished task (one round trip less). False by default: records and entries are written
+  /// separately.
+  virtual bool fed_by(const taskq::store& s) const noexcept {
+    (void)s;
+    return false;
+  }
 
  protected:
   template <class Sig>

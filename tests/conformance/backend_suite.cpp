@@ -679,6 +679,32 @@ TEMPLATE_TEST_CASE("scheduler on the backend: each occurrence once; a restart ca
   drain(f.io);
 }
 
+TEMPLATE_TEST_CASE("client enqueue: stored and queued once; a failed enqueue leaves neither",
+                   "[conformance][client]", BACKENDS) {
+  fixture<TestType> f;
+  // Only PostgreSQL's store queues what it inserts (one statement); the others are written
+  // in two steps by the client. Either way the outcome below is the same.
+  CHECK(f.q.fed_by(f.s) == (std::string(TestType::name) == "postgres"));
+  client c{f.io.get_executor(), f.q, f.s, {.time = &f.clk}};
+  auto enqueue = [&](task_spec spec) {
+    return f.template call<std::string>([&](auto cb) { c.async_enqueue(std::move(spec), cb); });
+  };
+  auto [e1, a] = enqueue({.type = "t", .unique_key = "k"});
+  REQUIRE_FALSE(e1);
+  auto [e2, b] = enqueue({.type = "t", .priority = 2});
+  REQUIRE_FALSE(e2);
+  auto [e3, dup] = enqueue({.type = "t", .unique_key = "k"});
+  CHECK(e3 == errc::duplicate_unique_key);
+  auto [e4, dup_id] = enqueue({.type = "t", .id = a});
+  CHECK(e4 == errc::duplicate_id);
+  CHECK(f.get(a).status == task_status::pending);
+  // Each task is queued exactly once (a second push of its id is a duplicate), in order.
+  f.push({{a, "default", "t", "", 0, f.clk.now()}}, errc::duplicate_id);
+  auto leases = f.reserve(10);
+  CHECK(f.ids(leases) == std::vector<std::string>{b, a});
+  CHECK(f.list({}).records.size() == 2);
+}
+
 // --- end to end
 // ------------------------------------------------------------------------------------
 

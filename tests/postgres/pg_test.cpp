@@ -6,10 +6,12 @@
 
 #include <taskq/backends/postgres/backend.hpp>
 
+#include <taskq/client.hpp>
 #include <taskq/scheduler.hpp>
 
 #include <boost/asio/detached.hpp>
 
+#include <signal.h>
 #include <algorithm>
 #include <thread>
 
@@ -185,6 +187,235 @@ TEST_CASE("postgres: transactional enqueue exists iff the host's transaction com
   CHECK(leases[1].id == committed[1]);
 }
 
+TEST_CASE("postgres: the store queues what it inserts, in the same statement", "[postgres]") {
+  pg_fixture f;
+  auto& q = f.b->queue();
+  auto& s = f.b->store();
+  CHECK(q.fed_by(s));
+  {
+    // Another backend's store on other tables does not feed this queue; one on the same
+    // tables (same conninfo and schema) does.
+    pg_fixture other;
+    CHECK_FALSE(q.fed_by(other.b->store()));
+    auto same = postgres::backend::open(other.io.get_executor(),
+                                        {.conninfo = pg_conninfo(), .schema = f.schema});
+    CHECK(q.fed_by(same->store()));
+  }
+  auto rec = [&](std::string id, task_spec spec = {.type = "t"}) {
+    spec.id = std::move(id);
+    return make_record(std::move(spec), f.clk.now());
+  };
+  auto insert = [&](std::vector<task_record> rs) {
+    auto [ec] = f.call<>([&](auto cb) { s.async_insert(std::move(rs), cb); });
+    return ec;
+  };
+  auto finished = rec("done");
+  finished.status = task_status::cancelled;
+  finished.finished_at = f.clk.now();
+  REQUIRE_FALSE(insert({rec("a", {.type = "t", .priority = 1}), finished,
+                        rec("b", {.type = "t", .unique_key = "k"})}));
+  // All or nothing, queue entries included: the failed inserts queue nothing.
+  CHECK(insert({rec("c"), rec("a")}) == errc::duplicate_id);
+  CHECK(insert({rec("d"), rec("e", {.type = "t", .unique_key = "k"})}) ==
+        errc::duplicate_unique_key);
+  // A push of an inserted id is a duplicate: its entry is there already.
+  std::vector<queue_entry> again;
+  again.push_back({"a", "default", "t", "", 1, f.clk.now()});
+  auto [pec] = f.call<>([&](auto cb) { q.async_push({std::move(again)}, cb); });
+  CHECK(pec == errc::duplicate_id);
+  auto [ec, leases] =
+      f.call<std::vector<lease>>([&](auto cb) { q.async_reserve({.max = 10}, cb); });
+  REQUIRE_FALSE(ec);
+  REQUIRE(leases.size() == 2);  // the pending ones only
+  CHECK(leases[0].id == "a");
+  CHECK(leases[0].priority == 1);
+  CHECK(leases[1].id == "b");
+  // Finishing a record takes its entry out in the same statement (no ack needed); a record
+  // that is not finished keeps it.
+  auto [cle, claimed] = f.call<claim_result>([&](auto cb) {
+    s.async_claim({{"a", "b"}, f.clk.now()}, cb);
+  });
+  REQUIRE(claimed.claimed.size() == 2);
+  auto [ue, after] = f.call<task_record>([&](auto cb) {
+    s.async_update({.id = "a",
+                    .expected = task_status::running,
+                    .to = task_status::succeeded,
+                    .now = f.clk.now()},
+                   cb);
+  });
+  REQUIRE_FALSE(ue);
+  auto entries = [&] {
+    return pg_exec("SELECT string_agg(id, ',' ORDER BY id) FROM \"" + f.schema + "\".queue");
+  };
+  CHECK(entries() == "b");
+}
+
+TEST_CASE("postgres: a client enqueue writes record and queue entry together, or neither",
+          "[postgres]") {
+  pg_fixture f;
+  client c{f.io.get_executor(), f.b->queue(), f.b->store(), {.time = &f.clk}};
+  auto [e1, id] =
+      f.call<std::string>([&](auto cb) { c.async_enqueue({.type = "t", .unique_key = "u"}, cb); });
+  REQUIRE_FALSE(e1);
+  auto [e2, none] =
+      f.call<std::string>([&](auto cb) { c.async_enqueue({.type = "t", .unique_key = "u"}, cb); });
+  CHECK(e2 == errc::duplicate_unique_key);
+  auto rows = [&](const std::string& table) {
+    return pg_exec("SELECT count(*) FROM \"" + f.schema + "\"." + table);
+  };
+  CHECK(rows("tasks") == "1");
+  CHECK(rows("queue") == "1");
+  auto [e3, leases] =
+      f.call<std::vector<lease>>([&](auto cb) { f.b->queue().async_reserve({.max = 5}, cb); });
+  REQUIRE(leases.size() == 1);
+  CHECK(leases[0].id == id);
+}
+
+TEST_CASE("postgres: a pending record left without its queue entry is queued again after a grace",
+          "[postgres]") {
+  asio::io_context io;
+  manual_clock clk;
+  auto schema = fresh_schema("orph");
+  auto b = postgres::backend::open(io.get_executor(),
+                                   {.conninfo = pg_conninfo(),
+                                    .schema = schema,
+                                    .orphan_check_interval = std::chrono::milliseconds(50),
+                                    .orphan_grace = std::chrono::minutes(1),
+                                    .time = &clk});
+  auto& q = b->queue();
+  auto& s = b->store();
+  // What a process killed between two statements leaves behind (a taskq whose enqueue was an
+  // insert then a push, or a retry between its record update and its push): a pending
+  // record, no queue entry.
+  auto orphan = make_record({.type = "t", .priority = 3, .concurrency_key = "ck"}, clk.now());
+  auto queued = make_record({.type = "t"}, clk.now());
+  auto [ie] = call<>(io, [&](auto cb) { s.async_insert({orphan, queued}, cb); });
+  REQUIRE_FALSE(ie);
+  pg_exec("DELETE FROM \"" + schema + "\".queue WHERE id = '" + orphan.id + "'");
+
+  std::optional<std::vector<lease>> got;
+  auto reserve = [&] {
+    got.reset();
+    q.async_reserve({.max = 5, .lease_for = 1h, .wait = true},
+                    [&](error_code, std::vector<lease> l) { got = std::move(l); });
+  };
+  reserve();
+  REQUIRE(run_until(io, [&] { return got.has_value(); }));
+  REQUIRE(got->size() == 1);
+  CHECK((*got)[0].id == queued.id);
+  // Within the grace the record is left alone (its push may still be on its way).
+  reserve();
+  run_until(
+      io, [] { return false; }, 1s);
+  CHECK_FALSE(got.has_value());
+  // After it, a maintenance round gives the entry back, at the record's priority, and the
+  // waiting reserve wakes for it.
+  clk.advance(std::chrono::minutes(2));
+  REQUIRE(run_until(
+      io, [&] { return got.has_value(); }, 10s));
+  REQUIRE(got->size() == 1);
+  CHECK((*got)[0].id == orphan.id);
+  CHECK((*got)[0].priority == 3);
+  CHECK((*got)[0].concurrency_key == "ck");
+  auto [ce, claimed] = call<claim_result>(io, [&](auto cb) {
+    s.async_claim({{orphan.id}, clk.now()}, cb);
+  });
+  REQUIRE_FALSE(ce);
+  REQUIRE(claimed.claimed.size() == 1);
+  CHECK(claimed.claimed[0].status == task_status::running);
+  // Running, then acked: not pending, so its entry stays gone.
+  auto [ae, n] = call<std::size_t>(io, [&](auto cb) { q.async_ack(*got, cb); });
+  CHECK(n == 1u);
+  clk.advance(std::chrono::minutes(2));
+  run_until(
+      io, [] { return false; }, 1s);
+  CHECK(pg_exec("SELECT count(*) FROM \"" + schema + "\".queue") == "1");  // `queued`, leased
+  b.reset();
+  drop_schema(schema);
+}
+
+TEST_CASE("postgres: records written by another process are never judged on this one's stale copy",
+          "[postgres]") {
+  pg_fixture f;
+  asio::io_context io2;
+  auto other = postgres::backend::open(
+      io2.get_executor(), {.conninfo = pg_conninfo(), .schema = f.schema, .time = &f.clk});
+  auto& s1 = f.b->store();
+  auto& s2 = other->store();
+  auto a = make_record({.type = "t", .max_attempts = 3}, f.clk.now());
+  auto [ie] = f.call<>([&](auto cb) { s1.async_insert({a}, cb); });
+  REQUIRE_FALSE(ie);
+  // This process claims it (and keeps what it wrote); the other rescues it as lost.
+  auto [c1e, c1] = f.call<claim_result>([&](auto cb) {
+    s1.async_claim({{a.id}, f.clk.now()}, cb);
+  });
+  REQUIRE(c1.claimed.size() == 1);
+  auto [c2e, c2] = call<claim_result>(io2, [&](auto cb) {
+    s2.async_claim({{a.id}, f.clk.now()}, cb);
+  });
+  REQUIRE(c2.claimed.size() == 1);
+  CHECK(c2.claimed[0].attempt == 2);
+  // Attempt 1's outcome is refused although this process last saw attempt 1 running.
+  auto [u1e, u1] = f.call<task_record>([&](auto cb) {
+    s1.async_update({.id = a.id,
+                     .expected = task_status::running,
+                     .expected_attempt = 1,
+                     .to = task_status::succeeded,
+                     .now = f.clk.now()},
+                    cb);
+  });
+  CHECK(u1e == errc::status_conflict);
+  // The other finishes it; an update that only the stored record allows goes through here.
+  auto [u2e, u2] = call<task_record>(io2, [&](auto cb) {
+    s2.async_update({.id = a.id,
+                     .expected = task_status::running,
+                     .expected_attempt = 2,
+                     .to = task_status::failed,
+                     .now = f.clk.now()},
+                    cb);
+  });
+  REQUIRE_FALSE(u2e);
+  auto [u3e, u3] = f.call<task_record>([&](auto cb) {
+    s1.async_update({.id = a.id,
+                     .expected = task_status::failed,
+                     .to = task_status::pending,
+                     .now = f.clk.now(),
+                     .attempt = 0},
+                    cb);
+  });
+  CHECK_FALSE(u3e);
+  CHECK(u3.status == task_status::pending);
+  // Claimed here, finished by the other: a retry here is judged on the stored (failed) record,
+  // not on the running one this process wrote last.
+  auto b = make_record({.type = "t"}, f.clk.now());
+  auto [ie2] = f.call<>([&](auto cb) { s1.async_insert({b}, cb); });
+  REQUIRE_FALSE(ie2);
+  auto [c3e, c3] = f.call<claim_result>([&](auto cb) {
+    s1.async_claim({{b.id}, f.clk.now()}, cb);
+  });
+  REQUIRE(c3.claimed.size() == 1);
+  auto [u4e, u4] = call<task_record>(io2, [&](auto cb) {
+    s2.async_update({.id = b.id,
+                     .expected = task_status::running,
+                     .expected_attempt = 1,
+                     .to = task_status::failed,
+                     .now = f.clk.now()},
+                    cb);
+  });
+  REQUIRE_FALSE(u4e);
+  auto [u5e, u5] = f.call<task_record>([&](auto cb) {
+    s1.async_update({.id = b.id,
+                     .expected = task_status::failed,
+                     .to = task_status::pending,
+                     .now = f.clk.now(),
+                     .attempt = 0},
+                    cb);
+  });
+  CHECK_FALSE(u5e);
+  CHECK(u5.status == task_status::pending);
+  other.reset();
+}
+
 TEST_CASE("postgres: a waiting reserve wakes on a transactional enqueue's commit (NOTIFY)",
           "[postgres]") {
   pg_fixture f;
@@ -231,7 +462,9 @@ TEST_CASE("postgres: connections ended by the server (pg_terminate_backend) are 
   }));
   // The next operations succeed on new connections (an idle connection found dead is
   // replaced before use); nothing pushed is lost.
-  REQUIRE_FALSE(push("b"));
+  auto pushed = push("b");
+  INFO(f.b->last_error());
+  REQUIRE_FALSE(pushed);
   auto [ec, leases] =
       f.call<std::vector<lease>>([&](auto cb) { f.b->queue().async_reserve({.max = 5}, cb); });
   CHECK_FALSE(ec);
@@ -248,6 +481,58 @@ TEST_CASE("postgres: connections ended by the server (pg_terminate_backend) are 
       f.io, [&] { return got.has_value(); }, 10s));
   CHECK(got->size() == 1);
   CHECK(f.b->last_error().find("connection lost") != std::string::npos);
+}
+
+TEST_CASE("postgres: a reconnect to a server that never answers gives up at connect_timeout",
+          "[postgres]") {
+  asio::io_context io;
+  auto schema = fresh_schema("cto");
+  auto b = postgres::backend::open(io.get_executor(),
+                                   {.conninfo = pg_conninfo(),
+                                    .schema = schema,
+                                    .pool_size = 1,
+                                    .reconnect_min = std::chrono::milliseconds(20),
+                                    .reconnect_max = std::chrono::milliseconds(50),
+                                    .connect_timeout = std::chrono::milliseconds(300)});
+  auto push = [&](std::string id) {
+    std::vector<queue_entry> e;
+    e.push_back({id, "default", "t", "", 0, time_point{}});
+    auto [ec] = call<>(io, [&](auto cb) { b->queue().async_push({std::move(e)}, cb); });
+    return ec;
+  };
+  REQUIRE_FALSE(push("a"));
+  // End this backend's sessions while the server still accepts new ones.
+  const std::string mine =
+      "FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND backend_type = 'client backend' "
+      "AND query LIKE '%\"" +
+      schema + "\"%'";
+  auto pids = pg_exec("SELECT string_agg(pid::text, ',') " + mine);
+  REQUIRE_FALSE(pids.empty());
+  pg_exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid IN (" + pids + ")");
+  REQUIRE(run_until(io, [&] {
+    return pg_exec("SELECT count(*) FROM pg_stat_activity WHERE pid IN (" + pids + ")") == "0";
+  }));
+  // A stopped postmaster: the kernel still completes TCP connections to its port, but nothing
+  // ever answers the startup packet (a black hole).
+  const pid_t postmaster =
+      std::stoi(pg_exec("SELECT split_part(pg_read_file('postmaster.pid'), "
+                        "E'\\n', 1)"));
+  REQUIRE(::kill(postmaster, SIGSTOP) == 0);
+  struct resume {
+    pid_t pid;
+    ~resume() { ::kill(pid, SIGCONT); }
+  } guard{postmaster};
+  auto t0 = std::chrono::steady_clock::now();
+  auto ec = push("b");
+  auto took = std::chrono::steady_clock::now() - t0;
+  CHECK(ec == errc::backend_unavailable);
+  CHECK(took < 5s);
+  CHECK_THAT(b->last_error(), Catch::Contains("connect_timeout"));
+  ::kill(postmaster, SIGCONT);
+  // Once the server answers again, the next attempt (after the backoff) connects.
+  REQUIRE(run_until(io, [&] { return !push("c"); }));
+  b.reset();
+  drop_schema(schema);
 }
 
 // --- schedule storage and leader election ---------------------------------------------------
@@ -374,7 +659,7 @@ TEST_CASE("postgres: an undecodable stored schedule is an invalid_record naming 
   CHECK(load(f, "bad"));
 }
 
-TEST_CASE("postgres: a schema at version 1 is migrated to the schedule tables",
+TEST_CASE("postgres: a schema at version 1 is migrated to the current version",
           "[postgres][schedules]") {
   auto schema = fresh_schema("mig1");
   asio::io_context io;
@@ -388,8 +673,12 @@ TEST_CASE("postgres: a schema at version 1 is migrated to the schedule tables",
           schema + "\".migrations WHERE version > 1");
   auto b = open();
   CHECK(pg_exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM \"" + schema +
-                "\".migrations") == "1,2");
+                "\".migrations") == "1,2,3");
   CHECK(pg_exec("SELECT count(*) FROM \"" + schema + "\".schedules") == "0");
+  // Version 3: the queue's storage parameters.
+  CHECK_THAT(pg_exec("SELECT array_to_string(reloptions, ',') FROM pg_class WHERE oid = '\"" +
+                     schema + "\".queue'::regclass"),
+             Catch::Contains("fillfactor=60"));
   CHECK(pg_exec("SELECT count(*) FROM \"" + schema + "\".leaders") == "0");
   b.reset();
   drop_schema(schema);

@@ -3,7 +3,8 @@
 // Storage: five tables in a schema of the caller's choosing (default "taskq"), created and
 // migrated by open() under a transaction-scoped advisory lock, so several processes starting
 // at once are safe; applied versions are kept in SCHEMA.migrations (version 2 added
-// schedules and leaders; a schema at version 1 is migrated by the next open()).
+// schedules and leaders, version 3 tuned the queue table's storage for its churn; an older
+// schema is migrated by the next open()).
 //   tasks          one row per task record (filterable columns + the record as json, in the
 //                  stable JSON mapping of task.hpp); every change is a compare-and-set on a
 //                  row version, so the status rules of detail/record_ops.hpp hold across
@@ -24,6 +25,13 @@
 // again by any process, in its original position. Pushes, inserts, updates, acks and lease
 // extensions of a batch are one statement each (JSON array or array parameters), never one
 // round trip per task.
+//
+// The store feeds the queue: inserting a pending record writes its queue entry in the same
+// statement, and a record reaching a final status loses it in the same statement
+// (queue().fed_by(store())), so a client enqueue is atomic (a process dying mid-enqueue
+// leaves nothing half-written) and workers need not ack finished tasks. A periodic check
+// (`orphan_check_interval`) queues pending records that still lack an entry after `orphan_grace`
+// (left by a retry cut short).
 //
 // Waiting reserves wake on LISTEN/NOTIFY (a push or a release notifies, in the same statement),
 // on the injected clock when the next delay or lease runs out, and on a slow real-time fallback
@@ -78,6 +86,20 @@ struct backend_options {
   /// Backoff between attempts to open a connection after a failure (doubling up to max).
   std::chrono::milliseconds reconnect_min{100};
   std::chrono::milliseconds reconnect_max{5000};
+  /// Limit on one asynchronous connection attempt (the pool's and the listener's reconnects),
+  /// so a server that never answers fails the attempt (errc::backend_unavailable, then the
+  /// backoff) instead of holding it forever. open() connects with libpq's blocking call:
+  /// there, libpq's own `connect_timeout` conninfo parameter applies.
+  std::chrono::milliseconds connect_timeout{10000};
+  /// Safety net for tasks a dead process left half-enqueued: every `orphan_check_interval`
+  /// (real time; zero turns it off), pending records that have no queue entry and were last
+  /// updated more than `orphan_grace` ago (the injected clock's time) get their entry back, at
+  /// their priority and available_at. One statement; every open backend may run it. Such
+  /// records come from a process that died between a record update and its push (a retry by
+  /// request) or from taskq versions whose enqueue was two statements; this version's enqueue
+  /// writes both in one (see queue::fed_by).
+  std::chrono::milliseconds orphan_check_interval{30000};
+  std::chrono::milliseconds orphan_grace{60000};
   /// Time source for leases, delays and record times; must outlive the backend.
   clock* time = nullptr;
   /// Told every backend error detail (connection failures, failed statements).
@@ -100,6 +122,8 @@ class backend {
   backend(const backend&) = delete;
   backend& operator=(const backend&) = delete;
 
+  /// The queue, fed by store() (queue().fed_by(store()) is true): inserting a pending record
+  /// also queues it and finishing a record removes its entry, each in one statement.
   taskq::queue& queue() noexcept;
   taskq::store& store() noexcept;
 
