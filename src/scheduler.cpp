@@ -1070,6 +1070,8 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
           };
           if (names->empty()) return finish();
           struct join {
+            // A constructor, not aggregate init: clang 14 (the fuzz build) lacks P0960.
+            join(std::size_t n, decltype(finish) f) : left(n), done(std::move(f)) {}
             std::atomic<std::size_t> left;
             decltype(finish) done;
           };
