@@ -6,6 +6,8 @@
 #include <taskq/task.hpp>
 
 #include <chrono>
+#include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 
@@ -51,10 +53,20 @@ struct json_reader {
       if (bad.empty()) bad = key;
     }
   }
+  // Microseconds a `duration` (nanoseconds in 64 bits) can hold; more is a bad field, not an
+  // overflow.
+  std::int64_t get_us(const char* key, std::int64_t v) {
+    constexpr std::int64_t limit = std::numeric_limits<std::int64_t>::max() / 1000;
+    if (v > limit || v < -limit) {
+      if (bad.empty()) bad = key;
+      return 0;
+    }
+    return v;
+  }
   void get_time(const char* key, time_point& out) {
     std::int64_t v = 0;
     get(key, v);
-    out = us_time(v);
+    out = us_time(get_us(key, v));
   }
   void get_opt_time(const char* key, std::optional<time_point>& out) {
     const json* f = field(key, false);
@@ -63,12 +75,12 @@ struct json_reader {
       if (bad.empty()) bad = key;
       return;
     }
-    out = us_time(f->get<std::int64_t>());
+    out = us_time(get_us(key, f->get<std::int64_t>()));
   }
   void get_duration(const char* key, duration& out) {
     std::int64_t v = 0;
     get(key, v);
-    out = us_duration(v);
+    out = us_duration(get_us(key, v));
   }
   void get_json(const char* key, json& out) {
     if (const json* f = field(key, false)) out = *f;

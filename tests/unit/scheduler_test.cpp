@@ -8,6 +8,7 @@
 #include <boost/asio/detached.hpp>
 
 #include <atomic>
+#include <limits>
 
 using namespace taskq;
 using namespace taskq::test;
@@ -316,6 +317,14 @@ TEST_CASE("schedule records round-trip through JSON; bad input names the field",
   j["task"]["retry"]["multiplier"] = "x";
   CHECK_FALSE(schedule_record_from_json(j, ec, detail));
   CHECK(detail.find("'task.retry.multiplier'") != std::string::npos);
+  j = to_json(r);
+  j["cursor"] = std::numeric_limits<std::int64_t>::max() / 100;  // beyond a duration's range
+  CHECK_FALSE(schedule_record_from_json(j, ec, detail));
+  CHECK(detail.find("'cursor'") != std::string::npos);
+  j = to_json(r);
+  j["task"]["timeout"] = std::numeric_limits<std::int64_t>::min() / 100;
+  CHECK_FALSE(schedule_record_from_json(j, ec, detail));
+  CHECK(detail.find("'task.timeout'") != std::string::npos);
   j = to_json(r);
   j["v"] = 2;
   CHECK_FALSE(schedule_record_from_json(j, ec, detail));
