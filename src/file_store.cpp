@@ -1399,11 +1399,7 @@ class file_store final : public taskq::store {
       std::lock_guard lock(s_.mutex);
       c = s_.counts;
     }
-    auto zero = [](const task_counts::by_status& s) {
-      return std::all_of(s.begin(), s.end(), [](std::size_t n) { return n == 0; });
-    };
-    std::erase_if(c.by_type, [&](auto& kv) { return zero(kv.second); });
-    std::erase_if(c.by_queue, [&](auto& kv) { return zero(kv.second); });
+    c.drop_empty_rows();
     taskq::detail::post_completion(std::move(h), s_.ex, error_code{}, std::move(c));
   }
 
@@ -1748,11 +1744,7 @@ error_code replay_bodies(const std::vector<std::string_view>& bodies, std::strin
     }
   }
   auto kept = s->counts;
-  auto zero = [](auto& kv) {
-    return std::all_of(kv.second.begin(), kv.second.end(), [](std::size_t n) { return n == 0; });
-  };
-  std::erase_if(kept.by_type, zero);
-  std::erase_if(kept.by_queue, zero);
+  kept.drop_empty_rows();
   if (recount.total != kept.total || recount.by_type != kept.by_type ||
       recount.by_queue != kept.by_queue || holders != s->unique_holders.size())
     consistent = false;

@@ -900,12 +900,7 @@ void store::do_counts(handler<void(error_code, task_counts)> h) {
     std::lock_guard lock(impl_->mutex);
     c = impl_->counts;
   }
-  // Drop zero rows so callers see only types and queues that have tasks.
-  auto zero = [](const task_counts::by_status& s) {
-    return std::all_of(s.begin(), s.end(), [](std::size_t n) { return n == 0; });
-  };
-  std::erase_if(c.by_type, [&](auto& kv) { return zero(kv.second); });
-  std::erase_if(c.by_queue, [&](auto& kv) { return zero(kv.second); });
+  c.drop_empty_rows();
   detail::post_completion(std::move(h), impl_->ex, error_code{}, std::move(c));
 }
 

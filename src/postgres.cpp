@@ -1942,11 +1942,10 @@ std::optional<schedule_record> decode_schedule(const std::string& name, const ch
                                                error_code& ec, std::string& detail) {
   json j = json::parse(text, nullptr, false);
   std::optional<schedule_record> r;
-  if (!j.is_discarded()) r = schedule_record_from_json(j, ec, detail);
   if (j.is_discarded()) {
     ec = errc::invalid_record;
     detail = "not JSON";
-  } else if (r && r->definition.name != name) {
+  } else if ((r = schedule_record_from_json(j, ec, detail)) && r->definition.name != name) {
     ec = errc::invalid_record;
     detail = "field 'name' is '" + r->definition.name + "', not the row's name";
     r.reset();

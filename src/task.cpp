@@ -321,6 +321,14 @@ void task_counts::add(const task_record& r, int delta) {
   apply(by_queue[r.queue][i]);
 }
 
+void task_counts::drop_empty_rows() {
+  auto empty = [](const auto& row) {
+    return std::all_of(row.second.begin(), row.second.end(), [](std::size_t n) { return n == 0; });
+  };
+  std::erase_if(by_type, empty);
+  std::erase_if(by_queue, empty);
+}
+
 bool matches(const task_record& r, const task_filter& f) noexcept {
   auto in = [](const auto& v, const auto& x) {
     return v.empty() || std::find(v.begin(), v.end(), x) != v.end();

@@ -94,6 +94,9 @@ struct task_counts {
   /// Adds (delta +1) or removes (-1) a record in its status, type and queue rows. For
   /// backends that keep counts up to date as records change.
   void add(const task_record& r, int delta);
+  /// Removes the type and queue rows whose counts are all zero (what callers are shown; a
+  /// backend keeps the rows while it counts, so a status change does not re-create them).
+  void drop_empty_rows();
 };
 
 /// The Store interface. Thread-safe; operations take any completion token and complete on
