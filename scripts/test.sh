@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds taskq and runs every test.
-#   scripts/test.sh              release build (RelWithDebInfo) in build/
+#   scripts/test.sh              Release build in build/ (tests, examples, tool, benchmarks)
 #   scripts/test.sh --sanitize   AddressSanitizer + UndefinedBehaviorSanitizer build in build-asan/
+# The options are passed on every call, so a build/ that scripts/quickstart.sh (or anything
+# else) configured before still gets the whole suite.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bash "$root/scripts/deps.sh"
+all=(-DTASKQ_BUILD_TESTS=ON -DTASKQ_BUILD_EXAMPLES=ON -DTASKQ_BUILD_TOOL=ON)
 if [ "${1:-}" = "--sanitize" ]; then
   build=$root/build-asan
-  bash "$root/scripts/build.sh" "$build" -DTASKQ_SANITIZE=address,undefined -DTASKQ_BUILD_BENCHMARKS=OFF
+  bash "$root/scripts/build.sh" "$build" "${all[@]}" -DTASKQ_SANITIZE=address,undefined \
+    -DTASKQ_BUILD_BENCHMARKS=OFF
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 else
   build=$root/build
-  bash "$root/scripts/build.sh" "$build"
+  bash "$root/scripts/build.sh" "$build" "${all[@]}" -DTASKQ_SANITIZE= -DTASKQ_BUILD_BENCHMARKS=ON
 fi
 ctest --test-dir "$build" --output-on-failure --timeout 600
