@@ -1,0 +1,153 @@
+// The executor seam's bookkeeping, and local_executor.
+// (Part of the engine translation unit, src/engine.cpp.)
+
+namespace taskq {
+
+run_promise executor::execute(run_request req) {
+  {
+    std::lock_guard lock(mutex_);
+    ++outstanding_;
+  }
+  run_promise p = do_execute(std::move(req));
+  p.state_->add_done_hook([this](const run_result&) { finished_one(); });
+  return p;
+}
+
+std::size_t executor::outstanding() const {
+  std::lock_guard lock(mutex_);
+  return outstanding_;
+}
+
+void executor::wait_idle() {
+  std::unique_lock lock(mutex_);
+  idle_cv_.wait(lock, [&] { return outstanding_ == 0; });
+}
+
+void executor::do_wait_idle(asio::any_completion_handler<void()> h) {
+  {
+    std::lock_guard lock(mutex_);
+    if (outstanding_ != 0) {
+      idle_waiters_.push_back(std::move(h));
+      return;
+    }
+  }
+  detail::post_completion(std::move(h), io_ex_);
+}
+
+void executor::finished_one() {
+  std::vector<asio::any_completion_handler<void()>> ws;
+  {
+    std::lock_guard lock(mutex_);
+    if (--outstanding_ != 0) return;
+    ws = std::move(idle_waiters_);
+  }
+  idle_cv_.notify_all();
+  for (auto& w : ws) detail::post_completion(std::move(w), io_ex_);
+}
+
+local_executor::local_executor(asio::any_io_executor io_ex, local_executor_options opts)
+    : executor(std::move(io_ex)),
+      clock_(opts.time ? *opts.time : default_clock()),
+      threads_(opts.threads ? opts.threads : std::max(1u, std::thread::hardware_concurrency())),
+      pool_(threads_) {}
+
+local_executor::~local_executor() {
+  pool_.join();
+}
+
+void local_executor::add(std::string type, std::variant<sync_handler, coro_handler> h) {
+  std::unique_lock lock(handlers_mutex_);
+  handlers_[std::move(type)] = std::move(h);
+}
+
+bool local_executor::has_handler(const std::string& type) const {
+  std::shared_lock lock(handlers_mutex_);
+  return handlers_.count(type) != 0;
+}
+
+namespace {
+
+// Turns what a handler did into a run_result.
+run_result finish_result(std::exception_ptr ep, json value, const task_context& ctx, clock& clk) {
+  run_result r;
+  if (ep) {
+    try {
+      std::rethrow_exception(ep);
+    } catch (const permanent_error& e) {
+      r.error = errc::handler_failed;
+      r.message = e.what();
+      r.retryable = false;
+    } catch (const std::exception& e) {
+      r.error = errc::handler_failed;
+      r.message = e.what();
+      r.retryable = true;
+    } catch (...) {
+      r.error = errc::handler_failed;
+      r.message = "unknown exception";
+      r.retryable = true;
+    }
+  } else if (ctx.cancelled()) {
+    // The handler returned early because it was told to stop: its result is discarded.
+    r.error = ctx.cancel_reason() ? ctx.cancel_reason() : error_code(errc::run_cancelled);
+    r.message = r.error.message();
+  } else {
+    r.result = std::move(value);
+  }
+  r.stats.started_at = ctx.started_at();
+  r.stats.finished_at = clk.now();
+  r.stats.run_time = r.stats.finished_at - r.stats.started_at;
+  auto due = std::max(ctx.run().due_at, ctx.run().requested_at);
+  r.stats.queue_wait = std::max(duration::zero(), r.stats.started_at - due);
+  return r;
+}
+
+}  // namespace
+
+run_promise local_executor::do_execute(run_request req) {
+  req.run.run_id = ++next_run_id_;
+  run_completion comp(req.run, get_executor());
+  auto promise = comp.get_promise();
+  std::variant<sync_handler, coro_handler> fn;
+  {
+    std::shared_lock lock(handlers_mutex_);
+    auto it = handlers_.find(req.task.type);
+    if (it == handlers_.end()) {
+      run_result r;
+      r.error = errc::handler_not_found;
+      r.message = fmt::format("no handler is registered for task type '{}'", req.task.type);
+      comp.complete(std::move(r));
+      return promise;
+    }
+    fn = it->second;
+  }
+  auto ctx = std::make_shared<task_context>(std::move(req), clock_.now(), get_executor());
+  comp.on_cancel([ctx](error_code reason) { ctx->request_cancel(reason); });
+  clock* clk = &clock_;
+  if (auto* sync = std::get_if<sync_handler>(&fn)) {
+    asio::post(pool_, [f = std::move(*sync), ctx, comp, clk]() mutable {
+      if (comp.done()) return;  // cancelled before it started
+      json value;
+      std::exception_ptr ep;
+      try {
+        value = f(*ctx);
+      } catch (...) {
+        ep = std::current_exception();
+      }
+      comp.complete(finish_result(ep, std::move(value), *ctx, *clk));
+    });
+  } else {
+    auto& coro = std::get<coro_handler>(fn);
+    asio::co_spawn(
+        get_executor(),
+        [f = std::move(coro), ctx]() mutable -> asio::awaitable<json> {
+          co_return co_await f(*ctx);
+        },
+        asio::bind_cancellation_slot(
+            ctx->cancellation_slot(), [ctx, comp, clk](std::exception_ptr ep, json value) {
+              comp.complete(finish_result(ep, std::move(value), *ctx, *clk));
+            }));
+  }
+  return promise;
+}
+
+}  // namespace taskq

@@ -1,0 +1,605 @@
+// The worker: reserve, claim, run, renew, record outcomes, drain.
+// (Part of the engine translation unit, src/engine.cpp.)
+
+namespace taskq {
+
+namespace detail {
+
+struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
+  std::shared_ptr<client_core> client;
+  taskq::executor& exec;
+  worker_options opts;
+  asio::any_io_executor strand;
+
+  struct slot {
+    lease l;
+    task_record task;
+    run_promise promise;
+    std::unique_ptr<asio::cancellation_signal> timeout_cancel;
+    bool started = false;
+    bool cancel_requested = false;
+    bool interrupted = false;
+  };
+  // All state below is touched only on the strand.
+  std::unordered_map<std::string, slot> slots;
+  std::unordered_map<std::string, std::size_t> by_type, by_queue, by_key;
+  bool reserving = false;
+  std::vector<std::string> reserve_skip_types, reserve_skip_keys, reserve_queues;
+  asio::cancellation_signal reserve_cancel;
+  asio::cancellation_signal renew_cancel;
+  asio::cancellation_signal drain_cancel;
+  asio::cancellation_signal retry_cancel;
+  bool run_started = false;
+  bool stopping = false;
+  bool drain_expired = false;
+  std::optional<asio::any_completion_handler<void(error_code)>> run_handler;
+  std::size_t claims_in_flight = 0;
+  std::size_t updates_in_flight = 0;
+  std::vector<task_update> pending_updates;
+  std::vector<run_outcome> pending_outcomes;
+  bool flush_posted = false;
+  bool retry_armed = false;
+  std::mt19937_64 rng;
+  std::atomic<std::size_t> running_count{0};
+
+  worker_core(std::shared_ptr<client_core> c, taskq::executor& e, worker_options o)
+      : client(std::move(c)),
+        exec(e),
+        opts(std::move(o)),
+        strand(asio::make_strand(client->ex)),
+        rng(opts.jitter_seed ? opts.jitter_seed : std::random_device{}()) {}
+
+  clock& clk() { return client->clk; }
+
+  template <class F>
+  auto on_strand(F&& f) {
+    return asio::bind_executor(strand, std::forward<F>(f));
+  }
+
+  // --- limits ---
+  static bool at_limit(const std::unordered_map<std::string, std::size_t>& counts,
+                       const std::string& key, std::size_t limit) {
+    if (limit == 0) return false;
+    auto it = counts.find(key);
+    return it != counts.end() && it->second >= limit;
+  }
+  std::size_t type_limit(const std::string& t) const {
+    auto it = opts.limits.per_type.find(t);
+    return it == opts.limits.per_type.end() ? 0 : it->second;
+  }
+  std::size_t queue_limit(const std::string& q) const {
+    auto it = opts.limits.per_queue.find(q);
+    return it == opts.limits.per_queue.end() ? 0 : it->second;
+  }
+  bool admits(const lease& l) const {
+    return !at_limit(by_type, l.type, type_limit(l.type)) &&
+           !at_limit(by_queue, l.queue, queue_limit(l.queue)) &&
+           (l.concurrency_key.empty() || !at_limit(by_key, l.concurrency_key, opts.limits.per_key));
+  }
+  void count(const lease& l, int delta) {
+    auto add = [delta](std::unordered_map<std::string, std::size_t>& m, const std::string& k) {
+      auto& n = m[k];
+      n = static_cast<std::size_t>(static_cast<long long>(n) + delta);
+      if (n == 0) m.erase(k);
+    };
+    add(by_type, l.type);
+    add(by_queue, l.queue);
+    if (!l.concurrency_key.empty()) add(by_key, l.concurrency_key);
+    running_count = slots.size();
+  }
+
+  void current_skips(std::vector<std::string>& queues, std::vector<std::string>& types,
+                     std::vector<std::string>& keys) const {
+    for (const auto& q : opts.queues)
+      if (!at_limit(by_queue, q, queue_limit(q))) queues.push_back(q);
+    for (const auto& [t, n] : by_type)
+      if (at_limit(by_type, t, type_limit(t))) types.push_back(t);
+    if (opts.limits.per_key)
+      for (const auto& [k, n] : by_key)
+        if (n >= opts.limits.per_key) keys.push_back(k);
+  }
+
+  // --- the loop ---
+  void pump() {
+    if (stopping || !run_started) return;
+    std::vector<std::string> queues, types, keys;
+    current_skips(queues, types, keys);
+    if (reserving) {
+      // A parked reservation with stale filters would hold back work a freed slot allows.
+      if (types != reserve_skip_types || keys != reserve_skip_keys || queues != reserve_queues)
+        reserve_cancel.emit(asio::cancellation_type::terminal);
+      return;
+    }
+    if (slots.size() >= opts.max_in_flight || queues.empty()) return;
+    // Refill in batches: while work is running, wait until a quarter of a batch is free, so
+    // a busy worker makes one reserve round trip per many tasks instead of one per task.
+    const auto free_slots = opts.max_in_flight - slots.size();
+    const auto refill_at =
+        std::max<std::size_t>(1, std::min(opts.reserve_batch, opts.max_in_flight) / 4);
+    if (!slots.empty() && free_slots < refill_at) return;
+    reserve_params p;
+    p.queues = queues;
+    p.max = std::min(opts.max_in_flight - slots.size(), opts.reserve_batch);
+    p.lease_for = opts.lease;
+    p.wait = true;
+    p.skip_types = types;
+    p.skip_keys = keys;
+    reserving = true;
+    reserve_queues = std::move(queues);
+    reserve_skip_types = std::move(types);
+    reserve_skip_keys = std::move(keys);
+    client->q.async_reserve(
+        std::move(p),
+        asio::bind_cancellation_slot(
+            reserve_cancel.slot(),
+            on_strand([self = shared_from_this()](error_code ec, std::vector<lease> leases) {
+              self->on_reserved(ec, std::move(leases));
+            })));
+  }
+
+  void on_reserved(error_code ec, std::vector<lease> leases) {
+    reserving = false;
+    if (ec && leases.empty()) {
+      if (ec != asio::error::operation_aborted)
+        retry_later();
+      else
+        pump();
+      maybe_finish();
+      return;
+    }
+    std::vector<std::string> ids;
+    for (auto& l : leases) {
+      if (auto held = slots.find(l.id); held != slots.end()) {
+        // Our own lease on it lapsed (a stalled strand, a failed extend) and we reserved it
+        // again: keep running it under the new lease rather than giving it back in a loop.
+        held->second.l = l;
+        continue;
+      }
+      if (stopping || slots.size() >= opts.max_in_flight || !admits(l)) {
+        give_back(l);  // original position; another worker (or a later round) takes it
+        continue;
+      }
+      ids.push_back(l.id);
+      auto& s = slots[l.id];
+      s.l = l;
+      count(l, +1);
+    }
+    if (!ids.empty()) {
+      ++claims_in_flight;
+      client->s.async_claim({ids, clk().now()}, on_strand([self = shared_from_this(), ids](
+                                                              error_code ec, claim_result r) {
+                              self->on_claimed(ec, ids, std::move(r));
+                            }));
+    }
+    pump();
+  }
+
+  // Puts a task whose attempt ended in a retry back with its backoff. If our lease lapsed
+  // meanwhile (its entry went back to ready at the old time), take it out and push it again
+  // with the retry time, so the backoff holds.
+  void requeue(const lease& l, const run_outcome& o) {
+    release_params rp;
+    rp.id = l.id;
+    rp.token = l.token;
+    rp.keep_position = o.keep_position;
+    rp.available_at = o.retry_at;
+    client->q.async_release(std::move(rp), [c = client, l, o](error_code ec) {
+      if (ec != errc::not_leased) return;
+      c->q.async_remove(l.id, [c, l, o](error_code, bool removed) {
+        if (!removed) return;  // leased by someone else: its claim decides
+        push_params p;
+        p.entries.push_back({l.id, l.queue, l.type, l.concurrency_key, l.priority,
+                             o.retry_at.value_or(c->clk.now())});
+        c->q.async_push(std::move(p), [](error_code) {});
+      });
+    });
+  }
+
+  void give_back(const lease& l) {
+    release_params rp;
+    rp.id = l.id;
+    rp.token = l.token;
+    rp.keep_position = true;
+    client->q.async_release(std::move(rp), [](error_code) {});
+  }
+
+  void retry_later() {
+    // The queue failed (a durable backend's I/O error, say): try again shortly rather than spin.
+    if (retry_armed) return;  // one wait at a time: stop() cancels it through one slot
+    retry_armed = true;
+    client->clk.async_wait_until(
+        strand, clk().now() + std::chrono::milliseconds(100),
+        asio::bind_cancellation_slot(retry_cancel.slot(),
+                                     on_strand([self = shared_from_this()](error_code ec) {
+                                       self->retry_armed = false;
+                                       if (!ec) self->pump();
+                                     })));
+  }
+
+  void drop_slot(const std::string& id) {
+    auto it = slots.find(id);
+    if (it == slots.end()) return;
+    auto l = it->second.l;
+    slots.erase(it);
+    count(l, -1);
+  }
+
+  void on_claimed(error_code ec, const std::vector<std::string>& ids, claim_result r) {
+    --claims_in_flight;
+    if (ec) {
+      for (auto& id : ids) {
+        if (auto it = slots.find(id); it != slots.end()) give_back(it->second.l);
+        drop_slot(id);
+      }
+      retry_later();
+      maybe_finish();
+      return;
+    }
+    std::vector<lease> done;
+    for (auto& id : r.skipped) {
+      if (auto it = slots.find(id); it != slots.end()) done.push_back(it->second.l);
+      drop_slot(id);
+      // A skipped task may have just become cancelled by this claim (a cancel requested while
+      // its worker was lost, or before its retry): tell waiters and subscribers.
+      client->s.async_get(id, [c = client](error_code ec, task_record rec) {
+        // Only the claim's own cancellation (its log line) is news; a task cancelled while
+        // pending was already announced by the client.
+        if (ec || rec.status != task_status::cancelled || rec.log.empty() ||
+            rec.log.back().message.rfind("cancelled: ", 0) != 0)
+          return;
+        c->record_event(event_kind::cancelled, rec, rec.log.empty() ? "" : rec.log.back().message);
+        c->finished(rec);
+      });
+    }
+    for (auto& rec : r.dropped) {
+      if (auto it = slots.find(rec.id); it != slots.end()) done.push_back(it->second.l);
+      drop_slot(rec.id);
+      client->record_event(event_kind::dropped, rec, rec.last_error);
+      client->finished(rec);
+    }
+    if (!done.empty()) client->q.async_ack(std::move(done), [](error_code, std::size_t) {});
+    for (auto& rec : r.claimed) {
+      auto it = slots.find(rec.id);
+      if (it == slots.end()) continue;
+      start(it->second, std::move(rec));
+    }
+    pump();
+    maybe_finish();
+  }
+
+  // The fields of a record the worker itself needs after handing the record to the executor.
+  static task_record stub_of(const task_record& r) {
+    task_record t;
+    t.id = r.id;
+    t.type = r.type;
+    t.queue = r.queue;
+    t.attempt = r.attempt;
+    t.max_attempts = r.max_attempts;
+    t.retry = r.retry;
+    t.timeout = r.timeout;
+    t.created_at = r.created_at;
+    t.available_at = r.available_at;
+    t.scheduled_for = r.scheduled_for;
+    t.status = r.status;
+    return t;
+  }
+
+  void start(slot& s, task_record rec) {
+    auto now = clk().now();
+    s.task = stub_of(rec);
+    s.started = true;
+    const auto& t = s.task;
+    client->enqueue_to_start.record(now - std::max(t.available_at, t.created_at));
+    client->record_event(event_kind::started, t);
+    queued_run run;
+    run.task_id = t.id;
+    run.attempt = t.attempt;
+    run.requested_at = t.created_at;
+    run.due_at = t.available_at;
+    run.scheduled_for = t.scheduled_for;
+    if (stopping && drain_expired) {
+      // Claimed after the drain deadline: give it straight back.
+      s.interrupted = true;
+      run_result r;
+      r.error = errc::shutting_down;
+      finish_run(t.id, t.attempt, std::move(r));
+      return;
+    }
+    s.promise = exec.execute({std::move(run), std::move(rec), shared_from_this()});
+    if (t.timeout > duration::zero()) {
+      s.timeout_cancel = std::make_unique<asio::cancellation_signal>();
+      client->clk.async_wait_until(
+          strand, now + t.timeout,
+          asio::bind_cancellation_slot(
+              s.timeout_cancel->slot(),
+              on_strand([self = shared_from_this(), id = t.id, attempt = t.attempt](error_code ec) {
+                if (ec) return;
+                auto it = self->slots.find(id);
+                if (it == self->slots.end() || it->second.task.attempt != attempt) return;
+                it->second.promise.cancel(errc::run_timed_out);
+              })));
+    }
+    s.promise.async_wait(
+        on_strand([self = shared_from_this(), id = t.id, attempt = t.attempt](
+                      error_code, run_result r) { self->finish_run(id, attempt, std::move(r)); }));
+  }
+
+  void finish_run(const std::string& id, int attempt, run_result r) {
+    auto it = slots.find(id);
+    if (it == slots.end() || it->second.task.attempt != attempt) return;
+    slot& s = it->second;
+    if (s.timeout_cancel) s.timeout_cancel->emit(asio::cancellation_type::terminal);
+    auto now = clk().now();
+    std::uniform_real_distribution<double> uni(0.0, 1.0);
+    auto o = decide_outcome(s.task, r, {s.cancel_requested, s.interrupted}, now, uni(rng));
+    if (r.stats.finished_at != time_point{}) client->run_duration.record(r.stats.run_time);
+    task_update u;
+    u.id = id;
+    u.expected = task_status::running;
+    u.expected_attempt = attempt;
+    u.to = o.to;
+    u.now = now;
+    if (r.ok()) u.result = std::move(r.result);
+    if (!o.error.empty()) u.error = o.error;
+    u.available_at = o.retry_at;
+    u.attempt = o.attempt;
+    if (!o.log.empty()) u.log = log_entry{now, o.log};  // failures, retries, cancels only
+    // The record after the update is needed only to tell waiters and subscribers.
+    u.return_record = client->wants_events() || client->waiter_count.load() > 0;
+    ++updates_in_flight;
+    // Outcomes are recorded in batches: everything that finished during one turn of the
+    // strand goes to the store in one call and to the queue in one ack.
+    pending_updates.push_back(std::move(u));
+    pending_outcomes.push_back(std::move(o));
+    if (!flush_posted) {
+      flush_posted = true;
+      asio::post(strand, [self = shared_from_this()] { self->flush_updates(); });
+    }
+  }
+
+  void flush_updates() {
+    flush_posted = false;
+    auto updates = std::move(pending_updates);
+    auto outcomes = std::move(pending_outcomes);
+    pending_updates.clear();
+    pending_outcomes.clear();
+    if (updates.empty()) return;
+    std::vector<std::string> ids;
+    ids.reserve(updates.size());
+    for (auto& u : updates) ids.push_back(u.id);
+    client->s.async_update_batch(
+        std::move(updates),
+        on_strand([self = shared_from_this(), ids = std::move(ids), outcomes = std::move(outcomes)](
+                      error_code ec, std::vector<update_result> results) mutable {
+          self->on_recorded(ids, ec, std::move(results), std::move(outcomes));
+        }));
+  }
+
+  void on_recorded(const std::vector<std::string>& ids, error_code batch_ec,
+                   std::vector<update_result> results, std::vector<run_outcome> outcomes) {
+    std::vector<lease> acks;
+    const bool store_removes_finished = client->q.fed_by(client->s);
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      --updates_in_flight;
+      auto it = slots.find(ids[i]);
+      if (it == slots.end()) continue;
+      error_code ec =
+          batch_ec ? batch_ec : (i < results.size() ? results[i].error : errc::io_error);
+      const auto& o = outcomes[i];
+      auto l = it->second.l;
+      if (!ec) {
+        task_record& after = results[i].record;
+        if (o.to == task_status::pending) {
+          requeue(l, o);
+        } else if (!is_terminal(o.to) || !store_removes_finished) {
+          acks.push_back(l);  // else the store's write took the entry out already
+        }
+        client->record_event(
+            o.event, after.id.empty() ? it->second.task : after, o.error,
+            o.to == task_status::pending ? o.retry_at : std::optional<time_point>{});
+        if (is_terminal(o.to)) {
+          if (!after.id.empty()) {
+            client->finished(after);
+          } else if (client->waiter_count.load() > 0) {
+            // A waiter arrived after the update was sent without its record: fetch it.
+            client->s.async_get(ids[i], [c = client](error_code e, task_record rec) {
+              if (!e) c->finished(rec);
+            });
+          }
+        }
+      } else if (ec != errc::status_conflict && ec != errc::not_found) {
+        // The store could not record it (an I/O error): give the lease back so the task runs
+        // again rather than hang as running; the store's own record still says running and
+        // the next claim counts that as a lost attempt.
+        give_back(l);
+      }
+      // On a per-task error (status_conflict: the task moved on — its lease was lost and
+      // another worker re-claimed it, or it was deleted) the queue entry belongs to someone else.
+      drop_slot(ids[i]);
+    }
+    if (!acks.empty()) client->q.async_ack(std::move(acks), [](error_code, std::size_t) {});
+    pump();
+    maybe_finish();
+  }
+
+  // --- lease renewal ---
+  void arm_renewal() {
+    auto period = std::max<duration>(opts.lease / 3, std::chrono::milliseconds(1));
+    client->clk.async_wait_until(
+        strand, clk().now() + period,
+        asio::bind_cancellation_slot(renew_cancel.slot(),
+                                     on_strand([self = shared_from_this()](error_code ec) {
+                                       if (ec) return;
+                                       self->renew();
+                                     })));
+  }
+  void renew() {
+    std::vector<lease> ls;
+    for (auto& [id, s] : slots) ls.push_back(s.l);
+    if (!ls.empty())
+      client->q.async_extend(std::move(ls), opts.lease, [](error_code, std::vector<bool>) {});
+    if (!finished_run()) arm_renewal();
+  }
+
+  // --- cancellation from a client ---
+  void cancel_requested(const std::string& id) {
+    auto it = slots.find(id);
+    if (it == slots.end() || !it->second.started) return;
+    it->second.cancel_requested = true;
+    if (it->second.promise.valid()) it->second.promise.cancel(errc::run_cancelled);
+  }
+
+  // --- run hooks (any thread) ---
+  void heartbeat(const task_record& task, std::optional<json> progress,
+                 asio::any_completion_handler<void(error_code, bool)> h) override {
+    heartbeat_params p;
+    p.id = task.id;
+    p.attempt = task.attempt;
+    bool has_progress = progress.has_value();
+    json progress_copy = has_progress && client->wants_events() ? *progress : json();
+    p.progress = std::move(progress);
+    p.now = clk().now();
+    auto self = shared_from_this();
+    client->s.async_heartbeat(std::move(p), [self, task_id = task.id, attempt = task.attempt,
+                                             has_progress, progress_copy = std::move(progress_copy),
+                                             h = std::move(h)](error_code ec, bool cancel) mutable {
+      if (!ec && has_progress) {
+        task_record stub;
+        stub.id = task_id;
+        stub.attempt = attempt;
+        self->client->record_event(event_kind::progress, stub, {}, {}, std::move(progress_copy));
+      }
+      // Extend this task's lease, and act on a cancel requested elsewhere.
+      asio::post(self->strand, [self, task_id, cancel] {
+        auto it = self->slots.find(task_id);
+        if (it == self->slots.end()) return;
+        self->client->q.async_extend({it->second.l}, self->opts.lease,
+                                     [](error_code, std::vector<bool>) {});
+        if (cancel) self->cancel_requested(task_id);
+      });
+      detail::dispatch_completion(std::move(h), self->client->ex, ec, cancel);
+    });
+  }
+
+  void log(const task_record& task, std::string message,
+           asio::any_completion_handler<void(error_code)> h) override {
+    client->s.async_append_log(task.id, log_entry{clk().now(), std::move(message)}, std::move(h));
+  }
+
+  // --- stopping ---
+  bool finished_run() const { return stopping && !run_handler; }
+
+  void stop(duration drain) {
+    if (stopping) return;
+    stopping = true;
+    reserve_cancel.emit(asio::cancellation_type::terminal);
+    retry_cancel.emit(asio::cancellation_type::terminal);
+    if (!run_started) return;
+    bool any_running =
+        std::any_of(slots.begin(), slots.end(), [](auto& kv) { return kv.second.started; });
+    if (any_running || claims_in_flight) {
+      client->clk.async_wait_until(
+          strand, clk().now() + drain,
+          asio::bind_cancellation_slot(drain_cancel.slot(),
+                                       on_strand([self = shared_from_this()](error_code ec) {
+                                         if (!ec) self->expire_drain();
+                                       })));
+    }
+    maybe_finish();
+  }
+
+  void expire_drain() {
+    drain_expired = true;
+    for (auto& [id, s] : slots) {
+      if (!s.started || !s.promise.valid()) continue;
+      s.interrupted = true;
+      s.promise.cancel(errc::shutting_down);
+    }
+  }
+
+  void maybe_finish() {
+    if (!stopping || !run_handler || reserving || claims_in_flight || updates_in_flight ||
+        !slots.empty())
+      return;
+    drain_cancel.emit(asio::cancellation_type::terminal);
+    renew_cancel.emit(asio::cancellation_type::terminal);
+    auto h = std::move(*run_handler);
+    run_handler.reset();
+    auto slot = asio::get_associated_cancellation_slot(h);
+    if (slot.is_connected()) slot.clear();
+    detail::post_completion(std::move(h), strand, error_code{});
+  }
+
+  void run(asio::any_completion_handler<void(error_code)> h) {
+    if (run_started) {
+      detail::post_completion(std::move(h), strand, error_code(errc::shutting_down));
+      return;
+    }
+    run_started = true;
+    auto slot = asio::get_associated_cancellation_slot(h);
+    run_handler.emplace(std::move(h));
+    if (slot.is_connected()) {
+      std::weak_ptr<worker_core> weak = shared_from_this();
+      slot.assign([weak](asio::cancellation_type) {
+        if (auto self = weak.lock())
+          asio::post(self->strand, [self] { self->stop(self->opts.drain_timeout); });
+      });
+    }
+    if (stopping) {  // stop() came first
+      maybe_finish();
+      return;
+    }
+    arm_renewal();
+    pump();
+  }
+};
+
+void notify_cancel_requested(worker_core& w, const std::string& id) {
+  asio::post(w.strand, [self = w.shared_from_this(), id] { self->cancel_requested(id); });
+}
+
+}  // namespace detail
+
+worker::worker(client& c, executor& ex, worker_options opts) {
+  if (opts.queues.empty()) throw error(errc::invalid_option, "worker_options.queues is empty");
+  for (const auto& q : opts.queues)
+    if (q.empty()) throw error(errc::invalid_option, "worker_options.queues has a blank name");
+  if (opts.max_in_flight == 0)
+    throw error(errc::invalid_option, "worker_options.max_in_flight is 0");
+  if (opts.reserve_batch == 0)
+    throw error(errc::invalid_option, "worker_options.reserve_batch is 0");
+  if (opts.lease <= duration::zero())
+    throw error(errc::invalid_option, "worker_options.lease must be positive");
+  if (opts.drain_timeout < duration::zero())
+    throw error(errc::invalid_option, "worker_options.drain_timeout must not be negative");
+  core_ = std::make_shared<detail::worker_core>(c.core(), ex, std::move(opts));
+  std::lock_guard lock(c.core()->mutex);
+  c.core()->workers.push_back(core_);
+}
+
+worker::~worker() {
+  asio::post(core_->strand, [self = core_] { self->stop(duration::zero()); });
+}
+
+worker::executor_type worker::get_executor() const noexcept {
+  return core_->strand;
+}
+
+void worker::do_run(asio::any_completion_handler<void(error_code)> h) {
+  asio::post(core_->strand,
+             [self = core_, h = std::move(h)]() mutable { self->run(std::move(h)); });
+}
+
+void worker::stop() {
+  stop(core_->opts.drain_timeout);
+}
+
+void worker::stop(duration drain_timeout) {
+  asio::post(core_->strand, [self = core_, drain_timeout] { self->stop(drain_timeout); });
+}
+
+std::size_t worker::running() const {
+  return core_->running_count.load();
+}
+
+}  // namespace taskq
