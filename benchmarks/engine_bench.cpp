@@ -6,6 +6,13 @@
 //   taskq_engine_bench            human-readable table
 //   taskq_engine_bench --json     one {"name":...,"value":...,"unit":...} object per line
 //   taskq_engine_bench --quick    smaller counts (smoke run)
+//   taskq_engine_bench --only PHASE [--tasks N]
+//                                 just the matching phases, with N tasks (for profiling;
+//                                 benchmarks/instructions_per_task.sh runs it under callgrind)
+//
+// "features on" is the same end-to-end run with what a real application sets: a 30 s timeout
+// on every task, a subscriber to every event, a 256-byte payload and a scheduler attached to
+// the client.
 #include "bench_report.hpp"
 
 #include <taskq/taskq.hpp>
@@ -37,10 +44,12 @@ namespace {
 
 using taskq_bench::report;
 
-std::string only;  // --only SUBSTRING: run just the matching phases (for profiling)
+std::string only;       // --only SUBSTRING: run just the matching phases (for profiling)
+std::size_t tasks = 0;  // --tasks N: task count of the phases run (0: the default)
 
+// A phase runs when --only names it or a dotted prefix of it ("batch" runs "batch.noop").
 bool wanted(const std::string& phase) {
-  return only.empty() || phase.find(only) != std::string::npos;
+  return only.empty() || phase == only || phase.rfind(only + ".", 0) == 0;
 }
 
 using taskq_bench::seconds_since;
@@ -49,6 +58,11 @@ using taskq_bench::seconds_since;
 std::size_t heap_bytes() {
   return mallinfo2().uordblks;
 }
+
+// What an end-to-end run switches on besides the bare path.
+struct features {
+  bool on = false;  // timeout, subscriber, payload, scheduler (see the top of this file)
+};
 
 // One taskq engine: memory backends, client, local executor with a no-op handler, worker.
 struct engine {
@@ -59,8 +73,14 @@ struct engine {
   taskq::local_executor exec{io.get_executor()};
   std::atomic<std::size_t> ran{0};
   std::optional<taskq::worker> w;
+  std::optional<taskq::scheduler> sched;
+  std::size_t events_seen = 0;
 
-  engine() {
+  explicit engine(features f = {}) {
+    if (f.on) {
+      c.subscribe([this](const taskq::event&) { ++events_seen; });
+      sched.emplace(c, taskq::scheduler_options{});
+    }
     exec.handle("noop", [this](taskq::task_context&) {
       ran.fetch_add(1, std::memory_order_relaxed);
       return taskq::json();
@@ -74,15 +94,19 @@ struct engine {
   }
 
   // Runs the io_context until `n` tasks have succeeded (recorded, not just executed). Polls
-  // the client's counters every millisecond rather than subscribing, so the measurement
-  // adds no per-task work.
+  // every millisecond rather than subscribing, so the measurement adds no per-task work; the
+  // client's counters (which read the store's counts) only once every handler has run.
   void run_until_succeeded(std::size_t n) {
     asio::steady_timer poll(io);
     std::function<void()> check = [&] {
-      c.async_metrics([&](taskq::error_code, taskq::metrics_snapshot m) {
-        if (m.succeeded >= n) return io.stop();
+      auto again = [&] {
         poll.expires_after(1ms);
         poll.async_wait([&](boost::system::error_code) { check(); });
+      };
+      if (ran.load(std::memory_order_relaxed) < n) return again();
+      c.async_metrics([&, again](taskq::error_code, taskq::metrics_snapshot m) {
+        if (m.succeeded >= n) return io.stop();
+        again();
       });
     };
     check();
@@ -92,25 +116,37 @@ struct engine {
 
   void stop() {
     w->stop();
+    if (sched) sched->stop();
     io.run_for(2s);
   }
 };
 
-double taskq_throughput(std::size_t n, std::size_t batch, const std::string& type) {
-  engine e;
+// The task every producer enqueues: bare, or with a timeout and a 256-byte payload.
+taskq::task_spec spec_of(const std::string& type, features f) {
+  taskq::task_spec spec{.type = type};
+  if (f.on) {
+    spec.timeout = 30s;
+    spec.payload = {{"data", std::string(244, 'x')}};  // 256 bytes encoded
+  }
+  return spec;
+}
+
+double taskq_throughput(std::size_t n, std::size_t batch, const std::string& type,
+                        features f = {}) {
+  engine e(f);
+  const auto spec = spec_of(type, f);
   auto t0 = steady::now();
   std::size_t issued = 0;
   // Keep a bounded number of enqueue calls in flight, like a producer would.
   std::function<void()> produce = [&] {
     while (issued < n) {
       if (batch == 1) {
-        e.c.async_enqueue({.type = type}, [](taskq::error_code ec, std::string) {
+        e.c.async_enqueue(spec, [](taskq::error_code ec, std::string) {
           if (ec) std::abort();
         });
         ++issued;
       } else {
-        std::vector<taskq::task_spec> specs(std::min(batch, n - issued),
-                                            taskq::task_spec{.type = type});
+        std::vector<taskq::task_spec> specs(std::min(batch, n - issued), spec);
         issued += specs.size();
         e.c.async_enqueue_batch(std::move(specs),
                                 [](taskq::error_code ec, std::vector<std::string>) {
@@ -267,9 +303,11 @@ int main(int argc, char** argv) {
       quick = true;
     else if (a == "--only" && i + 1 < argc)
       only = argv[++i];
+    else if (a == "--tasks" && i + 1 < argc)
+      tasks = std::stoul(argv[++i]);
   }
-  const std::size_t n_batch = quick ? 100'000 : 1'000'000;
-  const std::size_t n_single = quick ? 50'000 : 300'000;
+  const std::size_t n_batch = tasks ? tasks : quick ? 100'000 : 1'000'000;
+  const std::size_t n_single = tasks ? tasks : quick ? 50'000 : 300'000;
   const auto lat_len = quick ? 1s : 3s;
 
   // Plain-function handlers run on the executor's thread pool (a thread hop each way);
@@ -282,6 +320,16 @@ int main(int argc, char** argv) {
     std::string kind = type == "noop" ? "pool_handler" : "coroutine_handler";
     report("throughput.batch_enqueue.taskq." + kind, t, "tasks/s");
     if (only.empty()) report("throughput.batch_enqueue.ratio." + kind, t / b, "x");
+  }
+  // The same run with the features a real application switches on.
+  if (wanted("features.noop")) {
+    double plain = only.empty() ? taskq_throughput(n_batch, 1000, "noop") : 1;
+    double t = taskq_throughput(n_batch, 1000, "noop", {.on = true});
+    report("throughput.batch_enqueue.taskq.features_on", t, "tasks/s");
+    if (only.empty()) {
+      report("throughput.batch_enqueue.taskq.features_off_same_run", plain, "tasks/s");
+      report("throughput.batch_enqueue.ratio.features_on_vs_off", t / plain, "x");
+    }
   }
   b = wanted("single.baseline") ? baseline_throughput(n_single, 1) : 1;
   if (only.empty()) report("throughput.single_enqueue.baseline_thread_pool", b, "tasks/s");

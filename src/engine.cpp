@@ -2,6 +2,7 @@
 // rules, the client and the worker. One translation unit (Asio is heavy to compile), one file
 // per concept under src/engine/.
 #include <taskq/client.hpp>
+#include <taskq/detail/deadline_heap.hpp>
 #include <taskq/detail/outcome.hpp>
 #include <taskq/executor.hpp>
 #include <taskq/worker.hpp>

@@ -1156,13 +1156,13 @@ scheduler_options checked(scheduler_options o) {
 scheduler::scheduler(client& c, scheduler_options opts)
     : core_(std::make_shared<detail::scheduler_core>(c, checked(std::move(opts)))) {
   std::weak_ptr<detail::scheduler_core> weak = core_;
-  core_->subscription = c.subscribe([weak](const event& e) {
+  core_->subscription = detail::track_scheduled(c, [weak](const event& e) {
     if (auto self = weak.lock()) self->on_event(e);
   });
 }
 
 scheduler::~scheduler() {
-  core_->c.unsubscribe(core_->subscription);
+  detail::untrack_scheduled(core_->c, core_->subscription);
   stop();
 }
 

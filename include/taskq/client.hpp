@@ -203,4 +203,11 @@ class client {
   std::shared_ptr<detail::client_core> core_;
 };
 
+namespace detail {
+/// For the scheduler: like client::subscribe, but told only of events about tasks that carry
+/// a scheduled_for, so that tracking its runs costs nothing for other tasks.
+std::uint64_t track_scheduled(client& c, client::subscriber fn);
+void untrack_scheduled(client& c, std::uint64_t id);
+}  // namespace detail
+
 }  // namespace taskq

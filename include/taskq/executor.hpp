@@ -12,6 +12,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/thread_pool.hpp>
 
+#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <mutex>
@@ -70,13 +71,14 @@ class executor {
   virtual run_promise do_execute(run_request req) = 0;
 
  private:
+  friend struct detail::run_state;
   void do_wait_idle(asio::any_completion_handler<void()> h);
   void finished_one();
 
   asio::any_io_executor io_ex_;
   mutable std::mutex mutex_;
   std::condition_variable idle_cv_;
-  std::size_t outstanding_ = 0;
+  std::atomic<std::size_t> outstanding_{0};
   std::vector<asio::any_completion_handler<void()>> idle_waiters_;
 };
 

@@ -32,9 +32,10 @@ struct event {
   std::string queue{};
   int attempt = 0;
   time_point at{};
-  std::string message{};                 ///< error text (failed, retry_scheduled, dropped)
-  json progress{};                       ///< progress events
-  std::optional<time_point> retry_at{};  ///< retry_scheduled: when the next attempt may start
+  std::string message{};                      ///< error text (failed, retry_scheduled, dropped)
+  json progress{};                            ///< progress events
+  std::optional<time_point> retry_at{};       ///< retry_scheduled: when the next attempt may start
+  std::optional<time_point> scheduled_for{};  ///< the schedule occurrence the task serves, if any
 };
 
 /// Percentiles of a histogram at one moment.

@@ -10,6 +10,7 @@
 
 #include <boost/asio/any_io_executor.hpp>
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 
@@ -45,9 +46,28 @@ struct run_result {
   bool ok() const noexcept { return !error; }
 };
 
+class run_promise;
+class executor;
+
 namespace detail {
 struct run_state;
-}
+
+/// Told when a run completes, on the completing thread, without an allocation or a handler
+/// per run: how the worker collects finished runs (it hands them to its strand in batches).
+/// Internal: executors and users never see it.
+class run_sink {
+ public:
+  /// `cookie` is the value given to attach_run_sink. Must not block or throw.
+  virtual void run_done(std::uintptr_t cookie) noexcept = 0;
+
+ protected:
+  ~run_sink() = default;
+};
+
+/// Calls `sink->run_done(cookie)` once when the run completes (at once if it already has),
+/// unless the sink is gone by then.
+void attach_run_sink(const run_promise& p, std::weak_ptr<run_sink> sink, std::uintptr_t cookie);
+}  // namespace detail
 
 /// The consumer side of a run: a shared handle (copies refer to the same run). Thread-safe.
 class run_promise {
@@ -96,6 +116,8 @@ class run_promise {
  private:
   friend class run_completion;
   friend class executor;
+  friend void detail::attach_run_sink(const run_promise&, std::weak_ptr<detail::run_sink>,
+                                      std::uintptr_t);
   explicit run_promise(std::shared_ptr<detail::run_state> s) : state_(std::move(s)) {}
   static void do_async_wait(std::shared_ptr<detail::run_state> s,
                             asio::any_completion_handler<void(error_code, run_result)> h);

@@ -15,6 +15,10 @@ struct client_core : std::enable_shared_from_this<client_core> {
   std::mutex mutex;
   std::vector<std::pair<std::uint64_t, std::shared_ptr<client::subscriber>>> subscribers;
   std::atomic<bool> has_subscribers{false};
+  // Told only of tasks that carry a scheduled_for (the scheduler tracks its runs so), so
+  // attaching a scheduler does not switch the event path on for every task.
+  std::vector<std::pair<std::uint64_t, std::shared_ptr<client::subscriber>>> trackers;
+  std::atomic<bool> has_trackers{false};
   std::uint64_t next_id = 0;
   struct waiter {
     std::uint64_t id;
@@ -33,18 +37,34 @@ struct client_core : std::enable_shared_from_this<client_core> {
   client_core(asio::any_io_executor e, taskq::queue& qq, taskq::store& ss, client_options o)
       : ex(std::move(e)), q(qq), s(ss), clk(o.time ? *o.time : default_clock()), opts(o) {}
 
+  void count_event(event_kind k, std::uint64_t n = 1) {
+    event_counts[static_cast<std::size_t>(k)].fetch_add(n, std::memory_order_relaxed);
+  }
+
+  // Counts the event and hands it to the subscribers, and to the trackers if it is about a
+  // scheduled task.
   void emit(const event& e) {
-    event_counts[static_cast<std::size_t>(e.kind)].fetch_add(1, std::memory_order_relaxed);
-    if (!has_subscribers.load(std::memory_order_acquire)) return;
+    count_event(e.kind);
+    const bool to_subscribers = has_subscribers.load(std::memory_order_acquire);
+    const bool to_trackers = e.scheduled_for && has_trackers.load(std::memory_order_acquire);
+    if (!to_subscribers && !to_trackers) return;
     std::vector<std::shared_ptr<client::subscriber>> subs;
     {
       std::lock_guard lock(mutex);
-      for (auto& [id, fn] : subscribers) subs.push_back(fn);
+      if (to_subscribers)
+        for (auto& [id, fn] : subscribers) subs.push_back(fn);
+      if (to_trackers)
+        for (auto& [id, fn] : trackers) subs.push_back(fn);
     }
     for (auto& fn : subs) (*fn)(e);
   }
 
   bool wants_events() const noexcept { return has_subscribers.load(std::memory_order_acquire); }
+
+  // Whether an event about `r` goes to anyone (else it is only counted).
+  bool observed(const task_record& r) const noexcept {
+    return wants_events() || (r.scheduled_for && has_trackers.load(std::memory_order_acquire));
+  }
 
   static event make_event(event_kind k, const task_record& r, time_point at) {
     event e;
@@ -54,16 +74,14 @@ struct client_core : std::enable_shared_from_this<client_core> {
     e.queue = r.queue;
     e.attempt = r.attempt;
     e.at = at;
+    e.scheduled_for = r.scheduled_for;
     return e;
   }
 
   // Counts and (when someone listens) builds the event; cheap when nobody subscribed.
   void record_event(event_kind k, const task_record& r, std::string message = {},
                     std::optional<time_point> retry_at = {}, json progress = nullptr) {
-    if (!wants_events()) {
-      emit(event{k, {}, {}, {}, 0, {}, {}, nullptr, {}});
-      return;
-    }
+    if (!observed(r)) return count_event(k);
     auto e = make_event(k, r, clk.now());
     e.message = std::move(message);
     e.retry_at = retry_at;
@@ -144,11 +162,8 @@ namespace {
 void enqueued(const std::shared_ptr<detail::client_core>& core, std::vector<std::string> ids,
               std::vector<event>& for_events,
               asio::any_completion_handler<void(error_code, std::vector<std::string>)> h) {
-  if (for_events.empty()) {
-    core->event_counts[static_cast<std::size_t>(event_kind::enqueued)] += ids.size();
-  } else {
-    for (auto& e : for_events) core->emit(e);
-  }
+  core->count_event(event_kind::enqueued, ids.size() - for_events.size());
+  for (auto& e : for_events) core->emit(e);
   detail::dispatch_completion(std::move(h), core->ex, error_code{}, std::move(ids));
 }
 
@@ -179,14 +194,12 @@ void client::do_enqueue_batch(
     if (!fed) push.entries.push_back(entry_of(records.back()));
     ids.push_back(records.back().id);
   }
-  // The events go out after the store and queue have the tasks; build them (small) only if
-  // someone listens.
+  // The events go out after the store and queue have the tasks; build them (small) only for
+  // tasks someone listens to.
   std::vector<event> for_events;
-  if (core->wants_events()) {
-    for_events.reserve(records.size());
-    for (const auto& r : records)
+  for (const auto& r : records)
+    if (core->observed(r))
       for_events.push_back(detail::client_core::make_event(event_kind::enqueued, r, now));
-  }
   core->s.async_insert(std::move(records), [core, fed, push = std::move(push), ids = std::move(ids),
                                             for_events = std::move(for_events),
                                             h = std::move(h)](error_code ec) mutable {
@@ -366,6 +379,22 @@ void client::unsubscribe(std::uint64_t id) {
   std::lock_guard lock(core_->mutex);
   std::erase_if(core_->subscribers, [&](auto& s) { return s.first == id; });
   core_->has_subscribers = !core_->subscribers.empty();
+}
+
+std::uint64_t detail::track_scheduled(client& c, client::subscriber fn) {
+  auto& core = *c.core();
+  std::lock_guard lock(core.mutex);
+  auto id = ++core.next_id;
+  core.trackers.emplace_back(id, std::make_shared<client::subscriber>(std::move(fn)));
+  core.has_trackers = true;
+  return id;
+}
+
+void detail::untrack_scheduled(client& c, std::uint64_t id) {
+  auto& core = *c.core();
+  std::lock_guard lock(core.mutex);
+  std::erase_if(core.trackers, [&](auto& s) { return s.first == id; });
+  core.has_trackers = !core.trackers.empty();
 }
 
 // Blocking forms: thin wrappers over the async ones.

@@ -3,30 +3,36 @@
 
 namespace taskq {
 
+// The outstanding count is an atomic (no lock per run); the mutex only orders a run's last
+// decrement against idle waiters registering.
 run_promise executor::execute(run_request req) {
-  {
-    std::lock_guard lock(mutex_);
-    ++outstanding_;
-  }
+  outstanding_.fetch_add(1, std::memory_order_relaxed);
   run_promise p = do_execute(std::move(req));
-  p.state_->add_done_hook([this](const run_result&) { finished_one(); });
+  auto& st = *p.state_;
+  {
+    std::lock_guard lock(st.mutex);
+    if (!st.result) {
+      st.owner = this;
+      return p;
+    }
+  }
+  finished_one();  // completed inside do_execute (no handler for the type, say)
   return p;
 }
 
 std::size_t executor::outstanding() const {
-  std::lock_guard lock(mutex_);
-  return outstanding_;
+  return outstanding_.load(std::memory_order_acquire);
 }
 
 void executor::wait_idle() {
   std::unique_lock lock(mutex_);
-  idle_cv_.wait(lock, [&] { return outstanding_ == 0; });
+  idle_cv_.wait(lock, [&] { return outstanding_.load(std::memory_order_acquire) == 0; });
 }
 
 void executor::do_wait_idle(asio::any_completion_handler<void()> h) {
   {
     std::lock_guard lock(mutex_);
-    if (outstanding_ != 0) {
+    if (outstanding_.load(std::memory_order_acquire) != 0) {
       idle_waiters_.push_back(std::move(h));
       return;
     }
@@ -35,10 +41,11 @@ void executor::do_wait_idle(asio::any_completion_handler<void()> h) {
 }
 
 void executor::finished_one() {
+  if (outstanding_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
   std::vector<asio::any_completion_handler<void()>> ws;
   {
     std::lock_guard lock(mutex_);
-    if (--outstanding_ != 0) return;
+    if (outstanding_.load(std::memory_order_acquire) != 0) return;  // a new run started
     ws = std::move(idle_waiters_);
   }
   idle_cv_.notify_all();

@@ -13,6 +13,11 @@ struct detail::run_state {
   error_code cancel_reason;
   std::function<void(error_code)> cancel_hook;
   std::vector<std::function<void(const run_result&)>> done_hooks;
+  // The fast paths, without a handler or hook allocated per run: the executor that counts
+  // this run as outstanding, and the worker collecting it.
+  executor* owner = nullptr;
+  std::weak_ptr<run_sink> sink;
+  std::uintptr_t sink_cookie = 0;
   struct waiter {
     std::uint64_t id;
     asio::any_completion_handler<void(error_code, run_result)> handler;
@@ -24,12 +29,16 @@ struct detail::run_state {
     std::list<waiter> ws;
     std::vector<std::function<void(const run_result&)>> hooks;
     std::function<void(error_code)> hook;
+    executor* counted_by;
+    std::weak_ptr<run_sink> collector;
     {
       std::lock_guard lock(mutex);
       if (result) return false;
       result = std::move(r);
       ws = std::move(waiters);
       hooks = std::move(done_hooks);
+      counted_by = std::exchange(owner, nullptr);
+      collector = std::move(sink);
       if (by_cancel) {
         cancelled = true;
         cancel_reason = result->error;
@@ -43,6 +52,8 @@ struct detail::run_state {
     for (auto& w : ws) detail::post_completion(std::move(w.handler), io_ex, result->error, *result);
     if (hook) hook(cancel_reason);
     for (auto& h : hooks) h(*result);
+    if (auto s = collector.lock()) s->run_done(sink_cookie);
+    if (counted_by) counted_by->finished_one();  // last: wait_idle() means "all of the above ran"
     return true;
   }
 
@@ -57,6 +68,20 @@ struct detail::run_state {
     fn(*result);
   }
 };
+
+void detail::attach_run_sink(const run_promise& p, std::weak_ptr<run_sink> sink,
+                             std::uintptr_t cookie) {
+  auto& st = *p.state_;
+  {
+    std::lock_guard lock(st.mutex);
+    if (!st.result) {
+      st.sink = std::move(sink);
+      st.sink_cookie = cookie;
+      return;
+    }
+  }
+  if (auto s = sink.lock()) s->run_done(cookie);
+}
 
 const queued_run& run_promise::run() const {
   return state_->run;

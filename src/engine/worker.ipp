@@ -5,7 +5,7 @@ namespace taskq {
 
 namespace detail {
 
-struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
+struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_core> {
   std::shared_ptr<client_core> client;
   taskq::executor& exec;
   worker_options opts;
@@ -15,7 +15,7 @@ struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
     lease l;
     task_record task;
     run_promise promise;
-    std::unique_ptr<asio::cancellation_signal> timeout_cancel;
+    std::size_t deadline_index = deadline_heap<slot>::npos;  // its timeout, if it has one
     bool started = false;
     bool cancel_requested = false;
     bool interrupted = false;
@@ -39,6 +39,18 @@ struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
   std::vector<run_outcome> pending_outcomes;
   bool flush_posted = false;
   bool retry_armed = false;
+  // Runs that finished (on any thread), handed to the strand in batches: one post per batch,
+  // not one handler per run. A slot stays in `slots` until its finished run is recorded, so
+  // the pointers stay valid.
+  std::mutex finished_mutex;
+  std::vector<slot*> finished_runs;  // guarded by finished_mutex
+  bool collect_posted = false;       // guarded by finished_mutex
+  std::vector<slot*> collecting;     // the batch being processed (keeps its capacity)
+  // Every running task's timeout, with one clock wait armed for the earliest.
+  deadline_heap<slot> deadlines;
+  std::optional<time_point> deadline_armed;
+  std::uint64_t deadline_generation = 0;
+  asio::cancellation_signal deadline_cancel;
   std::mt19937_64 rng;
   std::atomic<std::size_t> running_count{0};
 
@@ -302,33 +314,71 @@ struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
       s.interrupted = true;
       run_result r;
       r.error = errc::shutting_down;
-      finish_run(t.id, t.attempt, std::move(r));
+      finish_run(s, std::move(r));
       return;
     }
     s.promise = exec.execute({std::move(run), std::move(rec), shared_from_this()});
     if (t.timeout > duration::zero()) {
-      s.timeout_cancel = std::make_unique<asio::cancellation_signal>();
-      client->clk.async_wait_until(
-          strand, now + t.timeout,
-          asio::bind_cancellation_slot(
-              s.timeout_cancel->slot(),
-              on_strand([self = shared_from_this(), id = t.id, attempt = t.attempt](error_code ec) {
-                if (ec) return;
-                auto it = self->slots.find(id);
-                if (it == self->slots.end() || it->second.task.attempt != attempt) return;
-                it->second.promise.cancel(errc::run_timed_out);
-              })));
+      deadlines.push(s, now + t.timeout);
+      arm_deadline();
     }
-    s.promise.async_wait(
-        on_strand([self = shared_from_this(), id = t.id, attempt = t.attempt](
-                      error_code, run_result r) { self->finish_run(id, attempt, std::move(r)); }));
+    attach_run_sink(s.promise, weak_from_this(), reinterpret_cast<std::uintptr_t>(&s));
   }
 
-  void finish_run(const std::string& id, int attempt, run_result r) {
-    auto it = slots.find(id);
-    if (it == slots.end() || it->second.task.attempt != attempt) return;
-    slot& s = it->second;
-    if (s.timeout_cancel) s.timeout_cancel->emit(asio::cancellation_type::terminal);
+  // --- finished runs (any thread) ---
+  void run_done(std::uintptr_t cookie) noexcept override {
+    bool post_collect;
+    {
+      std::lock_guard lock(finished_mutex);
+      finished_runs.push_back(reinterpret_cast<slot*>(cookie));
+      post_collect = !std::exchange(collect_posted, true);
+    }
+    if (post_collect) asio::post(strand, [self = shared_from_this()] { self->collect_finished(); });
+  }
+
+  void collect_finished() {
+    {
+      std::lock_guard lock(finished_mutex);
+      collecting.swap(finished_runs);
+      collect_posted = false;
+    }
+    for (slot* s : collecting) finish_run(*s, *s->promise.result());
+    collecting.clear();
+  }
+
+  // --- timeouts ---
+  // Keeps one clock wait armed at the earliest deadline. A wait that fires after its run
+  // finished finds nothing due and re-arms for the next one.
+  void arm_deadline() {
+    if (deadlines.empty() || (deadline_armed && *deadline_armed <= deadlines.next())) return;
+    if (deadline_armed) deadline_cancel.emit(asio::cancellation_type::terminal);
+    deadline_armed = deadlines.next();
+    auto generation = ++deadline_generation;
+    client->clk.async_wait_until(
+        strand, *deadline_armed,
+        asio::bind_cancellation_slot(deadline_cancel.slot(), on_strand([self = shared_from_this(),
+                                                                        generation](error_code ec) {
+                                       if (generation != self->deadline_generation)
+                                         return;  // superseded
+                                       self->deadline_armed.reset();
+                                       if (!ec) self->expire_deadlines();
+                                     })));
+  }
+
+  void expire_deadlines() {
+    const auto now = clk().now();
+    while (!deadlines.empty() && deadlines.next() <= now) {
+      slot& s = deadlines.top();
+      deadlines.pop();
+      if (s.promise.valid()) s.promise.cancel(errc::run_timed_out);
+    }
+    arm_deadline();
+  }
+
+  void finish_run(slot& s, run_result r) {
+    deadlines.erase(s);
+    const auto& id = s.task.id;
+    const int attempt = s.task.attempt;
     auto now = clk().now();
     std::uniform_real_distribution<double> uni(0.0, 1.0);
     auto o = decide_outcome(s.task, r, {s.cancel_requested, s.interrupted}, now, uni(rng));
@@ -523,6 +573,9 @@ struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
       return;
     drain_cancel.emit(asio::cancellation_type::terminal);
     renew_cancel.emit(asio::cancellation_type::terminal);
+    ++deadline_generation;
+    deadline_armed.reset();
+    deadline_cancel.emit(asio::cancellation_type::terminal);
     auto h = std::move(*run_handler);
     run_handler.reset();
     auto slot = asio::get_associated_cancellation_slot(h);

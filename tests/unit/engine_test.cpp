@@ -2,6 +2,7 @@
 // manual clock.
 #include "engine_fixture.hpp"
 
+#include <taskq/detail/deadline_heap.hpp>
 #include <taskq/detail/outcome.hpp>
 
 #include <boost/asio/as_tuple.hpp>
@@ -360,6 +361,69 @@ TEST_CASE("the timeout cancels the run, then it is retried or failed", "[worker]
   REQUIRE(run_until(f.io, [&] { return started == 2; }));
   f.clk.advance(5s);
   REQUIRE(f.wait_status(id, task_status::failed));
+  w.stop();
+  drain(f.io);
+}
+
+TEST_CASE("deadline heap: earliest first, erase from anywhere, re-push moves",
+          "[worker][timeout]") {
+  struct run {
+    int id;
+    std::size_t deadline_index = detail::deadline_heap<run>::npos;
+  };
+  std::vector<run> runs;
+  for (int i = 0; i < 200; ++i) runs.push_back({i});
+  detail::deadline_heap<run> heap;
+  const time_point t0{};
+  // Deadlines in a scrambled order; ties keep no particular order.
+  for (auto& r : runs) heap.push(r, t0 + std::chrono::seconds((r.id * 37) % 200));
+  CHECK(heap.size() == 200);
+  // Erase every third, and move one of the others to the very end.
+  for (auto& r : runs)
+    if (r.id % 3 == 0) heap.erase(r);
+  heap.erase(runs[0]);  // erasing twice is harmless
+  heap.push(runs[1], t0 + std::chrono::hours(1));
+  std::vector<int> order;
+  time_point last = t0;
+  while (!heap.empty()) {
+    CHECK(heap.next() >= last);
+    last = heap.next();
+    order.push_back(heap.top().id);
+    heap.pop();
+  }
+  CHECK(order.size() == 200 - 67);
+  CHECK(order.back() == 1);
+  for (auto& r : runs) CHECK(r.deadline_index == detail::deadline_heap<run>::npos);
+}
+
+TEST_CASE("timeouts of many runs: each expires at its own deadline, finished runs never",
+          "[worker][timeout]") {
+  engine_fixture f;
+  std::atomic<int> cancelled{0};
+  f.exec.handle("wait", [&](task_context& c) -> asio::awaitable<json> {
+    asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::hours(1));
+    co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+    if (c.cancelled()) ++cancelled;
+    co_return json();
+  });
+  f.exec.handle("quick", [](task_context&) { return json(); });
+  worker w(f.c, f.exec);
+  w.async_run(asio::detached);
+  auto slow = f.enqueue({.type = "wait", .max_attempts = 1, .timeout = 30s});
+  auto quick = f.enqueue({.type = "quick", .max_attempts = 1, .timeout = 1s});
+  REQUIRE(f.wait_status(quick, task_status::succeeded));
+  auto soon = f.enqueue({.type = "wait", .max_attempts = 1, .timeout = 10s});
+  REQUIRE(f.wait_status(soon, task_status::running));
+  f.clk.advance(2s);  // past the finished run's deadline: nothing happens
+  for (int i = 0; i < 20; ++i) f.io.poll();
+  CHECK(cancelled == 0);
+  f.clk.advance(9s);  // the later, shorter timeout fires first
+  REQUIRE(f.wait_status(soon, task_status::failed));
+  CHECK(f.get(soon).last_error == "run timed out");
+  CHECK(f.get(slow).status == task_status::running);
+  f.clk.advance(20s);
+  REQUIRE(f.wait_status(slow, task_status::failed));
+  CHECK(cancelled == 2);
   w.stop();
   drain(f.io);
 }
