@@ -638,7 +638,10 @@ void queue::do_stats(std::string queue_name, handler<void(error_code, queue_stat
 struct store::impl {
   asio::any_io_executor ex;
   std::mutex mutex;
-  std::map<std::string, task_record, std::less<>> records;      // id order = creation order
+  // Keyed by a view of the record's own id (no second copy of it); a hash map, so nothing on
+  // the hot path walks or grows an ordered index of every record (list sorts what it returns).
+  using record_map = std::unordered_map<std::string_view, task_record>;
+  record_map records;
   std::unordered_map<std::string, std::string> unique_holders;  // unique_key -> id
   task_counts counts;
 
@@ -652,13 +655,7 @@ struct store::impl {
     const auto old_status = slot.status;
     const bool old_holds = detail::holds_unique_key(slot);
     if (error_code ec = f(slot)) return ec;
-    if (slot.status != old_status) {
-      auto moved = slot.status;
-      slot.status = old_status;
-      count(slot, -1);
-      slot.status = moved;
-      count(slot, +1);
-    }
+    counts.move(slot, old_status);
     const bool new_holds = detail::holds_unique_key(slot);
     if (old_holds && !new_holds)
       unique_holders.erase(slot.unique_key);
@@ -669,10 +666,23 @@ struct store::impl {
 
   update_result update(const task_update& u);
 
-  void erase(std::map<std::string, task_record, std::less<>>::iterator it) {
+  record_map::iterator erase(record_map::iterator it) {
     count(it->second, -1);
     if (detail::holds_unique_key(it->second)) unique_holders.erase(it->second.unique_key);
-    records.erase(it);
+    return records.erase(it);
+  }
+
+  // Adds `r` unless its id is taken (then `r` is left as it was).
+  std::pair<record_map::iterator, bool> emplace(task_record& r) {
+    auto [it, inserted] = records.try_emplace(std::string_view(r.id), std::move(r));
+    if (inserted && it->first.data() != it->second.id.data()) {
+      // A short id lives inside the string (SSO), so the move left the key viewing the old
+      // object: point the key at the stored record's id (a node re-insert, no allocation).
+      auto node = records.extract(it);
+      node.key() = node.mapped().id;
+      it = records.insert(std::move(node)).position;
+    }
+    return {it, inserted};
   }
 };
 
@@ -686,26 +696,41 @@ void store::do_insert(std::vector<task_record> records, handler<void(error_code)
   error_code ec;
   {
     std::lock_guard lock(impl_->mutex);
-    std::unordered_set<std::string_view> ids, keys;
-    for (const auto& r : records) {
-      if (r.id.empty())
+    auto& stored = impl_->records;
+    // Grow once for a big batch; never for a small one (reserve would rehash every time).
+    if (auto need = stored.size() + records.size();
+        static_cast<double>(need) >
+        static_cast<double>(stored.bucket_count()) * stored.max_load_factor())
+      stored.reserve(need);
+    // All or nothing in one pass: insert as we go (a duplicate within the batch then meets
+    // the first copy), and take the inserted ones out again on the first refusal.
+    std::vector<std::string_view> added;
+    added.reserve(records.size());
+    for (auto& r : records) {
+      if (r.id.empty()) {
         ec = errc::blank_id;
-      else if (impl_->records.count(r.id) || !ids.insert(r.id).second)
-        ec = errc::duplicate_id;
-      else if (detail::holds_unique_key(r) &&
-               (impl_->unique_holders.count(r.unique_key) || !keys.insert(r.unique_key).second))
-        ec = errc::duplicate_unique_key;
-      if (ec) break;
-    }
-    if (!ec) {
-      for (auto& r : records) {
-        auto id = r.id;
-        auto [it, _] = impl_->records.emplace(std::move(id), std::move(r));
-        impl_->count(it->second, +1);
-        if (detail::holds_unique_key(it->second))
-          impl_->unique_holders[it->second.unique_key] = it->second.id;
+        break;
       }
+      auto [it, inserted] = impl_->emplace(r);
+      if (!inserted) {
+        ec = errc::duplicate_id;
+        break;
+      }
+      const task_record& in = it->second;
+      if (detail::holds_unique_key(in)) {
+        auto [holder, free] = impl_->unique_holders.try_emplace(in.unique_key, in.id);
+        if (!free) {
+          r = std::move(it->second);
+          stored.erase(it);
+          ec = errc::duplicate_unique_key;
+          break;
+        }
+      }
+      impl_->count(in, +1);
+      added.push_back(it->first);
     }
+    if (ec)
+      for (auto id : added) impl_->erase(stored.find(id));
   }
   detail::post_completion(std::move(h), impl_->ex, ec);
 }
@@ -846,15 +871,16 @@ void store::do_list(task_filter f, handler<void(error_code, task_page)> h) {
   task_page page;
   {
     std::lock_guard lock(impl_->mutex);
-    auto it = f.after_id.empty() ? impl_->records.begin() : impl_->records.upper_bound(f.after_id);
-    for (; it != impl_->records.end(); ++it) {
-      if (!matches(it->second, f)) continue;
-      if (page.records.size() == f.limit) {
-        page.next_cursor = page.records.back().id;
-        break;
-      }
-      page.records.push_back(it->second);
-    }
+    // The first limit + 1 matches in id order (one more tells whether a next page exists).
+    std::vector<const task_record*> hits;
+    for (const auto& [id, r] : impl_->records)
+      if ((f.after_id.empty() || id > f.after_id) && matches(r, f)) hits.push_back(&r);
+    auto by_id = [](const task_record* a, const task_record* b) { return a->id < b->id; };
+    const std::size_t want = std::min(hits.size(), f.limit + 1);
+    std::partial_sort(hits.begin(), hits.begin() + static_cast<std::ptrdiff_t>(want), hits.end(),
+                      by_id);
+    for (std::size_t k = 0; k < want && k < f.limit; ++k) page.records.push_back(*hits[k]);
+    if (want > f.limit && !page.records.empty()) page.next_cursor = page.records.back().id;
   }
   detail::post_completion(std::move(h), impl_->ex, error_code{}, std::move(page));
 }
@@ -865,15 +891,14 @@ void store::do_remove(task_filter f, handler<void(error_code, std::vector<std::s
     std::lock_guard lock(impl_->mutex);
     for (auto it = impl_->records.begin(); it != impl_->records.end();) {
       if (it->second.status != task_status::running && matches(it->second, f)) {
-        removed.push_back(it->first);
-        auto next = std::next(it);
-        impl_->erase(it);
-        it = next;
+        removed.push_back(it->second.id);
+        it = impl_->erase(it);
       } else {
         ++it;
       }
     }
   }
+  std::sort(removed.begin(), removed.end());  // in id order, as documented for lists
   detail::post_completion(std::move(h), impl_->ex, error_code{}, std::move(removed));
 }
 
@@ -883,12 +908,12 @@ void store::do_prune(time_point before, handler<void(error_code, std::size_t)> h
     std::lock_guard lock(impl_->mutex);
     for (auto it = impl_->records.begin(); it != impl_->records.end();) {
       const auto& r = it->second;
-      auto next = std::next(it);
       if (is_terminal(r.status) && r.finished_at && *r.finished_at < before) {
-        impl_->erase(it);
+        it = impl_->erase(it);
         ++n;
+      } else {
+        ++it;
       }
-      it = next;
     }
   }
   detail::post_completion(std::move(h), impl_->ex, error_code{}, n);

@@ -115,33 +115,23 @@ task_record make_record(task_spec spec, time_point now) {
 std::string make_task_id(time_point now) {
   // UUIDv7 (RFC 9562): 48-bit Unix milliseconds, then a 12-bit counter seeded randomly per
   // millisecond (method 1 of the RFC) so ids made in one process sort in creation order,
-  // then 62 random bits.
-  struct state {
-    std::mutex m;
-    std::mt19937_64 rng{std::random_device{}()};
-    std::uint64_t last_ms = 0;
-    std::uint32_t counter = 0;
-  };
-  static state st;
-  auto ms = static_cast<std::uint64_t>(
+  // then 62 random bits. The (millisecond, counter) pair is one process-wide atomic that only
+  // grows (one compare-and-swap, no lock; a full counter carries into the next millisecond);
+  // the random bits come from a generator per thread.
+  static std::atomic<std::uint64_t> last{0};
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  const auto now_ms = static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count());
-  std::uint64_t rand_b;
-  std::uint32_t seq;
-  {
-    std::lock_guard lock(st.m);
-    if (ms <= st.last_ms) {
-      ms = st.last_ms;  // never go backwards, even if the clock does
-      if (++st.counter > 0xfff) {
-        ++ms;  // counter exhausted: borrow the next millisecond
-        st.counter = static_cast<std::uint32_t>(st.rng() & 0x3ff);
-      }
-    } else {
-      st.counter = static_cast<std::uint32_t>(st.rng() & 0x3ff);  // room to grow within the ms
-    }
-    st.last_ms = ms;
-    seq = st.counter;
-    rand_b = st.rng();
-  }
+  const std::uint64_t seed = rng();
+  std::uint64_t prev = last.load(std::memory_order_relaxed), next;
+  do {
+    // A later millisecond starts its counter low (room to grow); the same or an earlier one
+    // (the clock went back) counts on from the last id.
+    next = now_ms > (prev >> 12) ? (now_ms << 12) | (seed & 0x3ff) : prev + 1;
+  } while (!last.compare_exchange_weak(prev, next, std::memory_order_relaxed));
+  const std::uint64_t ms = next >> 12;
+  const std::uint64_t seq = next & 0xfff;
+  const std::uint64_t rand_b = rng();
   std::uint64_t hi = (ms << 16) | (0x7ull << 12) | (seq & 0xfff);
   std::uint64_t lo = (rand_b & 0x3fffffffffffffffull) | 0x8000000000000000ull;
   // 8-4-4-4-12 hex digits, written directly (this is on the enqueue hot path).
@@ -319,6 +309,18 @@ void task_counts::add(const task_record& r, int delta) {
   apply(total[i]);
   apply(by_type[r.type][i]);
   apply(by_queue[r.queue][i]);
+}
+
+void task_counts::move(const task_record& r, task_status from) {
+  if (from == r.status) return;
+  auto f = static_cast<std::size_t>(from), t = static_cast<std::size_t>(r.status);
+  auto shift = [&](by_status& row) {
+    --row[f];
+    ++row[t];
+  };
+  shift(total);
+  shift(by_type[r.type]);
+  shift(by_queue[r.queue]);
 }
 
 void task_counts::drop_empty_rows() {

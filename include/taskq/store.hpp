@@ -94,6 +94,8 @@ struct task_counts {
   /// Adds (delta +1) or removes (-1) a record in its status, type and queue rows. For
   /// backends that keep counts up to date as records change.
   void add(const task_record& r, int delta);
+  /// Moves a record that was in status `from` to its current status (one lookup per row).
+  void move(const task_record& r, task_status from);
   /// Removes the type and queue rows whose counts are all zero (what callers are shown; a
   /// backend keeps the rows while it counts, so a status change does not re-create them).
   void drop_empty_rows();

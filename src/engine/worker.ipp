@@ -97,7 +97,6 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     add(by_type, l.type);
     add(by_queue, l.queue);
     if (!l.concurrency_key.empty()) add(by_key, l.concurrency_key);
-    running_count = slots.size();
   }
 
   void current_skips(std::vector<std::string>& queues, std::vector<std::string>& types,
@@ -173,13 +172,16 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
       }
       ids.push_back(l.id);
       auto& s = slots[l.id];
-      s.l = l;
       count(l, +1);
+      s.l = std::move(l);
+      running_count = slots.size();
     }
     if (!ids.empty()) {
       ++claims_in_flight;
-      client->s.async_claim({ids, clk().now()}, on_strand([self = shared_from_this(), ids](
-                                                              error_code ec, claim_result r) {
+      claim_params cp{ids, clk().now()};
+      client->s.async_claim(std::move(cp),
+                            on_strand([self = shared_from_this(), ids = std::move(ids)](
+                                          error_code ec, claim_result r) {
                               self->on_claimed(ec, ids, std::move(r));
                             }));
     }
@@ -229,11 +231,12 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
   }
 
   void drop_slot(const std::string& id) {
-    auto it = slots.find(id);
-    if (it == slots.end()) return;
-    auto l = it->second.l;
+    if (auto it = slots.find(id); it != slots.end()) drop_slot(it);
+  }
+  void drop_slot(std::unordered_map<std::string, slot>::iterator it) {
+    count(it->second.l, -1);
     slots.erase(it);
-    count(l, -1);
+    running_count = slots.size();
   }
 
   void on_claimed(error_code ec, const std::vector<std::string>& ids, claim_result r) {
@@ -436,13 +439,14 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
       error_code ec =
           batch_ec ? batch_ec : (i < results.size() ? results[i].error : errc::io_error);
       const auto& o = outcomes[i];
-      auto l = it->second.l;
+      lease& l = it->second.l;
+      count(l, -1);  // before the lease moves on: the slot is dropped below either way
       if (!ec) {
         task_record& after = results[i].record;
         if (o.to == task_status::pending) {
           requeue(l, o);
         } else if (!is_terminal(o.to) || !store_removes_finished) {
-          acks.push_back(l);  // else the store's write took the entry out already
+          acks.push_back(std::move(l));  // else the store's write took the entry out already
         }
         client->record_event(
             o.event, after.id.empty() ? it->second.task : after, o.error,
@@ -465,8 +469,9 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
       }
       // On a per-task error (status_conflict: the task moved on — its lease was lost and
       // another worker re-claimed it, or it was deleted) the queue entry belongs to someone else.
-      drop_slot(ids[i]);
+      slots.erase(it);
     }
+    running_count = slots.size();
     if (!acks.empty()) client->q.async_ack(std::move(acks), [](error_code, std::size_t) {});
     pump();
     maybe_finish();
