@@ -20,6 +20,8 @@ class category_impl final : public boost::system::error_category {
                "dropped";
       case errc::payload_too_large:
         return "task field 'payload' exceeds the configured maximum payload size";
+      case errc::invalid_utf8:
+        return "task field 'payload' or 'metadata' has a string that is not valid UTF-8";
       case errc::negative_delay:
         return "task field 'delay' must not be negative";
       case errc::negative_timeout:

@@ -66,6 +66,94 @@ duration retry_policy::delay_after(int attempt, double random01) const noexcept 
   return std::chrono::duration_cast<duration>(fsec(d));
 }
 
+namespace {
+
+// The length of j.dump() without building the string (it is on the enqueue hot path, and a
+// payload was otherwise serialised only to be measured). Iterative, so a deep document cannot
+// exhaust the stack here. Exact but for floating-point numbers, which are measured by
+// formatting that one number. Empty when a string is not valid UTF-8 (dump() would throw).
+std::optional<std::size_t> encoded_size(const json& root) {
+  std::size_t size = 0;
+  auto string_size = [](const std::string& str) -> std::optional<std::size_t> {
+    std::size_t n = 2;  // the quotes
+    for (std::size_t i = 0; i < str.size(); ++i) {
+      auto c = static_cast<unsigned char>(str[i]);
+      if (c >= 0x80) {  // a multi-byte sequence: its lead byte says how long
+        std::size_t len = (c & 0xe0) == 0xc0   ? 2
+                          : (c & 0xf0) == 0xe0 ? 3
+                          : (c & 0xf8) == 0xf0 ? 4
+                                               : 0;
+        if (len == 0 || c == 0xc0 || c == 0xc1 || c > 0xf4 || i + len > str.size()) return {};
+        std::uint32_t cp = c & (0x7f >> len);
+        for (std::size_t k = 1; k < len; ++k) {
+          auto b = static_cast<unsigned char>(str[i + k]);
+          if ((b & 0xc0) != 0x80) return {};
+          cp = (cp << 6) | (b & 0x3f);
+        }
+        static constexpr std::uint32_t min_of[] = {0, 0, 0x80, 0x800, 0x10000};
+        if (cp < min_of[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return {};
+        n += len;
+        i += len - 1;
+      } else if (c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' || c == '\r' ||
+                 c == '\t') {
+        n += 2;
+      } else if (c < 0x20) {
+        n += 6;  // \u00XX
+      } else {
+        n += 1;
+      }
+    }
+    return n;
+  };
+  std::vector<const json*> todo{&root};
+  while (!todo.empty()) {
+    const json* j = todo.back();
+    todo.pop_back();
+    switch (j->type()) {
+      case json::value_t::object:
+        // {} plus "key": per member and a comma between members.
+        size += 2 + (j->empty() ? 0 : j->size() - 1);
+        for (auto it = j->begin(); it != j->end(); ++it) {
+          auto key = string_size(it.key());
+          if (!key) return {};
+          size += *key + 1;
+          todo.push_back(&it.value());
+        }
+        break;
+      case json::value_t::array:
+        size += 2 + (j->empty() ? 0 : j->size() - 1);
+        for (const auto& v : *j) todo.push_back(&v);
+        break;
+      case json::value_t::string: {
+        auto n = string_size(j->get_ref<const std::string&>());
+        if (!n) return {};
+        size += *n;
+        break;
+      }
+      case json::value_t::boolean:
+        size += j->get<bool>() ? 4 : 5;
+        break;
+      case json::value_t::number_integer:
+        size += fmt::formatted_size("{}", j->get<std::int64_t>());
+        break;
+      case json::value_t::number_unsigned:
+        size += fmt::formatted_size("{}", j->get<std::uint64_t>());
+        break;
+      case json::value_t::number_float:
+      case json::value_t::binary:
+        size += j->dump().size();
+        break;
+      case json::value_t::null:
+      case json::value_t::discarded:
+        size += 4;
+        break;
+    }
+  }
+  return size;
+}
+
+}  // namespace
+
 error_code validate(const task_spec& spec, const validation_limits& limits) {
   auto blank = [](const std::string& s) {
     return std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isspace(c); });
@@ -81,10 +169,13 @@ error_code validate(const task_spec& spec, const validation_limits& limits) {
     return errc::invalid_retry_policy;
   for (const auto& [k, v] : spec.labels)
     if (blank(k)) return errc::invalid_label;
-  // Measure the encoded size without materialising the string twice for small payloads.
   std::size_t size = 0;
-  if (!spec.payload.is_null()) size += spec.payload.dump().size();
-  if (!spec.metadata.is_null()) size += spec.metadata.dump().size();
+  for (const json* j : {&spec.payload, &spec.metadata}) {
+    if (j->is_null()) continue;
+    auto n = encoded_size(*j);
+    if (!n) return errc::invalid_utf8;
+    size += *n;
+  }
   if (size > limits.max_payload_bytes) return errc::payload_too_large;
   return {};
 }

@@ -32,6 +32,7 @@ enum class errc {
   invalid_label,         ///< a label has a blank key
   invalid_option,        ///< an options aggregate has an out-of-range value
   invalid_record,        ///< a stored record could not be decoded (field named in detail)
+  invalid_utf8,          ///< task field 'payload' or 'metadata' has a string that is not UTF-8
   // --- state ------------------------------------------------------------------------------
   not_found = 100,     ///< no task with that id
   illegal_transition,  ///< the requested status change is never allowed (e.g. succeeded -> running)

@@ -85,6 +85,40 @@ TEST_CASE("validation names the bad field", "[task][validation]") {
   CHECK_FALSE(validate(big, {.max_payload_bytes = 4000}));
 }
 
+TEST_CASE("the payload size limit counts exactly what the encoded JSON takes", "[task]") {
+  // Measured without serialising: every kind of value, escapes, UTF-8, nesting.
+  const std::vector<json> docs = {
+      json::parse(R"({"a":[1,-2,3000000000,18446744073709551615,true,false,null],"b":{}})"),
+      json::parse(
+          R"(["tab\there","quote\"","back\\slash","\u0001\u001f","\u00e9\u4e2d\ud83d\ude00"])"),
+      json::parse(R"({"nested":{"deeper":[[[]],{"x":1.5,"y":-0.25,"z":1e300}]},"":""})"),
+      json(std::string(300, 'x')),
+      json(42),
+      json::array(),
+  };
+  for (const auto& doc : docs) {
+    const auto size = doc.dump().size();
+    INFO(doc.dump());
+    task_spec spec{.type = "t", .payload = doc, .metadata = {{"k", "v"}}};
+    const auto total = size + spec.metadata.dump().size();
+    CHECK_FALSE(validate(spec, {.max_payload_bytes = total}));
+    CHECK(validate(spec, {.max_payload_bytes = total - 1}) == errc::payload_too_large);
+  }
+}
+
+TEST_CASE("a payload or metadata string that is not UTF-8 is refused, naming the fields",
+          "[task]") {
+  for (std::string bad : {std::string("\xff"), std::string("ab\xc3"), std::string("\xed\xa0\x80"),
+                          std::string("\xc0\xaf"), std::string("\xf4\x90\x80\x80")}) {
+    task_spec in_payload{.type = "t", .payload = {{"s", bad}}};
+    CHECK(validate(in_payload) == errc::invalid_utf8);
+    CHECK_THAT(validate(in_payload).message(), Catch::Contains("'payload'"));
+    task_spec in_key{.type = "t", .metadata = {{bad, 1}}};
+    CHECK(validate(in_key) == errc::invalid_utf8);
+  }
+  CHECK_FALSE(validate({.type = "t", .payload = "caf\xc3\xa9 \xf0\x9f\x98\x80"}));
+}
+
 TEST_CASE("make_record fills the record from the spec", "[task]") {
   auto r = make_record({.type = "mail",
                         .queue = "q",
