@@ -13,12 +13,30 @@ struct client_core : std::enable_shared_from_this<client_core> {
   client_options opts;
 
   std::mutex mutex;
-  std::vector<std::pair<std::uint64_t, std::shared_ptr<client::subscriber>>> subscribers;
+  // Copy-on-write lists: an event takes a reference to the current list under the lock (no
+  // copy, no allocation); subscribing replaces the list.
+  using listener_list = std::vector<std::pair<std::uint64_t, client::subscriber>>;
+  std::shared_ptr<const listener_list> subscribers = std::make_shared<listener_list>();
   std::atomic<bool> has_subscribers{false};
   // Told only of tasks that carry a scheduled_for (the scheduler tracks its runs so), so
   // attaching a scheduler does not switch the event path on for every task.
-  std::vector<std::pair<std::uint64_t, std::shared_ptr<client::subscriber>>> trackers;
+  std::shared_ptr<const listener_list> trackers = std::make_shared<listener_list>();
   std::atomic<bool> has_trackers{false};
+
+  // Adds or removes a listener (under the mutex); returns whether the list is now non-empty.
+  static bool add_listener(std::shared_ptr<const listener_list>& list, std::uint64_t id,
+                           client::subscriber fn) {
+    auto next = std::make_shared<listener_list>(*list);
+    next->emplace_back(id, std::move(fn));
+    list = std::move(next);
+    return true;
+  }
+  static bool remove_listener(std::shared_ptr<const listener_list>& list, std::uint64_t id) {
+    auto next = std::make_shared<listener_list>(*list);
+    std::erase_if(*next, [&](auto& l) { return l.first == id; });
+    list = std::move(next);
+    return !list->empty();
+  }
   std::uint64_t next_id = 0;
   struct waiter {
     std::uint64_t id;
@@ -48,15 +66,16 @@ struct client_core : std::enable_shared_from_this<client_core> {
     const bool to_subscribers = has_subscribers.load(std::memory_order_acquire);
     const bool to_trackers = e.scheduled_for && has_trackers.load(std::memory_order_acquire);
     if (!to_subscribers && !to_trackers) return;
-    std::vector<std::shared_ptr<client::subscriber>> subs;
+    std::shared_ptr<const listener_list> subs, tracks;
     {
       std::lock_guard lock(mutex);
-      if (to_subscribers)
-        for (auto& [id, fn] : subscribers) subs.push_back(fn);
-      if (to_trackers)
-        for (auto& [id, fn] : trackers) subs.push_back(fn);
+      if (to_subscribers) subs = subscribers;
+      if (to_trackers) tracks = trackers;
     }
-    for (auto& fn : subs) (*fn)(e);
+    if (subs)
+      for (auto& [id, fn] : *subs) fn(e);
+    if (tracks)
+      for (auto& [id, fn] : *tracks) fn(e);
   }
 
   bool wants_events() const noexcept { return has_subscribers.load(std::memory_order_acquire); }
@@ -370,31 +389,27 @@ void client::do_metrics(asio::any_completion_handler<void(error_code, metrics_sn
 std::uint64_t client::subscribe(subscriber fn) {
   std::lock_guard lock(core_->mutex);
   auto id = ++core_->next_id;
-  core_->subscribers.emplace_back(id, std::make_shared<subscriber>(std::move(fn)));
-  core_->has_subscribers = true;
+  core_->has_subscribers = detail::client_core::add_listener(core_->subscribers, id, std::move(fn));
   return id;
 }
 
 void client::unsubscribe(std::uint64_t id) {
   std::lock_guard lock(core_->mutex);
-  std::erase_if(core_->subscribers, [&](auto& s) { return s.first == id; });
-  core_->has_subscribers = !core_->subscribers.empty();
+  core_->has_subscribers = detail::client_core::remove_listener(core_->subscribers, id);
 }
 
 std::uint64_t detail::track_scheduled(client& c, client::subscriber fn) {
   auto& core = *c.core();
   std::lock_guard lock(core.mutex);
   auto id = ++core.next_id;
-  core.trackers.emplace_back(id, std::make_shared<client::subscriber>(std::move(fn)));
-  core.has_trackers = true;
+  core.has_trackers = detail::client_core::add_listener(core.trackers, id, std::move(fn));
   return id;
 }
 
 void detail::untrack_scheduled(client& c, std::uint64_t id) {
   auto& core = *c.core();
   std::lock_guard lock(core.mutex);
-  std::erase_if(core.trackers, [&](auto& s) { return s.first == id; });
-  core.has_trackers = !core.trackers.empty();
+  core.has_trackers = detail::client_core::remove_listener(core.trackers, id);
 }
 
 // Blocking forms: thin wrappers over the async ones.

@@ -397,8 +397,9 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     u.available_at = o.retry_at;
     u.attempt = o.attempt;
     if (!o.log.empty()) u.log = log_entry{now, o.log};  // failures, retries, cancels only
-    // The record after the update is needed only to tell waiters and subscribers.
-    u.return_record = client->wants_events() || client->waiter_count.load() > 0;
+    // The record after the update is needed only by waiters (events are made from the slot's
+    // own copy of the fields they carry).
+    u.return_record = client->waiter_count.load() > 0;
     ++updates_in_flight;
     // Outcomes are recorded in batches: everything that finished during one turn of the
     // strand goes to the store in one call and to the queue in one ack.
@@ -448,6 +449,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
         } else if (!is_terminal(o.to) || !store_removes_finished) {
           acks.push_back(std::move(l));  // else the store's write took the entry out already
         }
+        if (after.id.empty() && o.attempt) it->second.task.attempt = *o.attempt;  // as recorded
         client->record_event(
             o.event, after.id.empty() ? it->second.task : after, o.error,
             o.to == task_status::pending ? o.retry_at : std::optional<time_point>{});
