@@ -83,7 +83,9 @@ class executor {
 };
 
 struct local_executor_options {
-  /// Threads for plain-function handlers; 0 means one per hardware core.
+  /// Threads for plain-function handlers; 0 means one per hardware core but one, which is left
+  /// to the thread running the io_context (the engine's own work), so the two do not
+  /// oversubscribe the cores; at least one. Handlers that mostly wait want more.
   std::size_t threads = 0;
   /// Time source for run statistics. Must outlive the executor.
   clock* time = nullptr;
