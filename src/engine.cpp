@@ -1,6 +1,7 @@
 // The engine: run promises, task contexts, executors, metrics, the client and the worker.
 #include <taskq/client.hpp>
 #include <taskq/detail/outcome.hpp>
+#include <taskq/prometheus.hpp>
 #include <taskq/executor.hpp>
 #include <taskq/worker.hpp>
 
@@ -640,6 +641,7 @@ struct client_core : std::enable_shared_from_this<client_core> {
   // Counts and (when someone listens) builds the event; cheap when nobody subscribed.
   void record_event(event_kind k, const task_record& r, std::string message = {},
                     std::optional<time_point> retry_at = {}, json progress = nullptr) {
+    if (opts.metrics) opts.metrics->series(r.queue, r.type).count(k);  // [metrics hook]
     if (!wants_events()) {
       emit(event{k, {}, {}, {}, 0, {}, {}, nullptr, {}});
       return;
@@ -722,8 +724,9 @@ namespace {
 
 /// Tells subscribers (or counts) and completes an enqueue whose tasks are stored and queued.
 void enqueued(const std::shared_ptr<detail::client_core>& core, std::vector<std::string> ids,
-              std::vector<event>& for_events,
+              std::vector<event>& for_events, const std::vector<task_series*>& series,
               asio::any_completion_handler<void(error_code, std::vector<std::string>)> h) {
+  for (auto* m : series) m->count(event_kind::enqueued);  // [metrics hook]
   if (for_events.empty()) {
     core->event_counts[static_cast<std::size_t>(event_kind::enqueued)] += ids.size();
   } else {
@@ -767,14 +770,19 @@ void client::do_enqueue_batch(
     for (const auto& r : records)
       for_events.push_back(detail::client_core::make_event(event_kind::enqueued, r, now));
   }
+  std::vector<task_series*> series;  // [metrics hook]
+  if (auto* m = core->opts.metrics)
+    for (const auto& r : records) series.push_back(&m->series(r.queue, r.type));
   core->s.async_insert(std::move(records), [core, fed, push = std::move(push), ids = std::move(ids),
                                             for_events = std::move(for_events),
+                                            series = std::move(series),  // [metrics hook]
                                             h = std::move(h)](error_code ec) mutable {
     if (ec)
       return detail::dispatch_completion(std::move(h), core->ex, ec, std::vector<std::string>{});
-    if (fed) return enqueued(core, std::move(ids), for_events, std::move(h));
+    if (fed) return enqueued(core, std::move(ids), for_events, series, std::move(h));
     core->q.async_push(
         std::move(push), [core, ids = std::move(ids), for_events = std::move(for_events),
+                          series = std::move(series),  // [metrics hook]
                           h = std::move(h)](error_code ec) mutable {
           if (ec) {
             // Undo the insert so nothing is half-written.
@@ -786,7 +794,7 @@ void client::do_enqueue_batch(
             });
             return;
           }
-          enqueued(core, std::move(ids), for_events, std::move(h));
+          enqueued(core, std::move(ids), for_events, series, std::move(h));
         });
   });
 }
@@ -1330,6 +1338,8 @@ struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
     s.started = true;
     const auto& t = s.task;
     client->enqueue_to_start.record(now - std::max(t.available_at, t.created_at));
+    if (auto* m = client->opts.metrics)  // [metrics hook]
+      m->series(t.queue, t.type).wait.observe(now - std::max(t.available_at, t.created_at));
     client->record_event(event_kind::started, t);
     queued_run run;
     run.task_id = t.id;
@@ -1373,6 +1383,8 @@ struct worker_core : run_hooks, std::enable_shared_from_this<worker_core> {
     std::uniform_real_distribution<double> uni(0.0, 1.0);
     auto o = decide_outcome(s.task, r, {s.cancel_requested, s.interrupted}, now, uni(rng));
     if (r.stats.finished_at != time_point{}) client->run_duration.record(r.stats.run_time);
+    if (auto* m = client->opts.metrics; m && r.stats.finished_at != time_point{})  // [metrics hook]
+      m->series(s.task.queue, s.task.type).run.observe(r.stats.run_time);
     task_update u;
     u.id = id;
     u.expected = task_status::running;
