@@ -8,6 +8,7 @@
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/bind_executor.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -338,6 +339,9 @@ struct http_server::state : std::enable_shared_from_this<http_server::state> {
   asio::any_io_executor ex;
   http_server_sources src;
   http_server_options opts;
+  // The acceptor and the history timer live on this strand (the io_context may have several
+  // threads); each connection has a strand of its own.
+  asio::strand<asio::any_io_executor> strand;
   tcp::acceptor acceptor;
   std::uint16_t bound_port = 0;
 
@@ -357,7 +361,7 @@ struct http_server::state : std::enable_shared_from_this<http_server::state> {
   asio::cancellation_signal history_cancel;
 
   state(asio::any_io_executor e, http_server_sources s, http_server_options o)
-      : ex(std::move(e)), src(s), opts(std::move(o)), acceptor(ex) {}
+      : ex(std::move(e)), src(s), opts(std::move(o)), strand(ex), acceptor(strand) {}
 
   // --- history ---
 
@@ -377,7 +381,7 @@ struct http_server::state : std::enable_shared_from_this<http_server::state> {
         while (self->history.size() > self->opts.history_points) self->history.pop_front();
       }
       self->last = std::move(m);
-      asio::post(self->ex, [self] { self->schedule_sample(); });
+      asio::post(self->strand, [self] { self->schedule_sample(); });
     });
   }
 
@@ -387,11 +391,13 @@ struct http_server::state : std::enable_shared_from_this<http_server::state> {
       if (stopped) return;
     }
     auto& clk = src.client->time();
-    clk.async_wait_until(ex, clk.now() + opts.history_interval,
-                         asio::bind_cancellation_slot(history_cancel.slot(),
-                                                      [self = shared_from_this()](error_code ec) {
-                                                        if (!ec) self->sample();
-                                                      }));
+    clk.async_wait_until(
+        ex, clk.now() + opts.history_interval,
+        asio::bind_cancellation_slot(
+            history_cancel.slot(),
+            asio::bind_executor(strand, [self = shared_from_this()](error_code ec) {
+              if (!ec) self->sample();
+            })));
   }
 
   // --- connections ---
@@ -1033,7 +1039,7 @@ void http_server::start(error_code& ec, std::string* detail) {
   if (e) return fail("listen");
   st.bound_port = st.acceptor.local_endpoint(e).port();
   st.started = true;
-  asio::post(st.ex, [s = state_] {
+  asio::post(st.strand, [s = state_] {
     s->accept_loop();
     s->sample();
   });
@@ -1060,7 +1066,7 @@ void http_server::stop() noexcept {
     s->stopped = true;
     conns.swap(s->conns);
   }
-  asio::post(s->ex, [s] {
+  asio::post(s->strand, [s] {
     boost::system::error_code ignored;
     s->acceptor.close(ignored);
     s->history_cancel.emit(asio::cancellation_type::terminal);
