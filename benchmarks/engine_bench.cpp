@@ -15,13 +15,18 @@
 // the client.
 #include "bench_report.hpp"
 
+#include <taskq/http_server.hpp>
+#include <taskq/prometheus.hpp>
 #include <taskq/taskq.hpp>
 
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/read.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
+#include <boost/asio/write.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -69,14 +74,15 @@ struct engine {
   asio::io_context io{1};
   taskq::memory::queue q{io.get_executor()};
   taskq::memory::store s{io.get_executor()};
-  taskq::client c{io.get_executor(), q, s};
+  taskq::metrics_registry* metrics;  // optional: the metrics scenario
+  taskq::client c{io.get_executor(), q, s, {.metrics = metrics}};
   taskq::local_executor exec{io.get_executor()};
   std::atomic<std::size_t> ran{0};
   std::optional<taskq::worker> w;
   std::optional<taskq::scheduler> sched;
   std::size_t events_seen = 0;
 
-  explicit engine(features f = {}) {
+  explicit engine(features f = {}, taskq::metrics_registry* m = nullptr) : metrics(m) {
     if (f.on) {
       c.subscribe([this](const taskq::event&) { ++events_seen; });
       sched.emplace(c, taskq::scheduler_options{});
@@ -131,10 +137,38 @@ taskq::task_spec spec_of(const std::string& type, features f) {
   return spec;
 }
 
-double taskq_throughput(std::size_t n, std::size_t batch, const std::string& type,
-                        features f = {}) {
-  engine e(f);
+// With `with_metrics`: a metrics registry fed by the client, the HTTP server on loopback, and a
+// scraper thread fetching /metrics every 250 ms while the run lasts.
+double taskq_throughput(std::size_t n, std::size_t batch, const std::string& type, features f = {},
+                        bool with_metrics = false) {
+  std::optional<taskq::metrics_registry> reg;
+  if (with_metrics) reg.emplace();
+  engine e(f, reg ? &*reg : nullptr);
   const auto spec = spec_of(type, f);
+  std::optional<taskq::http_server> server;
+  std::atomic<bool> done{false};
+  std::atomic<std::size_t> scrapes{0};
+  std::thread scraper;
+  if (reg) {
+    reg->attach(e.c);
+    server.emplace(e.io.get_executor(), taskq::http_server_sources{&e.c, nullptr, &*reg});
+    server->start();
+    scraper = std::thread([&, port = server->port()] {
+      while (!done) {
+        asio::io_context cio;
+        asio::ip::tcp::socket sock(cio);
+        boost::system::error_code ec;
+        sock.connect({asio::ip::make_address("127.0.0.1"), port}, ec);
+        std::string req = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(port) +
+                          "\r\nConnection: close\r\n\r\n";
+        if (!ec) asio::write(sock, asio::buffer(req), ec);
+        std::string body;
+        if (!ec) asio::read(sock, asio::dynamic_buffer(body), ec);
+        if (body.find("taskq_tasks_enqueued_total") != std::string::npos) ++scrapes;
+        std::this_thread::sleep_for(250ms);
+      }
+    });
+  }
   auto t0 = steady::now();
   std::size_t issued = 0;
   // Keep a bounded number of enqueue calls in flight, like a producer would.
@@ -162,6 +196,19 @@ double taskq_throughput(std::size_t n, std::size_t batch, const std::string& typ
   asio::post(e.io, produce);
   e.run_until_succeeded(n);
   double secs = seconds_since(t0);
+  done = true;
+  if (scraper.joinable()) {
+    // Serve the scrape in flight while the scraper finishes, then stop the server.
+    std::atomic<bool> joined{false};
+    std::thread joiner([&] {
+      scraper.join();
+      joined = true;
+    });
+    while (!joined) e.io.run_for(10ms);
+    joiner.join();
+    server->stop();
+    if (scrapes == 0) std::fprintf(stderr, "metrics scenario: no scrape completed\n");
+  }
   e.stop();
   return double(n) / secs;
 }
@@ -339,6 +386,20 @@ int main(int argc, char** argv) {
     std::string kind = type == "noop" ? "pool_handler" : "coroutine_handler";
     report("throughput.single_enqueue.taskq." + kind, t, "tasks/s");
     if (only.empty()) report("throughput.single_enqueue.ratio." + kind, t / b, "x");
+  }
+
+  // Metrics attached (registry fed by the engine + /metrics scraped over HTTP) against the same
+  // run without them; the ratio should stay >= 0.9.
+  if (wanted("metrics")) {
+    const std::size_t n_m = quick ? 100'000 : 500'000;
+    double plain = 0, with = 0;
+    for (int round = 0; round < 3; ++round) {  // interleaved, best of three each
+      plain = std::max(plain, taskq_throughput(n_m, 1000, "noop_coro"));
+      with = std::max(with, taskq_throughput(n_m, 1000, "noop_coro", {}, true));
+    }
+    report("throughput.batch_enqueue.metrics.without", plain, "tasks/s");
+    report("throughput.batch_enqueue.metrics.with_registry_and_endpoint", with, "tasks/s");
+    report("throughput.batch_enqueue.metrics.ratio", with / plain, "x");
   }
 
   if (!only.empty()) return 0;

@@ -7,6 +7,7 @@ packages=(
   libboost1.81-dev libfmt-dev nlohmann-json3-dev catch2 libhowardhinnant-date-dev tzdata
   libpq-dev postgresql
   clang libclang-rt-14-dev python3
+  curl prometheus chromium
 )
 
 missing=()
@@ -24,3 +25,14 @@ if ((${#missing[@]})); then
   "${sudo_cmd[@]}" apt-get update -qq
   "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# Node.js and npm run the browser test's tooling (playwright-core): Debian's packages when no
+# node is installed already (playwright-core 1.64 declares node >= 20; Debian 12 ships 18).
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  sudo_cmd=()
+  if [ "$(id -u)" != 0 ]; then sudo_cmd=(sudo); fi
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo_cmd[@]}" apt-get update -qq
+  "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends nodejs npm
+fi
+bash "$(dirname "$0")/browser_deps.sh"

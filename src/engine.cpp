@@ -5,6 +5,7 @@
 #include <taskq/detail/deadline_heap.hpp>
 #include <taskq/detail/outcome.hpp>
 #include <taskq/executor.hpp>
+#include <taskq/prometheus.hpp>
 #include <taskq/worker.hpp>
 
 #include <boost/asio/bind_cancellation_slot.hpp>

@@ -756,6 +756,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
   // pool
   std::vector<std::unique_ptr<connection>> idle;
   std::size_t open_conns = 0;
+  std::uint64_t connects = 0, connect_failures = 0, errors = 0;  // backend::stats()
   std::list<std::shared_ptr<asio::steady_timer>> pool_waiters;
   steady::time_point next_connect{};
   std::chrono::milliseconds backoff{0};
@@ -808,6 +809,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
     {
       std::lock_guard lock(mutex);
       last_error = detail;
+      ++errors;
     }
     if (opts.on_error) opts.on_error(detail);
   }
@@ -861,6 +863,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
           {
             std::lock_guard lock(mutex);
             --open_conns;
+            ++connect_failures;
             backoff = std::clamp(backoff * 2, opts.reconnect_min, opts.reconnect_max);
             next_connect = steady::now() + backoff;
             wake_pool_waiter();
@@ -872,6 +875,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
         {
           std::lock_guard lock(mutex);
           backoff = std::chrono::milliseconds(0);
+          ++connects;
         }
         std::get<1>(out) = std::move(conn);
         co_return out;
@@ -2200,6 +2204,18 @@ taskq::leader_election& backend::leaders() noexcept {
 }
 const std::string& backend::schema() const noexcept {
   return state_->opts.schema;
+}
+
+backend_stats backend::stats() const {
+  std::lock_guard lock(state_->mutex);
+  backend_stats b;
+  b.pool_size = state_->opts.pool_size;
+  b.open_connections = state_->open_conns;
+  b.idle_connections = state_->idle.size();
+  b.connects = state_->connects;
+  b.connect_failures = state_->connect_failures;
+  b.errors = state_->errors;
+  return b;
 }
 
 std::string backend::last_error() const {

@@ -1,6 +1,7 @@
 // The scheduler: schedule definitions and validation, the pure decision core, the in-memory
 // schedule store, and the Asio shell (one clock wait for the earliest due schedule).
 #include <taskq/detail/schedule_state.hpp>
+#include <taskq/prometheus.hpp>
 #include <taskq/scheduler.hpp>
 
 #include "json_fields.hpp"
@@ -775,6 +776,8 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
       if (ec) forget_run(j.spec.id);
       if (!ec) {
         if (!j.manual) lateness.record(std::max(now - j.due, duration::zero()));
+        if (!j.manual && opts.metrics)
+          opts.metrics->observe_lateness(j.schedule, std::max(now - j.due, duration::zero()));
         ++(j.manual ? totals.manual : totals.fired);
       } else if (ec == errc::duplicate_unique_key) {
         ++totals.deduplicated;

@@ -20,4 +20,8 @@ int cron_command(const args& a, std::ostream& out, std::ostream& err);
 bool is_store_command(std::string_view name);
 int store_command(std::string_view name, const args& a, std::ostream& out, std::ostream& err);
 
+/// taskq serve STORE [--listen 127.0.0.1:PORT] [--token T] [--read-only]
+/// (tools/serve_command.cpp): the dashboard, JSON API and /metrics over a store.
+int serve_command(const args& a, std::ostream& out, std::ostream& err);
+
 }  // namespace taskq::tool

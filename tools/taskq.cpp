@@ -23,6 +23,8 @@ constexpr std::string_view usage =
     "  stats DIR              counts by status, queue and type\n"
     "  verify DIR             check every record (reports file and offset of corruption)\n"
     "  schedules DIR          stored schedules: timing, last fired, next due\n"
+    "  serve STORE [--listen 127.0.0.1:PORT] [--token T] [--read-only]\n"
+    "         dashboard, JSON API and /metrics (STORE: DIR or a PostgreSQL conninfo)\n"
     "list, show, stats, verify and schedules work while an application holds the store; the others "
     "need\n"
     "its lock.\n";
@@ -37,6 +39,7 @@ int main(int argc, char** argv) {
   std::string_view command = argv[1];
   taskq::tool::args rest(argv + 2, argv + argc);
   if (command == "cron") return taskq::tool::cron_command(rest, std::cout, std::cerr);
+  if (command == "serve") return taskq::tool::serve_command(rest, std::cout, std::cerr);
   if (taskq::tool::is_store_command(command))
     return taskq::tool::store_command(command, rest, std::cout, std::cerr);
   if (command == "--help" || command == "-h" || command == "help") {

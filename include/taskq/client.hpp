@@ -18,11 +18,15 @@ namespace taskq {
 namespace detail {
 struct client_core;
 }
+class metrics_registry;
 
 struct client_options {
   validation_limits limits{};
   /// Time source; must outlive the client. Defaults to the real clock.
   clock* time = nullptr;
+  /// When set (it must outlive the client), the client and its workers count events and
+  /// record wait and run times there by queue and type (taskq/prometheus.hpp).
+  metrics_registry* metrics = nullptr;
 };
 
 /// The host's handle on a queue + store pair. All members are thread-safe.

@@ -27,7 +27,12 @@
 
 namespace taskq {
 
+class metrics_registry;
+
 struct scheduler_options {
+  /// When set (it must outlive the scheduler), occurrences' lateness is recorded there by
+  /// schedule name (taskq_schedule_lateness_seconds, taskq/prometheus.hpp).
+  metrics_registry* metrics = nullptr;
   /// Where definitions and progress persist; must outlive the scheduler. Null: the
   /// scheduler keeps its own in-memory store.
   schedule_store* store = nullptr;

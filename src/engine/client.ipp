@@ -100,6 +100,7 @@ struct client_core : std::enable_shared_from_this<client_core> {
   // Counts and (when someone listens) builds the event; cheap when nobody subscribed.
   void record_event(event_kind k, const task_record& r, std::string message = {},
                     std::optional<time_point> retry_at = {}, json progress = nullptr) {
+    if (opts.metrics) opts.metrics->series(r.queue, r.type).count(k);
     if (!observed(r)) return count_event(k);
     auto e = make_event(k, r, clk.now());
     e.message = std::move(message);
@@ -179,8 +180,9 @@ namespace {
 
 /// Tells subscribers (or counts) and completes an enqueue whose tasks are stored and queued.
 void enqueued(const std::shared_ptr<detail::client_core>& core, std::vector<std::string> ids,
-              std::vector<event>& for_events,
+              std::vector<event>& for_events, const std::vector<task_series*>& series,
               asio::any_completion_handler<void(error_code, std::vector<std::string>)> h) {
+  for (auto* m : series) m->count(event_kind::enqueued);
   core->count_event(event_kind::enqueued, ids.size() - for_events.size());
   for (auto& e : for_events) core->emit(e);
   detail::dispatch_completion(std::move(h), core->ex, error_code{}, std::move(ids));
@@ -219,15 +221,19 @@ void client::do_enqueue_batch(
   for (const auto& r : records)
     if (core->observed(r))
       for_events.push_back(detail::client_core::make_event(event_kind::enqueued, r, now));
+  std::vector<task_series*> series;  // the metrics series of each task, when metrics are on
+  if (auto* m = core->opts.metrics)
+    for (const auto& r : records) series.push_back(&m->series(r.queue, r.type));
   core->s.async_insert(std::move(records), [core, fed, push = std::move(push), ids = std::move(ids),
                                             for_events = std::move(for_events),
+                                            series = std::move(series),
                                             h = std::move(h)](error_code ec) mutable {
     if (ec)
       return detail::dispatch_completion(std::move(h), core->ex, ec, std::vector<std::string>{});
-    if (fed) return enqueued(core, std::move(ids), for_events, std::move(h));
+    if (fed) return enqueued(core, std::move(ids), for_events, series, std::move(h));
     core->q.async_push(
         std::move(push), [core, ids = std::move(ids), for_events = std::move(for_events),
-                          h = std::move(h)](error_code ec) mutable {
+                          series = std::move(series), h = std::move(h)](error_code ec) mutable {
           if (ec) {
             // Undo the insert so nothing is half-written.
             task_filter f;
@@ -238,7 +244,7 @@ void client::do_enqueue_batch(
             });
             return;
           }
-          enqueued(core, std::move(ids), for_events, std::move(h));
+          enqueued(core, std::move(ids), for_events, series, std::move(h));
         });
   });
 }

@@ -55,8 +55,7 @@ void executor::finished_one() {
 local_executor::local_executor(asio::any_io_executor io_ex, local_executor_options opts)
     : executor(std::move(io_ex)),
       clock_(opts.time ? *opts.time : default_clock()),
-      threads_(opts.threads ? opts.threads
-                            : std::max(2u, std::thread::hardware_concurrency()) - 1),
+      threads_(opts.threads ? opts.threads : std::max(2u, std::thread::hardware_concurrency()) - 1),
       pool_(threads_) {}
 
 local_executor::~local_executor() {

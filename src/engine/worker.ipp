@@ -305,6 +305,8 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     s.started = true;
     const auto& t = s.task;
     client->enqueue_to_start.record(now - std::max(t.available_at, t.created_at));
+    if (auto* m = client->opts.metrics)
+      m->series(t.queue, t.type).wait.observe(now - std::max(t.available_at, t.created_at));
     client->record_event(event_kind::started, t);
     queued_run run;
     run.task_id = t.id;
@@ -385,7 +387,11 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     auto now = clk().now();
     std::uniform_real_distribution<double> uni(0.0, 1.0);
     auto o = decide_outcome(s.task, r, {s.cancel_requested, s.interrupted}, now, uni(rng));
-    if (r.stats.finished_at != time_point{}) client->run_duration.record(r.stats.run_time);
+    if (r.stats.finished_at != time_point{}) {
+      client->run_duration.record(r.stats.run_time);
+      if (auto* m = client->opts.metrics)
+        m->series(s.task.queue, s.task.type).run.observe(r.stats.run_time);
+    }
     task_update u;
     u.id = id;
     u.expected = task_status::running;

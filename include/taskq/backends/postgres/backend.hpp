@@ -106,6 +106,16 @@ struct backend_options {
   std::function<void(const std::string&)> on_error{};
 };
 
+/// What backend::stats() reports. Counters are monotonic since open.
+struct backend_stats {
+  std::size_t pool_size = 0;         ///< options.pool_size
+  std::size_t open_connections = 0;  ///< pooled connections open or being opened (not the listener)
+  std::size_t idle_connections = 0;
+  std::uint64_t connects = 0;          ///< pool connections established (the first ones included)
+  std::uint64_t connect_failures = 0;  ///< pool connection attempts that failed
+  std::uint64_t errors = 0;            ///< errors noted (failed statements, lost connections)
+};
+
 /// A Queue and a Store over one PostgreSQL database. Thread-safe.
 class backend {
  public:
@@ -143,6 +153,9 @@ class backend {
 
   /// The detail of the most recent error (empty if none).
   std::string last_error() const;
+
+  /// The pool's size and counters (for metrics).
+  backend_stats stats() const;
 
   /// The schema name in use.
   const std::string& schema() const noexcept;
