@@ -56,13 +56,17 @@ struct process_registry {
   asio::any_io_executor io_ex;
   mutable std::mutex mutex;
   std::unordered_map<std::string, std::shared_ptr<const process_command>> commands;
-  std::unordered_map<std::uint64_t, pid_t> live;  // run id -> child pid (= its process group)
+  struct child {
+    pid_t pid;                              // = its process group
+    std::function<void(error_code)> abort;  // ends the run (retryable) and terminates it
+  };
+  std::unordered_map<std::uint64_t, child> live;  // by run id
   std::vector<asio::any_completion_handler<void()>> waiters;
   std::uint64_t next_run_id = 0;
 
-  void add_child(std::uint64_t run_id, pid_t pid) {
+  void add_child(std::uint64_t run_id, pid_t pid, std::function<void(error_code)> abort) {
     std::lock_guard lock(mutex);
-    live.emplace(run_id, pid);
+    live.emplace(run_id, child{pid, std::move(abort)});
   }
   void remove_child(std::uint64_t run_id) {
     std::vector<asio::any_completion_handler<void()>> ws;
@@ -337,6 +341,10 @@ error_code validate_command(const process_command& c, std::string& msg) {
                   : "process_command field 'argv' must name a program in argv[0]";
     return option_error();
   }
+  if (c.timeout < duration::zero()) {
+    msg = "process_command field 'timeout' must not be negative";
+    return option_error();
+  }
   if (c.kill_grace < duration::zero()) {
     msg = "process_command field 'kill_grace' must not be negative";
     return option_error();
@@ -422,12 +430,24 @@ class child_run : public std::enable_shared_from_this<child_run> {
         out_(strand_, child.stdout_fd),
         err_(strand_, child.stderr_fd),
         kill_timer_(strand_),
-        drain_timer_(strand_) {}
+        drain_timer_(strand_),
+        timeout_timer_(strand_) {}
 
   void start(process_limits limits) {
     limits_ = limits;
     auto self = shared_from_this();
-    reg_->add_child(req_.run.run_id, pid_);
+    reg_->add_child(req_.run.run_id, pid_, [weak = weak_from_this()](error_code reason) {
+      auto s = weak.lock();
+      if (!s) return;
+      asio::post(s->strand_, [s, reason] {
+        run_result r = s->base_result();
+        r.error = reason;
+        r.message = fmt::format("{}: the child was terminated", reason.message());
+        r.retryable = true;
+        s->comp_.complete(std::move(r));
+        s->terminate(reason);
+      });
+    });
     comp_.on_cancel([weak = weak_from_this()](error_code reason) {
       if (auto s = weak.lock()) asio::post(s->strand_, [s, reason] { s->terminate(reason); });
     });
@@ -442,6 +462,20 @@ class child_run : public std::enable_shared_from_this<child_run> {
       self->read(self->out_, self->out_buf_, self->out_line_, true);
       self->read(self->err_, self->err_buf_, self->err_line_, false);
       self->handle_.async_wait([self](error_code ec, int status) { self->on_exit(ec, status); });
+      if (self->cmd_->timeout > duration::zero()) {
+        self->timeout_timer_.expires_after(self->cmd_->timeout);
+        self->timeout_timer_.async_wait([self](error_code ec) {
+          if (ec || self->exited_) return;
+          run_result r = self->base_result();
+          r.error = errc::run_timed_out;
+          r.message = fmt::format(
+              "run timed out: the command's limit is {} ms",
+              std::chrono::duration_cast<std::chrono::milliseconds>(self->cmd_->timeout).count());
+          r.retryable = true;
+          self->comp_.complete(std::move(r));
+          self->terminate(errc::run_timed_out);
+        });
+      }
     });
   }
 
@@ -598,6 +632,7 @@ class child_run : public std::enable_shared_from_this<child_run> {
     // reserved while any member lives, so this cannot reach an unrelated process group.
     ::kill(-pid_, SIGKILL);
     kill_timer_.cancel();
+    timeout_timer_.cancel();
     reg_->remove_child(req_.run.run_id);
     // A process that left the group may still hold the pipes: stop reading after a while.
     drain_timer_.expires_after(std::chrono::seconds(2));
@@ -727,7 +762,7 @@ class child_run : public std::enable_shared_from_this<child_run> {
   bp::basic_process_handle<asio::any_io_executor> handle_;
   asio::writable_pipe in_;
   asio::readable_pipe out_, err_;
-  asio::steady_timer kill_timer_, drain_timer_;
+  asio::steady_timer kill_timer_, drain_timer_, timeout_timer_;
   std::string payload_;
   std::array<char, 16384> out_buf_{}, err_buf_{};
   std::string out_line_, err_line_;
@@ -780,7 +815,16 @@ process_executor::process_executor(asio::any_io_executor io_ex, process_executor
 
 process_executor::~process_executor() {
   std::lock_guard lock(registry_->mutex);
-  for (auto& [run, pid] : registry_->live) ::kill(-pid, SIGKILL);
+  for (auto& [run, c] : registry_->live) ::kill(-c.pid, SIGKILL);
+}
+
+void process_executor::cancel_all(error_code reason) {
+  std::vector<std::function<void(error_code)>> runs;
+  {
+    std::lock_guard lock(registry_->mutex);
+    for (auto& [run, c] : registry_->live) runs.push_back(c.abort);
+  }
+  for (auto& abort : runs) abort(reason);
 }
 
 void process_executor::add(std::string type, process_command cmd, error_code& ec,

@@ -20,4 +20,8 @@ int cron_command(const args& a, std::ostream& out, std::ostream& err);
 bool is_store_command(std::string_view name);
 int store_command(std::string_view name, const args& a, std::ostream& out, std::ostream& err);
 
+/// taskq worker STORE --type T ... --exec CMD [ARGS...]: runs tasks as child processes
+/// (tools/worker_command.cpp). Exit codes as above.
+int worker_command(const args& a, std::ostream& out, std::ostream& err);
+
 }  // namespace taskq::tool

@@ -111,6 +111,10 @@ struct process_command {
   process_limits max_limits{};
   int retryable_exit_code = 75;  ///< EX_TEMPFAIL
   int permanent_exit_code = 65;  ///< EX_DATAERR
+  /// A limit on every run of this command (real time), on top of the task's own timeout;
+  /// zero: none. Reaching it ends the run with errc::run_timed_out (retryable, like the
+  /// worker's timeout) and terminates the child as a cancel does.
+  duration timeout{};
   /// Between SIGTERM and SIGKILL when a run is cancelled or times out.
   duration kill_grace = std::chrono::seconds(5);
   /// Bytes of output (stdout lines outside the protocol, stderr, protocol log lines) stored
@@ -160,6 +164,12 @@ class process_executor final : public executor {
 
   /// Whether a command is registered for `type`.
   bool has_command(const std::string& type) const;
+
+  /// Ends every run whose child is alive with a retryable failure (error `reason`) and
+  /// terminates the children as a cancel does (SIGTERM to each group, SIGKILL after the grace
+  /// period). For a host that must stop at once while a worker is still draining (`taskq
+  /// worker` on a second signal): the worker counts the attempt and schedules a retry.
+  void cancel_all(error_code reason = errc::shutting_down);
 
   /// Child processes not yet reaped, including those of runs already ended by a cancel or a
   /// timeout that are still being terminated.

@@ -253,6 +253,7 @@ TEST_CASE("process: cancel kills the child's whole process group", "[process]") 
          "echo \"{\\\"taskq\\\":\\\"progress\\\",\\\"progress\\\":$$}\"\n"
          "wait",
          c);
+    CHECK(f.ex.has_command("tree"));
   }
   SECTION("a child that ignores SIGTERM gets SIGKILL after the grace period") {
     f.sh("tree",
@@ -261,6 +262,7 @@ TEST_CASE("process: cancel kills the child's whole process group", "[process]") 
          "echo \"{\\\"taskq\\\":\\\"progress\\\",\\\"progress\\\":$$}\"\n"
          "while :; do wait; done",
          c);
+    CHECK(f.ex.has_command("tree"));
   }
   auto p = f.ex.execute(f.request("tree"));
   REQUIRE(run_until(f.io, [&] { return f.hooks->heartbeats() == 1; }));
