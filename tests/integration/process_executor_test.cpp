@@ -427,6 +427,27 @@ TEST_CASE("process: bad commands are refused naming the field", "[process]") {
                     Catch::Contains("'env'"));
 }
 
+TEST_CASE("process: the example helpers speak the protocol", "[process]") {
+  process_fixture f;
+  auto script = GENERATE(as<std::string>{}, "taskq_child.sh", "taskq_child.py");
+  // The Python helper runs with the system interpreter whatever python3 PATH finds first.
+  if (script == "taskq_child.py")
+    f.ex.add("shout", {.argv = {"/usr/bin/python3", TASKQ_EXAMPLES_DIR "/" + script}});
+  else
+    f.ex.add("shout", {.argv = {TASKQ_EXAMPLES_DIR "/" + script}});
+  auto r = f.run("shout", {{"text", "hello"}});
+  INFO(script << ": " << r.message);
+  REQUIRE(r.ok());
+  CHECK(r.result == json{{"shouted", "HELLO"}});
+  CHECK(f.hooks->progress.size() == 2);
+  auto log = f.hooks->all_log();
+  CHECK(log.find("attempt 1") != std::string::npos);
+  CHECK(log.find("stdout: this line is not protocol") != std::string::npos);
+  r = f.run("shout", json::object());
+  CHECK_FALSE(r.retryable);
+  CHECK(r.message.find("payload has no \"text\" string") != std::string::npos);
+}
+
 TEST_CASE("process: no zombies after 1000 runs", "[process]") {
   process_fixture f;
   f.ex.add("true", {.argv = {"/bin/true"}});
