@@ -301,6 +301,38 @@ TEST_CASE("process: a timeout ends the run timed out and kills the child", "[pro
   run_until(f.io, [&] { return w.running() == 0; });
 }
 
+TEST_CASE("process: the command's own timeout and cancel_all end runs retryably", "[process]") {
+  process_fixture f;
+  auto script =
+      "echo \"{\\\"taskq\\\":\\\"progress\\\",\\\"progress\\\":$$}\"\n"
+      "exec sleep 1000";
+  SECTION("timeout") {
+    f.sh("slow", script, {.timeout = std::chrono::seconds(1)});
+    auto r = f.run("slow");
+    CHECK(r.error == errc::run_timed_out);
+    CHECK(r.retryable);
+    CHECK(r.message.find("1000 ms") != std::string::npos);
+  }
+  SECTION("cancel_all") {
+    f.sh("slow", script);
+    auto p = f.ex.execute(f.request("slow"));
+    REQUIRE(run_until(f.io, [&] { return f.hooks->heartbeats() == 1; }));
+    f.ex.cancel_all();
+    REQUIRE(run_until(f.io, [&] { return p.done(); }));
+    CHECK(p.result()->error == errc::shutting_down);
+    CHECK(p.result()->retryable);
+  }
+  SECTION("a heartbeat that learns of a cancel request") {
+    f.hooks->cancel_on_heartbeat = true;
+    f.sh("slow", script);
+    auto r = f.run("slow");
+    CHECK(r.error == errc::run_cancelled);
+  }
+  REQUIRE(run_until(f.io, [&] { return f.ex.children() == 0; }));
+  pid_t pgid = f.hooks->progress.at(0).get<pid_t>();
+  CHECK_FALSE(group_alive(pgid));
+}
+
 TEST_CASE("process: exceeding the memory limit fails saying so", "[process]") {
   process_fixture f;
   f.ex.add("hog", {.argv = {"/usr/bin/python3", "-c", "x = bytearray(1 << 30)"},
