@@ -24,7 +24,7 @@ grep -q "concurrency" "$W/usage.err" || fail "message names --concurrency"
 "$T" worker "$D" --type echo --json --exec sh -c 'read -r p; echo "{\"taskq\":\"result\",\"result\":$p}"' \
   2>"$W/w1.err" &
 WPID=$!
-wait_for 'grep -q "\"event\":\"succeeded\"" "$W/w1.err"' || fail "json succeeded line"
+wait_for 'grep -qs "\"event\":\"succeeded\"" "$W/w1.err"' || fail "json succeeded line"
 grep -q '"event":"started"' "$W/w1.err" || fail "json started line"
 kill -TERM $WPID
 wait $WPID; [ $? = 0 ] || fail "SIGTERM exit code"
@@ -49,7 +49,7 @@ wait_for '! alive "$CHILD"' || fail "child $CHILD still running after SIGKILL of
   if [ -e "$1" ]; then echo "{\"taskq\":\"result\",\"result\":\"attempt $TASKQ_ATTEMPT\"}"; exit 0; fi
   touch "$1"; exec sleep 1000' child "$MARK" 2>"$W/w3.err" &
 WPID=$!
-wait_for 'grep -q "succeeded" "$W/w3.err"' || fail "task ran again after restart"
+wait_for 'grep -qs "succeeded" "$W/w3.err"' || fail "task ran again after restart"
 kill -TERM $WPID
 wait $WPID; [ $? = 0 ] || fail "SIGTERM exit code after restart"
 "$T" show "$D" "$(cat "$W/id2")" > "$W/show2" || fail show
@@ -63,7 +63,7 @@ grep -q '"attempt 2"' "$W/show2" || fail "second attempt's result"
 WPID=$!
 wait_for '[ -s "$W/hang.pid" ]' || fail "hang child started"
 kill -TERM $WPID
-wait_for 'grep -q draining "$W/w4.err"' || fail "drain message"
+wait_for 'grep -qs draining "$W/w4.err"' || fail "drain message"
 kill -TERM $WPID
 wait $WPID; [ $? = 0 ] || fail "second signal exit code"
 alive "$(cat "$W/hang.pid")" && fail "hang child still running"
