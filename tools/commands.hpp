@@ -23,5 +23,8 @@ int store_command(std::string_view name, const args& a, std::ostream& out, std::
 /// taskq serve STORE [--listen 127.0.0.1:PORT] [--token T] [--read-only]
 /// (tools/serve_command.cpp): the dashboard, JSON API and /metrics over a store.
 int serve_command(const args& a, std::ostream& out, std::ostream& err);
+/// taskq worker STORE --type T ... --exec CMD [ARGS...]: runs tasks as child processes
+/// (tools/worker_command.cpp). Exit codes as above.
+int worker_command(const args& a, std::ostream& out, std::ostream& err);
 
 }  // namespace taskq::tool

@@ -27,7 +27,12 @@ constexpr std::string_view usage =
     "         dashboard, JSON API and /metrics (STORE: DIR or a PostgreSQL conninfo)\n"
     "list, show, stats, verify and schedules work while an application holds the store; the others "
     "need\n"
-    "its lock.\n";
+    "its lock.\n"
+    "\n"
+    "worker STORE --type T [--queue Q]... [--concurrency N] [--timeout D] [--memory BYTES]\n"
+    "       [--json] --exec CMD [ARGS...]\n"
+    "                 run tasks as child processes, on a file store or PostgreSQL\n"
+    "                 (taskq worker --help)\n";
 
 }  // namespace
 
@@ -40,6 +45,7 @@ int main(int argc, char** argv) {
   taskq::tool::args rest(argv + 2, argv + argc);
   if (command == "cron") return taskq::tool::cron_command(rest, std::cout, std::cerr);
   if (command == "serve") return taskq::tool::serve_command(rest, std::cout, std::cerr);
+  if (command == "worker") return taskq::tool::worker_command(rest, std::cout, std::cerr);
   if (taskq::tool::is_store_command(command))
     return taskq::tool::store_command(command, rest, std::cout, std::cerr);
   if (command == "--help" || command == "-h" || command == "help") {
