@@ -255,12 +255,12 @@ int worker_command(const args& a, std::ostream& out, std::ostream& err) {
             << ": draining (a second signal stops at once)" << std::endl;
         wk->stop();
       } else {
-        // worker::stop() during a drain cannot shorten it: cancel the children instead. The
-        // worker then records their attempts as failed by shutdown and schedules the retry.
+        // Ends the drain now: running children are stopped and their tasks return to pending
+        // (the interrupted attempt does not count).
         err << "taskq worker: stopping at once; running tasks are cancelled and return to "
                "pending"
             << std::endl;
-        ex.cancel_all(errc::shutting_down);
+        wk->stop(std::chrono::seconds(0));
       }
       arm();
     });

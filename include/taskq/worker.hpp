@@ -73,7 +73,8 @@ class worker {
   }
 
   /// Stops reserving and drains: running tasks get `drain_timeout` (default: the option) to
-  /// finish, then are cancelled and returned to pending. Safe before start and twice.
+  /// finish, then are cancelled and returned to pending. Safe before start and twice; a later
+  /// call with a shorter drain brings the deadline forward (stop(0s) after stop(): at once).
   void stop();
   void stop(duration drain_timeout);
 

@@ -32,6 +32,8 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
   bool run_started = false;
   bool stopping = false;
   bool drain_expired = false;
+  std::optional<time_point> drain_deadline;  // while a drain waits
+  std::uint64_t drain_generation = 0;
   std::optional<asio::any_completion_handler<void(error_code)>> run_handler;
   std::size_t claims_in_flight = 0;
   std::size_t updates_in_flight = 0;
@@ -553,22 +555,32 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
   bool finished_run() const { return stopping && !run_handler; }
 
   void stop(duration drain) {
-    if (stopping) return;
+    if (stopping) {
+      // Stopped again with a shorter drain (a second signal, say): bring the deadline forward.
+      const auto at = clk().now() + drain;
+      if (run_started && !drain_expired && drain_deadline && at < *drain_deadline) arm_drain(at);
+      return;
+    }
     stopping = true;
     reserve_cancel.emit(asio::cancellation_type::terminal);
     retry_cancel.emit(asio::cancellation_type::terminal);
     if (!run_started) return;
     bool any_running =
         std::any_of(slots.begin(), slots.end(), [](auto& kv) { return kv.second.started; });
-    if (any_running || claims_in_flight) {
-      client->clk.async_wait_until(
-          strand, clk().now() + drain,
-          asio::bind_cancellation_slot(drain_cancel.slot(),
-                                       on_strand([self = shared_from_this()](error_code ec) {
-                                         if (!ec) self->expire_drain();
-                                       })));
-    }
+    if (any_running || claims_in_flight) arm_drain(clk().now() + drain);
     maybe_finish();
+  }
+
+  void arm_drain(time_point at) {
+    if (drain_deadline) drain_cancel.emit(asio::cancellation_type::terminal);  // the later one
+    drain_deadline = at;
+    auto generation = ++drain_generation;
+    client->clk.async_wait_until(
+        strand, at,
+        asio::bind_cancellation_slot(
+            drain_cancel.slot(), on_strand([self = shared_from_this(), generation](error_code ec) {
+              if (!ec && generation == self->drain_generation) self->expire_drain();
+            })));
   }
 
   void expire_drain() {

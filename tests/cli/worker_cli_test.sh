@@ -56,7 +56,7 @@ wait $WPID; [ $? = 0 ] || fail "SIGTERM exit code after restart"
 grep -q 'status: *succeeded' "$W/show2" || fail "task succeeded"
 grep -q '"attempt 2"' "$W/show2" || fail "second attempt's result"
 
-# A second signal stops at once: the running task returns to pending.
+# A second signal stops at once: the running task returns to pending, its attempt not counted.
 "$T" enqueue "$D" --type hang --payload '{}' > "$W/id3" || fail enqueue
 "$T" worker "$D" --type hang --drain-timeout 1h --exec sh -c 'echo $$ > "$1"; exec sleep 1000' child "$W/hang.pid" \
   2>"$W/w4.err" &
@@ -69,4 +69,5 @@ wait $WPID; [ $? = 0 ] || fail "second signal exit code"
 alive "$(cat "$W/hang.pid")" && fail "hang child still running"
 "$T" show "$D" "$(cat "$W/id3")" > "$W/show3" || fail show
 grep -q 'status: *pending' "$W/show3" || fail "task back to pending"
+grep -q 'attempt: *0 of' "$W/show3" || fail "the interrupted attempt is not counted"
 echo ok

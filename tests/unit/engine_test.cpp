@@ -506,6 +506,37 @@ TEST_CASE("shutdown drains: running tasks finish, or are returned to pending", "
   drain(f.io);
 }
 
+TEST_CASE("a second stop with a shorter drain ends the drain at once", "[worker][drain]") {
+  engine_fixture f;
+  std::atomic<int> started{0};
+  f.exec.handle("hang", [&](task_context&) -> asio::awaitable<json> {
+    ++started;
+    asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::hours(1));
+    co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+    co_return json();
+  });
+  worker w(f.c, f.exec, {.drain_timeout = 1h});
+  bool stopped = false;
+  w.async_run([&](error_code ec) {
+    CHECK_FALSE(ec);
+    stopped = true;
+  });
+  auto id = f.enqueue({.type = "hang"});
+  REQUIRE(run_until(f.io, [&] { return started == 1; }));
+  w.stop();
+  drain(f.io);
+  CHECK_FALSE(stopped);
+  w.stop(10s);  // shorter: the deadline moves to 10 s from now
+  drain(f.io);
+  CHECK_FALSE(stopped);
+  w.stop(30s);                                        // longer: ignored
+  w.stop(0s);                                         // now
+  REQUIRE(run_until(f.io, [&] { return stopped; }));  // the clock never moved
+  auto r = f.get(id);
+  CHECK(r.status == task_status::pending);
+  CHECK(r.attempt == 0);  // the interrupted attempt does not count
+}
+
 TEST_CASE("stop before start and stop twice are harmless", "[worker][drain]") {
   engine_fixture f;
   worker w(f.c, f.exec);
