@@ -4,6 +4,7 @@
 
 #include <taskq/clock.hpp>
 #include <taskq/detail/blocking.hpp>
+#include <taskq/log.hpp>
 #include <taskq/metrics.hpp>
 #include <taskq/queue.hpp>
 #include <taskq/store.hpp>
@@ -23,6 +24,10 @@ struct client_options {
   validation_limits limits{};
   /// Time source; must outlive the client. Defaults to the real clock.
   clock* time = nullptr;
+  /// The host's log (taskq/log.hpp), for failures of operations no caller waits for (a
+  /// worker's acks, releases and lease extensions, a scheduler's write-behind saves). Used by
+  /// this client and every worker and scheduler on it. Default: logs nothing.
+  logger log{};
 };
 
 /// The host's handle on a queue + store pair. All members are thread-safe.
@@ -53,6 +58,8 @@ class client {
 
   executor_type get_executor() const noexcept;
   clock& time() const noexcept;
+  /// The logger from the options (workers and schedulers on this client log through it).
+  const logger& log() const noexcept;
   taskq::queue& get_queue() const noexcept;
   taskq::store& get_store() const noexcept;
 
