@@ -32,6 +32,7 @@ enum class errc {
   invalid_label,         ///< a label has a blank key
   invalid_option,        ///< an options aggregate has an out-of-range value
   invalid_record,        ///< a stored record could not be decoded (field named in detail)
+  invalid_request,       ///< an admin or control request is malformed (detail names the field)
   // --- state ------------------------------------------------------------------------------
   not_found = 100,     ///< no task with that id
   illegal_transition,  ///< the requested status change is never allowed (e.g. succeeded -> running)
@@ -59,6 +60,7 @@ enum class errc {
   disk_full,                   ///< the device has no space left
   store_closed,                ///< the store was closed
   backend_unavailable,         ///< the backend cannot be reached (detail says why)
+  access_denied,               ///< a control channel peer or socket is not the store owner's
 };
 
 /// The error category of taskq::errc. Its name is "taskq".
