@@ -359,8 +359,11 @@ TEST_CASE("every store command takes a PostgreSQL connection string", "[cli][pos
     work.reset();
     t.join();
   }
+  // STORE follows the command's name ("list", "queue pause", "schedules run").
   auto pg = [&](std::vector<std::string> args) {
-    args.insert(args.begin() + 1, conninfo);
+    const bool nested = (args[0] == "queue" || args[0] == "schedules") && args.size() > 1 &&
+                        !args[1].starts_with("--");
+    args.insert(args.begin() + (nested ? 2 : 1), conninfo);
     args.push_back("--schema");
     args.push_back(schema);
     return taskq_cli(args);
