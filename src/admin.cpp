@@ -58,10 +58,11 @@ task_spec spec_from(const json& j) {
 }
 
 /// What one request needs alive until it completes: the client (and a scheduler over it,
-/// destroyed first), and the target's keep-alive.
+/// destroyed first) unless the target has its own, and the target's keep-alive.
 struct session {
   std::shared_ptr<void> keep_alive;
-  std::unique_ptr<client> c;
+  std::unique_ptr<client> own_client;
+  client* c = nullptr;  // the target's, or own_client
   std::unique_ptr<taskq::scheduler> own_scheduler;
 };
 
@@ -113,11 +114,15 @@ void execute(const admin_target& t, const json& req, const std::shared_ptr<sessi
       c.async_retry(id, then);
   } else if (op == "delete") {
     auto id = text(req, "id");
-    c.async_remove(task_filter{.ids = {id}},
-                   [ses, done, id](error_code ec, std::vector<std::string> ids) {
-                     if (!ec && ids.empty()) ec = errc::not_found;
-                     done(ec ? admin_error_response(ec, id) : ok(json{{"deleted", ids}}));
-                   });
+    c.async_remove(
+        task_filter{.ids = {id}}, [ses, done, id](error_code ec, std::vector<std::string> ids) {
+          if (ec) return done(admin_error_response(ec, id));
+          if (!ids.empty()) return done(ok(json{{"deleted", ids}}));
+          // Nothing deleted: no such task, or it is running (remove leaves running tasks alone).
+          ses->c->async_get(id, [ses, done, id](error_code gec, task_record) {
+            done(admin_error_response(gec ? gec : error_code(errc::illegal_transition), id));
+          });
+        });
   } else if (op == "prune") {
     auto us = integer(req, "older_than_us");
     if (us < 0) throw bad_request{"request field 'older_than_us' must not be negative"};
@@ -204,7 +209,13 @@ void do_admin(admin_target t, json request, asio::any_completion_handler<void(js
     done(admin_error_response(errc::invalid_option, "admin_target needs a queue and a store"));
     return;
   }
-  ses->c = std::make_unique<client>(ex, *t.queue, *t.store, client_options{.time = t.time});
+  if (t.client) {
+    ses->c = t.client;
+  } else {
+    ses->own_client =
+        std::make_unique<client>(ex, *t.queue, *t.store, client_options{.time = t.time});
+    ses->c = ses->own_client.get();
+  }
   try {
     execute(t, request, ses, done);
   } catch (const bad_request& e) {

@@ -40,7 +40,7 @@ class control_server : public std::enable_shared_from_this<control_server> {
   stream::acceptor acceptor;
   fs::path path;
   control_options opts;
-  admin_target target;  // its scheduler is set under `m`
+  admin_target target;  // its client and scheduler are set under `m`
   std::mutex m;
   bool stopped = false;                         // under m
   std::set<std::shared_ptr<connection>> conns;  // on the strand
@@ -176,6 +176,7 @@ void stop_control(control_server& s) noexcept {
     std::lock_guard lk(s.m);
     if (s.stopped) return;
     s.stopped = true;
+    s.target.client = nullptr;
     s.target.scheduler = nullptr;
   }
   std::error_code fe;
@@ -183,9 +184,11 @@ void stop_control(control_server& s) noexcept {
   asio::post(s.strand, [self = s.shared_from_this()] { self->stop_on_strand(); });
 }
 
-void set_control_scheduler(control_server& s, taskq::scheduler* sched) noexcept {
+void attach_control(control_server& s, taskq::client* c, taskq::scheduler* sched) noexcept {
   std::lock_guard lk(s.m);
-  if (!s.stopped) s.target.scheduler = sched;
+  if (s.stopped) return;
+  s.target.client = c;
+  s.target.scheduler = sched;
 }
 
 }  // namespace detail
@@ -284,8 +287,8 @@ json control_client::call(const json& request, error_code& ec, std::string& deta
 
 // --- the owner's side, as the backend exposes it ------------------------------------------
 
-void backend::attach_scheduler(taskq::scheduler* s) noexcept {
-  if (control_) detail::set_control_scheduler(*control_, s);
+void backend::attach(taskq::client* c, taskq::scheduler* s) noexcept {
+  if (control_) detail::attach_control(*control_, c, s);
 }
 
 }  // namespace taskq::file

@@ -14,10 +14,6 @@ namespace taskq::tool {
 
 namespace {
 
-std::string when(const std::optional<time_point>& t) {
-  return t ? format_time(*t) : "-";
-}
-
 struct list_opts {
   store_argument target;
   bool json = false;

@@ -15,10 +15,6 @@ namespace taskq::tool {
 
 namespace {
 
-std::string when(const std::optional<time_point>& t) {
-  return t ? format_time(*t) : "-";
-}
-
 /// CLI11 validators for taskq's own value syntaxes (the message names the value).
 const CLI::Validator duration_value(
     [](std::string& v) -> std::string {

@@ -80,6 +80,11 @@ class target {
   std::unique_ptr<file::control_client> control_;
 };
 
+/// A time as ISO 8601 UTC, or "-".
+inline std::string when(const std::optional<time_point>& t) {
+  return t ? format_time(*t) : "-";
+}
+
 /// Prints an admin error for a task (`id` may be empty) as the tool always has; returns 1.
 int report(std::ostream& err, const std::string& id, const error_code& ec,
            const std::string& detail = {});

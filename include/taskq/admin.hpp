@@ -30,6 +30,7 @@
 
 namespace taskq {
 
+class client;
 class scheduler;
 
 /// What an admin request acts on. The references must stay valid until the completion;
@@ -40,6 +41,10 @@ struct admin_target {
   taskq::queue* queue = nullptr;               ///< required
   taskq::store* store = nullptr;               ///< required
   taskq::schedule_store* schedules = nullptr;  ///< for schedule_* ops (else invalid_request)
+  /// The host's client over these stores: requests go through it, so its waiters, events and
+  /// metrics see them (a task cancelled by request completes the host's async_wait). Null: a
+  /// short-lived client of the request's own.
+  taskq::client* client = nullptr;
   /// A running scheduler over these stores: schedule_* ops go through it, so it sees the
   /// change at once. Null: a short-lived scheduler over `schedules` applies them to the store.
   taskq::scheduler* scheduler = nullptr;

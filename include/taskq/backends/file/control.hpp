@@ -29,8 +29,9 @@
 #include <string>
 
 namespace taskq {
+class client;
 class scheduler;
-}
+}  // namespace taskq
 
 namespace taskq::file {
 
@@ -87,8 +88,8 @@ std::shared_ptr<control_server> start_control(const std::filesystem::path& dir,
 /// Stops accepting, closes the connections (on the server's executor) and removes the socket
 /// file (at once). Idempotent.
 void stop_control(control_server& s) noexcept;
-/// Schedule operations arriving later go through `s` (null: through the store).
-void set_control_scheduler(control_server& s, taskq::scheduler* sched) noexcept;
+/// Requests arriving later go through `c` and `sched` (see backend::attach).
+void attach_control(control_server& s, taskq::client* c, taskq::scheduler* sched) noexcept;
 }  // namespace detail
 
 }  // namespace taskq::file

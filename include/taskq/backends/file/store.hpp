@@ -147,11 +147,16 @@ class backend {
   /// the lock. Later writes fail with errc::store_closed. Idempotent; called by the destructor.
   void close() noexcept;
 
-  /// Schedule operations that arrive through the control channel (pause, resume, remove,
-  /// run now) go through `s`, the scheduler this application runs over schedules(), so it
-  /// sees them at once; null (the default) applies them to the stored schedules only, which
-  /// a running scheduler would not notice. `s` must outlive the backend or be detached first.
-  void attach_scheduler(taskq::scheduler* s) noexcept;
+  /// Requests arriving through the control channel go through `c`, the application's client
+  /// over queue() and store() (so its waiters, events and metrics see a task cancelled by
+  /// `taskq cancel`), and schedule operations (pause, resume, remove, run now) through `s`, the
+  /// scheduler it runs over schedules(), so that it sees them at once. Null (the default):
+  /// a short-lived client, and a short-lived scheduler that changes the stored schedule only
+  /// (which a running scheduler would not notice, and could overwrite). Detach
+  /// (attach(nullptr, nullptr)) before destroying them; a request already being executed
+  /// keeps using them until it completes (one store round trip), so let the io_context run
+  /// after detaching, or destroy them after the backend is closed and its io_context drained.
+  void attach(taskq::client* c, taskq::scheduler* s = nullptr) noexcept;
 
   struct state;
 
