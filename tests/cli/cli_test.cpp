@@ -84,7 +84,7 @@ bool contains(const std::string& s, const std::string& part) {
 /// A store's owner: a backend (control channel on), a client and a scheduler, on an
 /// io_context run by one thread; the test thread uses the blocking forms.
 struct owner {
-  explicit owner(const fs::path& dir, file::control_options control = {}) {
+  explicit owner(const fs::path& dir, file::control_options control = {.enabled = true}) {
     b = file::backend::open(io.get_executor(), dir, {.control = control});
     c = std::make_unique<client>(io.get_executor(), b->queue(), b->store());
     s = std::make_unique<scheduler>(*c, scheduler_options{.store = &b->schedules()});
@@ -244,7 +244,7 @@ TEST_CASE("taskq writes go through a live owner's control channel", "[cli][contr
 TEST_CASE("the control channel refuses a socket with the wrong mode, and long requests",
           "[cli][control]") {
   auto dir = fresh_dir();
-  owner o(dir, {.max_request_bytes = 256});
+  owner o(dir, {.enabled = true, .max_request_bytes = 256});
   const auto sock = dir / file::control_socket_name;
   auto id = o.c->enqueue({.type = "mail"});
 

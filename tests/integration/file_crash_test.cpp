@@ -15,13 +15,10 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
-#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <random>
@@ -35,26 +32,6 @@ using namespace taskq::test;
 namespace fs = std::filesystem;
 
 namespace {
-
-/// Copies a store directory as a SIGKILL would leave it: the files as they are, and the
-/// control socket as a crashed owner's (a socket file nobody listens on; fs::copy cannot
-/// copy a socket).
-void copy_crash_image(const fs::path& from, const fs::path& to) {
-  fs::create_directories(to);
-  for (auto& e : fs::directory_iterator(from)) {
-    const auto target = to / e.path().filename();
-    if (!e.is_socket()) {
-      fs::copy(e.path(), target, fs::copy_options::recursive);
-      continue;
-    }
-    int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::strncpy(addr.sun_path, target.c_str(), sizeof addr.sun_path - 1);
-    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-    ::close(fd);
-  }
-}
 
 struct harness {
   asio::io_context io;
@@ -456,7 +433,7 @@ TEST_CASE("file: schedules persist; after a crash they resume under their catch-
     }));
     // What a SIGKILL leaves: the directory as it is on disk now, lock file and all, with the
     // scheduler still running (acknowledged writes are durable in sync mode).
-    copy_crash_image(h.dir, crash_image);
+    fs::copy(h.dir, crash_image, fs::copy_options::recursive);
     sched.stop();
     drain(h.io);
   }

@@ -40,9 +40,12 @@ inline constexpr const char* control_socket_name = "control.sock";
 
 /// The control channel of an owning backend (backend_options::control).
 struct control_options {
-  /// Serve the channel. On by default: an operator can act on a live application without its
-  /// developer having planned for it; only the store owner's uid can connect.
-  bool enabled = true;
+  /// Serve the channel. Off by default: its pending accept is outstanding work on the host's
+  /// io_context, so io.run() would no longer return by itself while the backend is open (as
+  /// with the PostgreSQL backend's listener), which would change existing hosts' shutdown.
+  /// Turn it on where operators need `taskq cancel/retry/queue pause/...` against the live
+  /// application; only the store owner's uid can connect.
+  bool enabled = false;
   /// Longest request line accepted (bytes, without the newline).
   std::size_t max_request_bytes = 1024 * 1024;
   /// Connections served at once.
