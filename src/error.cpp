@@ -37,6 +37,8 @@ class category_impl final : public boost::system::error_category {
         return "an option is out of range";
       case errc::invalid_record:
         return "a stored task record could not be decoded";
+      case errc::invalid_request:
+        return "the request is malformed";
       case errc::not_found:
         return "no task with that id";
       case errc::illegal_transition:
@@ -84,6 +86,8 @@ class category_impl final : public boost::system::error_category {
         return "the store is closed";
       case errc::backend_unavailable:
         return "the backend is unavailable";
+      case errc::access_denied:
+        return "access denied: the peer or socket does not belong to the store's owner";
     }
     return "unknown taskq error";
   }

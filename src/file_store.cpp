@@ -863,7 +863,9 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
         [before](const task_record& r) {
           return is_terminal(r.status) && r.finished_at && *r.finished_at < before;
         },
-        [](error_code, std::vector<std::string>) {});
+        [warn = opts.on_warning](error_code ec, std::vector<std::string>) {
+          if (ec && warn) warn("retention prune failed: " + ec.message());
+        });
   }
 
   // --- compaction -----------------------------------------------------------------------------
@@ -1610,7 +1612,20 @@ std::unique_ptr<backend> backend::open(asio::any_io_executor ex, const fs::path&
   if (!s->recovery.warning.empty() && s->opts.on_warning) s->opts.on_warning(s->recovery.warning);
   s->rebuild_queue();
   s->maint = std::thread([st = s.get()] { st->maintenance(); });
-  return std::unique_ptr<backend>(new backend(std::move(s)));
+  std::unique_ptr<backend> b(new backend(s));
+  if (s->opts.control.enabled) {  // the control channel (src/file_control.cpp)
+    std::string why;
+    b->control_ = detail::start_control(dir, s->opts.control,
+                                        {.ex = s->ex,
+                                         .queue = s->fq.get(),
+                                         .store = s->fs.get(),
+                                         .schedules = s->fss.get(),
+                                         .time = s->opts.time,
+                                         .keep_alive = s},
+                                        why);
+    if (!b->control_ && s->opts.on_warning) s->opts.on_warning(why);
+  }
+  return b;
 }
 
 std::unique_ptr<backend> backend::open(asio::any_io_executor ex, const fs::path& dir,
@@ -1697,6 +1712,7 @@ void backend::prune_expired() {
   state_->prune_expired();
 }
 void backend::close() noexcept {
+  if (control_) detail::stop_control(*control_);
   state_->close();
 }
 

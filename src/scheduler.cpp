@@ -552,6 +552,7 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
   };
 
   client& c;
+  const logger& log() const noexcept { return c.log(); }
   clock& clk;
   asio::any_io_executor io_ex;
   asio::strand<asio::any_io_executor> strand;
@@ -805,7 +806,11 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
       save = schedule_record{e.def, e.state};
     }
     // Write-behind: the occurrence is already enqueued (dedupe makes a lost save harmless).
-    store.async_save(std::move(*save), [](error_code) {});
+    store.async_save(std::move(*save),
+                     [self = shared_from_this(), name = save->definition.name](error_code ec) {
+                       if (ec)
+                         self->log().error("schedule {}: saving progress: {}", name, ec.message());
+                     });
     // Validation errors (taskq's codes below 100) would fail again; anything else may pass.
     const bool permanent = ec.category() == taskq::category() && ec.value() < 100;
     if (ec && ec != errc::duplicate_unique_key && !j.manual && !permanent)
@@ -979,6 +984,7 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
   void adopt_stored() {
     auto self = shared_from_this();
     store.async_load_all([self](error_code ec, std::vector<schedule_record> all) {
+      if (ec) self->log().error("adopting stored schedules: {}", ec.message());
       if (!ec) self->adopt(std::move(all));
     });
   }
@@ -991,9 +997,16 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
         if (entries.count(r.definition.name)) continue;
       }
       std::string detail;
-      if (validate(r.definition, detail)) continue;
+      if (validate(r.definition, detail)) {
+        log().error("stored schedule {} is not adopted: {}", r.definition.name, detail);
+        continue;
+      }
       auto def = r.definition;
-      take_on(std::move(def), std::move(r), [](error_code, ensure_result) {});
+      auto name = def.name;
+      take_on(std::move(def), std::move(r),
+              [self = shared_from_this(), name](error_code ec, ensure_result) {
+                if (ec) self->log().error("adopting schedule {}: {}", name, ec.message());
+              });
     }
   }
 
@@ -1117,7 +1130,11 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
 
   // Gives leadership up (harmless when not held). Any thread.
   void release_lead() {
-    if (opts.leader) opts.leader->async_release(opts.leader_name, holder_id, [](error_code) {});
+    if (opts.leader)
+      opts.leader->async_release(opts.leader_name, holder_id,
+                                 [self = shared_from_this()](error_code ec) {
+                                   if (ec) self->log().error("leader release: {}", ec.message());
+                                 });
   }
 
   // The scheduler stops: no more renewals.

@@ -20,19 +20,6 @@ namespace {
 using std::chrono::seconds;
 using time_point = std::chrono::system_clock::time_point;
 
-constexpr std::string_view cron_usage =
-    "usage: taskq cron next EXPR [--tz ZONE] [--from ISO-8601-TIME] [--count N]\n"
-    "  EXPR    a cron expression (quote it), e.g. '0 9 * * MON-FRI', '@daily', '@every 90m'\n"
-    "  --tz    IANA time zone the expression runs in (default UTC)\n"
-    "  --from  start time, exclusive (default now), e.g. 2024-01-01T00:00:00Z,\n"
-    "          2024-01-01T09:00:00+02:00, or without an offset for local time in --tz\n"
-    "  --count how many fire times to print (default 5)\n";
-
-int usage_error(std::ostream& err, const std::string& message) {
-  err << "taskq: " << message << "\n" << cron_usage;
-  return 2;
-}
-
 // Reads exactly `n` digits from the front of `s`.
 bool take_digits(std::string_view& s, std::size_t n, int& out) {
   if (s.size() < n) return false;
@@ -130,72 +117,22 @@ std::string format_time(time_point t, const date::time_zone* zone) {
   return out;
 }
 
-}  // namespace
-
-int cron_command(const args& a, std::ostream& out, std::ostream& err) {
-  if (a.empty()) return usage_error(err, "missing sub-command (expected 'cron next')");
-  if (a[0] == "--help" || a[0] == "-h" || a[0] == "help") {
-    out << cron_usage;
-    return 0;
-  }
-  if (a[0] != "next") return usage_error(err, "unknown cron sub-command '" + a[0] + "'");
-
-  std::string expr;
+struct next_opts {
+  std::vector<std::string> expr;  // an unquoted expression arrives as several arguments
   std::string zone_name = "UTC";
   std::optional<std::string> from_text;
-  std::string count_text = "5";
-  for (std::size_t i = 1; i < a.size(); ++i) {
-    const std::string& arg = a[i];
-    // Options take their value as the next argument or after '='.
-    auto option = [&](std::string_view name, std::string& value) -> std::optional<bool> {
-      if (arg == name) {
-        if (i + 1 >= a.size()) return false;
-        value = a[++i];
-        return true;
-      }
-      if (arg.size() > name.size() && arg.starts_with(name) && arg[name.size()] == '=') {
-        value = arg.substr(name.size() + 1);
-        return true;
-      }
-      return std::nullopt;
-    };
-    std::string value;
-    if (auto r = option("--tz", value)) {
-      if (!*r) return usage_error(err, "--tz needs a value");
-      zone_name = value;
-    } else if (auto r2 = option("--from", value)) {
-      if (!*r2) return usage_error(err, "--from needs a value");
-      from_text = value;
-    } else if (auto r3 = option("--count", value)) {
-      if (!*r3) return usage_error(err, "--count needs a value");
-      count_text = value;
-    } else if (arg == "--help" || arg == "-h") {
-      out << cron_usage;
-      return 0;
-    } else if (arg.size() > 1 && arg.front() == '-') {  // no cron token starts with '-'
-      return usage_error(err, "unknown option '" + arg + "'");
-    } else {
-      // An unquoted expression arrives as several arguments: join them back.
-      if (!expr.empty()) expr += ' ';
-      expr += arg;
-    }
-  }
-  if (expr.empty()) return usage_error(err, "missing cron expression");
+  long long count = 5;
+};
 
-  long long count = 0;
-  {
-    auto [ptr, ec] =
-        std::from_chars(count_text.data(), count_text.data() + count_text.size(), count);
-    if (ec != std::errc() || ptr != count_text.data() + count_text.size() || count < 1 ||
-        count > 1'000'000) {
-      return usage_error(
-          err, "--count must be a whole number from 1 to 1000000, got '" + count_text + "'");
-    }
-  }
-
+int print_next(const next_opts& o, context& ctx) {
+  auto& out = ctx.out;
+  auto& err = ctx.err;
+  std::string expr;
+  for (auto& part : o.expr) expr += (expr.empty() ? "" : " ") + part;
+  const auto count = o.count;
   error_code ec;
   std::string detail;
-  const auto cron = cron_expression::parse(expr, zone_name, ec, detail);
+  const auto cron = cron_expression::parse(expr, o.zone_name, ec, detail);
   if (!cron) {
     err << "taskq: " << detail << "\n";
     return 1;
@@ -204,11 +141,11 @@ int cron_command(const args& a, std::ostream& out, std::ostream& err) {
       cron->time_zone_name() == "UTC" ? nullptr : date::locate_zone(cron->time_zone_name());
 
   time_point t = std::chrono::system_clock::now();
-  if (from_text) {
-    const auto parsed = parse_time(*from_text, zone);
+  if (o.from_text) {
+    const auto parsed = parse_time(*o.from_text, zone);
     if (!parsed) {
-      return usage_error(err, "--from: cannot read '" + *from_text +
-                                  "' as an ISO 8601 time such as 2024-01-01T00:00:00Z");
+      throw usage_error("--from: cannot read '" + *o.from_text +
+                        "' as an ISO 8601 time such as 2024-01-01T00:00:00Z");
     }
     t = *parsed;
   }
@@ -224,6 +161,27 @@ int cron_command(const args& a, std::ostream& out, std::ostream& err) {
     t = *next;
   }
   return 0;
+}
+
+}  // namespace
+
+void add_cron_command(CLI::App& app, context& ctx) {
+  auto* cron = app.add_subcommand("cron", "check cron expressions");
+  cron->require_subcommand(1);
+  auto o = std::make_shared<next_opts>();
+  auto* sub = cron->add_subcommand("next", "print the next N fire times of a cron expression");
+  sub->add_option("EXPR", o->expr,
+                  "a cron expression (quote it), e.g. '0 9 * * MON-FRI', '@daily', '@every 90m'")
+      ->required();
+  sub->add_option("--tz", o->zone_name, "IANA time zone the expression runs in")
+      ->capture_default_str();
+  sub->add_option("--from", o->from_text,
+                  "start time, exclusive (default now), e.g. 2024-01-01T00:00:00Z, "
+                  "2024-01-01T09:00:00+02:00, or without an offset for local time in --tz");
+  sub->add_option("--count", o->count, "how many fire times to print")
+      ->check(CLI::Range(1LL, 1'000'000LL))
+      ->capture_default_str();
+  run_with(sub, o, ctx, print_next);
 }
 
 }  // namespace taskq::tool

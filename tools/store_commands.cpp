@@ -1,131 +1,46 @@
-// taskq enqueue/list/show/cancel/retry/prune/stats/verify: administration of a file store.
-#include "commands.hpp"
+// taskq enqueue/list/show/cancel/retry/delete/prune/stats/verify: the tasks of a store (a
+// file-store directory or a PostgreSQL database).
+#include "target.hpp"
 
 #include <taskq/backends/file/store.hpp>
-#include <taskq/client.hpp>
-#include <taskq/detail/schedule_state.hpp>
 #include <taskq/duration.hpp>
-
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/use_future.hpp>
 
 #include <fmt/format.h>
 
 #include <iostream>
-#include <map>
+#include <memory>
 #include <optional>
-#include <thread>
 
 namespace taskq::tool {
 
 namespace {
 
-namespace fs = std::filesystem;
+/// CLI11 validators for taskq's own value syntaxes (the message names the value).
+const CLI::Validator duration_value(
+    [](std::string& v) -> std::string {
+      error_code ec;
+      parse_duration(v, ec);
+      return ec ? ec.message() + " ('" + v + "')" : std::string();
+    },
+    "DURATION", "duration");
 
-struct usage_error : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+const CLI::Validator json_value(
+    [](std::string& v) -> std::string {
+      return json::accept(v) ? std::string() : "payload is not valid JSON: " + v;
+    },
+    "JSON", "json");
 
-/// Positional arguments and --options (flags take no value).
-struct parsed {
-  std::vector<std::string> positional;
-  std::map<std::string, std::string> options;
-  bool has(const std::string& k) const { return options.count(k) != 0; }
-  std::optional<std::string> get(const std::string& k) const {
-    auto it = options.find(k);
-    if (it == options.end()) return std::nullopt;
-    return it->second;
-  }
-};
+const CLI::Validator status_value(
+    [](std::string& v) -> std::string {
+      error_code ec;
+      parse_status(v, ec);
+      return ec ? "unknown status '" + v + "'" : std::string();
+    },
+    "STATUS", "status");
 
-parsed parse(const args& a, const std::vector<std::string>& valued,
-             const std::vector<std::string>& flags) {
-  parsed p;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    const auto& s = a[i];
-    if (s.rfind("--", 0) != 0) {
-      p.positional.push_back(s);
-      continue;
-    }
-    auto name = s.substr(2);
-    if (std::find(flags.begin(), flags.end(), name) != flags.end()) {
-      p.options[name] = "";
-    } else if (std::find(valued.begin(), valued.end(), name) != valued.end()) {
-      if (i + 1 >= a.size()) throw usage_error("option --" + name + " needs a value");
-      p.options[name] = a[++i];
-    } else {
-      throw usage_error("unknown option " + s);
-    }
-  }
-  return p;
-}
-
-int to_int(const std::string& what, const std::string& v) {
-  try {
-    std::size_t n = 0;
-    int x = std::stoi(v, &n);
-    if (n != v.size()) throw std::invalid_argument(v);
-    return x;
-  } catch (const std::exception&) {
-    throw usage_error("--" + what + " must be an integer, got '" + v + "'");
-  }
-}
-
-duration to_duration(const std::string& what, const std::string& v) {
+duration to_duration(const std::string& v) {
   error_code ec;
-  auto d = parse_duration(v, ec);
-  if (ec) throw usage_error("--" + what + ": " + ec.message() + " ('" + v + "')");
-  return d;
-}
-
-/// An io_context run by one thread for the duration of a command.
-struct runner {
-  asio::io_context io;
-  asio::executor_work_guard<asio::io_context::executor_type> work{io.get_executor()};
-  std::thread t{[this] { io.run(); }};
-  ~runner() {
-    work.reset();
-    t.join();
-  }
-};
-
-/// A store opened for the command: read-only (no lock) or for writing (the lock).
-struct opened {
-  std::unique_ptr<file::backend> b;
-  std::unique_ptr<client> c;
-};
-
-int open_store(runner& r, const std::string& dir, bool write, bool create, opened& o,
-               std::ostream& err) {
-  std::error_code fe;
-  if (!create && !fs::is_directory(dir, fe)) {
-    err << "taskq: " << dir << ": no such store directory\n";
-    return 1;
-  }
-  error_code ec;
-  std::string detail;
-  if (write) {
-    o.b = file::backend::open(r.io.get_executor(), dir,
-                              {.retention = duration::zero(), .compact_min_bytes = 0}, ec, &detail);
-    if (ec == errc::store_locked) {
-      err << "taskq: " << detail
-          << "\ntaskq: this command writes and needs the store's lock; stop the application that "
-             "holds it (read commands list, show, stats and verify work meanwhile)\n";
-      return 1;
-    }
-  } else {
-    o.b = file::backend::open_read_only(r.io.get_executor(), dir, ec, &detail);
-  }
-  if (ec) {
-    err << "taskq: " << (detail.empty() ? dir : detail) << ": " << ec.message() << "\n";
-    return 1;
-  }
-  o.c = std::make_unique<client>(r.io.get_executor(), o.b->queue(), o.b->store());
-  return 0;
-}
-
-std::string when(const std::optional<time_point>& t) {
-  return t ? format_time(*t) : "-";
+  return parse_duration(v, ec);  // validated by duration_value
 }
 
 void print_record(std::ostream& out, const task_record& r) {
@@ -150,53 +65,48 @@ void print_record(std::ostream& out, const task_record& r) {
   }
 }
 
-int report(std::ostream& err, const std::string& id, error_code ec) {
-  if (ec == errc::not_found)
-    err << "taskq: no task with id " << id << "\n";
-  else if (ec == errc::illegal_transition)
-    err << "taskq: task " << id << ": " << ec.message() << "\n";
-  else
-    err << "taskq: " << ec.message() << "\n";
-  return 1;
-}
+// --- enqueue ------------------------------------------------------------------------------
 
-int enqueue(const args& a, std::ostream& out, std::ostream& err) {
-  auto p = parse(a, {"type", "queue", "payload", "priority", "delay"}, {"stdin", "json", "create"});
-  if (p.positional.size() != 1) throw usage_error("enqueue takes one DIR");
-  if (!p.has("type")) throw usage_error("enqueue needs --type T");
-  task_spec base{.type = *p.get("type")};
-  if (auto q = p.get("queue")) base.queue = *q;
-  if (auto n = p.get("priority")) base.priority = to_int("priority", *n);
-  if (auto d = p.get("delay")) base.delay = to_duration("delay", *d);
-  auto payload = [](const std::string& text) {
-    auto j = json::parse(text, nullptr, false);
-    if (j.is_discarded()) throw usage_error("payload is not valid JSON: " + text);
-    return j;
-  };
-  if (auto j = p.get("payload")) base.payload = payload(*j);
-  if (p.has("stdin") && p.has("payload")) throw usage_error("use --payload or --stdin, not both");
+struct enqueue_opts {
+  store_argument target;
+  std::string type, queue, payload, delay;
+  std::optional<int> priority;
+  bool stdin_lines = false, json = false, create = false;
+};
+
+int enqueue(const enqueue_opts& o, context& ctx) {
+  if (o.type.empty()) throw usage_error("enqueue needs --type T");
+  if (o.stdin_lines && !o.payload.empty()) throw usage_error("use --payload or --stdin, not both");
+  json task{{"type", o.type}};
+  if (!o.queue.empty()) task["queue"] = o.queue;
+  if (o.priority) task["priority"] = *o.priority;
+  if (!o.delay.empty())
+    task["delay_us"] =
+        std::chrono::duration_cast<std::chrono::microseconds>(to_duration(o.delay)).count();
+  if (!o.payload.empty()) task["payload"] = json::parse(o.payload);
   runner r;
-  opened o;
-  if (int rc = open_store(r, p.positional[0], true, p.has("create"), o, err)) return rc;
-  auto one = [&](task_spec spec) {
+  target t(r);
+  if (int rc = t.open_write(o.target, o.create, ctx.err)) return rc;
+  auto one = [&](json spec) {
     error_code ec;
-    auto id = o.c->enqueue(std::move(spec), ec);  // returns once durable
-    if (ec) return report(err, "", ec);
-    if (p.has("json"))
-      out << json{{"id", id}}.dump() << std::endl;
+    std::string detail;
+    auto res = t.admin({{"op", "enqueue"}, {"task", std::move(spec)}}, ec, detail);
+    if (ec) return report(ctx.err, "", ec, detail);
+    auto id = res.value("id", "");
+    if (o.json)
+      ctx.out << json{{"id", id}}.dump() << std::endl;  // each id once it is durable
     else
-      out << id << std::endl;
+      ctx.out << id << std::endl;
     return 0;
   };
-  if (!p.has("stdin")) return one(base);
+  if (!o.stdin_lines) return one(task);
   std::string line;
   while (std::getline(std::cin, line)) {
     if (line.empty()) continue;
-    auto spec = base;
-    try {
-      spec.payload = payload(line);
-    } catch (const usage_error& e) {
-      err << "taskq: " << e.what() << "\n";
+    auto spec = task;
+    spec["payload"] = json::parse(line, nullptr, false);
+    if (spec["payload"].is_discarded()) {
+      ctx.err << "taskq: payload is not valid JSON: " << line << "\n";
       return 1;
     }
     if (int rc = one(std::move(spec))) return rc;
@@ -204,31 +114,31 @@ int enqueue(const args& a, std::ostream& out, std::ostream& err) {
   return 0;
 }
 
-int list(const args& a, std::ostream& out, std::ostream& err) {
-  auto p = parse(a, {"status", "type", "queue", "limit"}, {"json"});
-  if (p.positional.size() != 1) throw usage_error("list takes one DIR");
+// --- list, show ---------------------------------------------------------------------------
+
+struct list_opts {
+  store_argument target;
+  std::string status, type, queue;
+  std::size_t limit = 100;
+  bool json = false;
+};
+
+int list(const list_opts& o, context& ctx) {
   task_filter f;
-  f.limit = 100;
-  if (auto s = p.get("status")) {
+  f.limit = o.limit;
+  if (!o.status.empty()) {
     error_code ec;
-    auto st = parse_status(*s, ec);
-    if (ec) throw usage_error("--status: unknown status '" + *s + "'");
-    f.statuses.push_back(*st);
+    f.statuses.push_back(*parse_status(o.status, ec));
   }
-  if (auto t = p.get("type")) f.types.push_back(*t);
-  if (auto q = p.get("queue")) f.queues.push_back(*q);
-  if (auto n = p.get("limit")) {
-    auto v = to_int("limit", *n);
-    if (v <= 0) throw usage_error("--limit must be positive");
-    f.limit = static_cast<std::size_t>(v);
-  }
+  if (!o.type.empty()) f.types.push_back(o.type);
+  if (!o.queue.empty()) f.queues.push_back(o.queue);
   runner r;
-  opened o;
-  if (int rc = open_store(r, p.positional[0], false, false, o, err)) return rc;
-  error_code ec;
-  auto page = o.c->list(f, ec);
-  if (ec) return report(err, "", ec);
-  if (p.has("json")) {
+  target t(r);
+  if (int rc = t.open_read(o.target, ctx.err)) return rc;
+  auto [ec, page] = wait_for<task_page>(r, [&](auto h) { t.store().async_list(f, std::move(h)); });
+  if (ec) return report(ctx.err, "", ec);
+  auto& out = ctx.out;
+  if (o.json) {
     json arr = json::array();
     for (auto& rec : page.records) arr.push_back(to_json(rec));
     out << arr.dump() << "\n";
@@ -244,75 +154,99 @@ int list(const args& a, std::ostream& out, std::ostream& err) {
   return 0;
 }
 
-int show(const args& a, std::ostream& out, std::ostream& err) {
-  auto p = parse(a, {}, {"json"});
-  if (p.positional.size() != 2) throw usage_error("show takes DIR and ID");
+struct id_opts {
+  store_argument target;
+  std::string id;
+  bool json = false;
+};
+
+int show(const id_opts& o, context& ctx) {
   runner r;
-  opened o;
-  if (int rc = open_store(r, p.positional[0], false, false, o, err)) return rc;
-  error_code ec;
-  auto rec = o.c->get(p.positional[1], ec);
-  if (ec) return report(err, p.positional[1], ec);
-  if (p.has("json"))
-    out << to_json(rec).dump() << "\n";
+  target t(r);
+  if (int rc = t.open_read(o.target, ctx.err)) return rc;
+  auto [ec, rec] =
+      wait_for<task_record>(r, [&](auto h) { t.store().async_get(o.id, std::move(h)); });
+  if (ec) return report(ctx.err, o.id, ec);
+  if (o.json)
+    ctx.out << to_json(rec).dump() << "\n";
   else
-    print_record(out, rec);
+    print_record(ctx.out, rec);
   return 0;
 }
 
-int change(const std::string& what, const args& a, std::ostream& out, std::ostream& err) {
-  auto p = parse(a, {}, {"json"});
-  if (p.positional.size() != 2) throw usage_error(what + " takes DIR and ID");
+// --- cancel, retry, delete, prune ---------------------------------------------------------
+
+/// cancel / retry / delete ID through the store's writer.
+int change(const std::string& op, const id_opts& o, context& ctx) {
   runner r;
-  opened o;
-  if (int rc = open_store(r, p.positional[0], true, false, o, err)) return rc;
+  target t(r);
+  if (int rc = t.open_write(o.target, false, ctx.err)) return rc;
   error_code ec;
-  auto rec = what == "cancel" ? o.c->cancel(p.positional[1], ec) : o.c->retry(p.positional[1], ec);
-  if (ec) return report(err, p.positional[1], ec);
-  if (p.has("json"))
-    out << to_json(rec).dump() << "\n";
+  std::string detail;
+  auto res = t.admin({{"op", op}, {"id", o.id}}, ec, detail);
+  if (ec) return report(ctx.err, o.id, ec, detail);
+  if (op == "delete") {
+    ctx.out << (o.json ? res.dump() : o.id + " deleted") << "\n";
+    return 0;
+  }
+  auto rec = record_from_json(res.at("record"));
+  if (o.json)
+    ctx.out << to_json(rec).dump() << "\n";
   else
-    out << rec.id << " " << to_string(rec.status)
-        << (rec.cancel_requested && rec.status == task_status::running ? " (cancel requested)" : "")
-        << "\n";
+    ctx.out << rec.id << " " << to_string(rec.status)
+            << (rec.cancel_requested && rec.status == task_status::running ? " (cancel requested)"
+                                                                           : "")
+            << "\n";
   return 0;
 }
 
-int prune(const args& a, std::ostream& out, std::ostream& err) {
-  auto p = parse(a, {"older-than"}, {"json"});
-  if (p.positional.size() != 1) throw usage_error("prune takes one DIR");
-  if (!p.has("older-than")) throw usage_error("prune needs --older-than D");
-  auto d = to_duration("older-than", *p.get("older-than"));
+struct prune_opts {
+  store_argument target;
+  std::string older_than;
+  bool json = false;
+};
+
+int prune(const prune_opts& o, context& ctx) {
   runner r;
-  opened o;
-  if (int rc = open_store(r, p.positional[0], true, false, o, err)) return rc;
+  target t(r);
+  if (int rc = t.open_write(o.target, false, ctx.err)) return rc;
+  auto us = std::chrono::duration_cast<std::chrono::microseconds>(to_duration(o.older_than));
   error_code ec;
-  auto n = o.c->prune(d, ec);
-  if (ec) return report(err, "", ec);
-  if (p.has("json"))
-    out << json{{"pruned", n}}.dump() << "\n";
+  std::string detail;
+  auto res = t.admin({{"op", "prune"}, {"older_than_us", us.count()}}, ec, detail);
+  if (ec) return report(ctx.err, "", ec, detail);
+  auto n = res.value("pruned", std::size_t{0});
+  if (o.json)
+    ctx.out << json{{"pruned", n}}.dump() << "\n";
   else
-    out << "pruned " << n << " finished task" << (n == 1 ? "" : "s") << "\n";
+    ctx.out << "pruned " << n << " finished task" << (n == 1 ? "" : "s") << "\n";
   return 0;
 }
 
-int stats(const args& a, std::ostream& out, std::ostream& err) {
-  auto p = parse(a, {}, {"json"});
-  if (p.positional.size() != 1) throw usage_error("stats takes one DIR");
+// --- stats, verify ------------------------------------------------------------------------
+
+struct store_opts {
+  store_argument target;
+  bool json = false;
+};
+
+int stats(const store_opts& o, context& ctx) {
   runner r;
-  opened o;
-  if (int rc = open_store(r, p.positional[0], false, false, o, err)) return rc;
-  auto c = o.b->store().async_counts(asio::use_future).get();
+  target t(r);
+  if (int rc = t.open_read(o.target, ctx.err)) return rc;
+  auto [ec, c] = wait_for<task_counts>(r, [&](auto h) { t.store().async_counts(std::move(h)); });
+  if (ec) return report(ctx.err, "", ec);
+  auto& out = ctx.out;
   auto row = [](const task_counts::by_status& s) {
     json j;
     for (std::size_t i = 0; i < task_status_count; ++i)
       j[std::string(to_string(static_cast<task_status>(i)))] = s[i];
     return j;
   };
-  if (p.has("json")) {
+  if (o.json) {
     json j{{"total", row(c.total)}, {"by_queue", json::object()}, {"by_type", json::object()}};
     for (auto& [q, s] : c.by_queue) j["by_queue"][q] = row(s);
-    for (auto& [t, s] : c.by_type) j["by_type"][t] = row(s);
+    for (auto& [ty, s] : c.by_type) j["by_type"][ty] = row(s);
     out << j.dump() << "\n";
     return 0;
   }
@@ -327,101 +261,120 @@ int stats(const args& a, std::ostream& out, std::ostream& err) {
   out << "\n";
   line("total", c.total);
   for (auto& [q, s] : c.by_queue) line("queue " + q, s);
-  for (auto& [t, s] : c.by_type) line("type " + t, s);
+  for (auto& [ty, s] : c.by_type) line("type " + ty, s);
   return 0;
 }
 
-int schedules(const args& a, std::ostream& out, std::ostream& err) {
-  auto p = parse(a, {}, {"json"});
-  if (p.positional.size() != 1) throw usage_error("schedules takes one DIR");
-  runner r;
-  opened o;
-  if (int rc = open_store(r, p.positional[0], false, false, o, err)) return rc;
-  auto all = o.b->schedules().async_load_all(asio::use_future).get();
-  // The next occurrence after the stored cursor: what a scheduler adopting the store fires
-  // first (when it is in the past, the catch-up policy decides).
-  auto next_due = [](const schedule_record& rec) -> std::optional<time_point> {
-    std::string detail;
-    if (rec.definition.paused || validate(rec.definition, detail)) return std::nullopt;
-    taskq::detail::schedule_timing timing(rec.definition);
-    if (timing.is_one_shot()) return rec.state.cursor ? std::nullopt : rec.definition.at;
-    return timing.next_after(rec.state.cursor);
-  };
-  if (p.has("json")) {
-    json arr = json::array();
-    for (auto& rec : all) {
-      auto j = to_json(rec);
-      if (auto n = next_due(rec)) j["next_due"] = format_time(*n);
-      arr.push_back(std::move(j));
-    }
-    out << arr.dump() << "\n";
-    return 0;
-  }
-  auto timing_text = [](const schedule& d) {
-    if (!d.cron.empty()) return d.cron + (d.time_zone == "UTC" ? "" : " (" + d.time_zone + ")");
-    if (d.at) return "at " + format_time(*d.at);
-    return "every " +
-           format_duration(std::chrono::duration_cast<std::chrono::milliseconds>(d.every));
-  };
-  out << fmt::format("{:<24}  {:<28}  {:<16}  {:<8}  {:<27}  {}\n", "NAME", "TIMING", "TYPE",
-                     "STATE", "LAST FIRED", "NEXT DUE");
-  for (auto& rec : all)
-    out << fmt::format("{:<24}  {:<28}  {:<16}  {:<8}  {:<27}  {}\n", rec.definition.name,
-                       timing_text(rec.definition), rec.definition.task.type,
-                       rec.definition.paused ? "paused" : "active", when(rec.state.last_fired),
-                       when(next_due(rec)));
-  return 0;
-}
-
-int verify(const args& a, std::ostream& out, std::ostream& err) {
-  auto p = parse(a, {}, {"json"});
-  if (p.positional.size() != 1) throw usage_error("verify takes one DIR");
+int verify(const store_opts& o, context& ctx) {
+  if (is_conninfo(o.target.store))
+    throw usage_error("verify checks the files of a file store; PostgreSQL checks its own");
   error_code ec;
   std::string detail, warning;
-  auto n = file::verify_store(p.positional[0], ec, detail, warning);
-  if (p.has("json")) {
+  auto n = file::verify_store(o.target.store, ec, detail, warning);
+  if (o.json) {
     json j{{"ok", !ec}, {"records", n}};
     if (ec) j["error"] = detail.empty() ? ec.message() : detail;
     if (!warning.empty()) j["warning"] = warning;
-    out << j.dump() << "\n";
+    ctx.out << j.dump() << "\n";
     return ec ? 1 : 0;
   }
   if (ec) {
-    err << "taskq: " << (detail.empty() ? p.positional[0] : detail) << ": " << ec.message() << "\n";
+    ctx.err << "taskq: " << (detail.empty() ? o.target.store : detail) << ": " << ec.message()
+            << "\n";
     return 1;
   }
-  if (!warning.empty()) out << "warning: " << warning << " (an append in progress, or a crash)\n";
-  out << "ok: " << n << " records checked\n";
+  if (!warning.empty())
+    ctx.out << "warning: " << warning << " (an append in progress, or a crash)\n";
+  ctx.out << "ok: " << n << " records checked\n";
   return 0;
 }
 
 }  // namespace
 
-bool is_store_command(std::string_view name) {
-  return name == "enqueue" || name == "list" || name == "show" || name == "cancel" ||
-         name == "retry" || name == "prune" || name == "stats" || name == "verify" ||
-         name == "schedules";
-}
-
-int store_command(std::string_view name, const args& a, std::ostream& out, std::ostream& err) {
-  try {
-    if (name == "enqueue") return enqueue(a, out, err);
-    if (name == "list") return list(a, out, err);
-    if (name == "show") return show(a, out, err);
-    if (name == "cancel" || name == "retry") return change(std::string(name), a, out, err);
-    if (name == "prune") return prune(a, out, err);
-    if (name == "stats") return stats(a, out, err);
-    if (name == "verify") return verify(a, out, err);
-    if (name == "schedules") return schedules(a, out, err);
-  } catch (const usage_error& e) {
-    err << "taskq " << name << ": " << e.what() << "\n";
-    return 2;
-  } catch (const std::exception& e) {
-    err << "taskq " << name << ": " << e.what() << "\n";
-    return 1;
+void add_task_commands(CLI::App& app, context& ctx) {
+  const std::string group = "Tasks (STORE: a file-store directory or a PostgreSQL conninfo)";
+  {
+    auto o = std::make_shared<enqueue_opts>();
+    auto* sub = app.add_subcommand("enqueue", "enqueue a task; prints each id once it is durable");
+    sub->group(group);
+    add_store_argument(*sub, o->target);
+    sub->add_option("--type", o->type, "task type (required)");
+    sub->add_option("--queue", o->queue, "queue name (default: default)");
+    sub->add_option("--payload", o->payload, "payload JSON")->check(json_value);
+    sub->add_option("--priority", o->priority, "higher runs first");
+    sub->add_option("--delay", o->delay, "run no earlier than now + D (e.g. 90s, 1h30m)")
+        ->check(duration_value);
+    sub->add_flag("--stdin", o->stdin_lines, "one task per stdin line, the line its payload");
+    sub->add_flag("--create", o->create, "create the file store if missing");
+    add_json_flag(sub, o->json);
+    run_with(sub, o, ctx, enqueue);
   }
-  err << "taskq: unknown command '" << name << "'\n";
-  return 2;
+  {
+    auto o = std::make_shared<list_opts>();
+    auto* sub = app.add_subcommand("list", "list tasks, oldest first");
+    sub->group(group);
+    add_store_argument(*sub, o->target);
+    sub->add_option("--status", o->status,
+                    "pending, running, succeeded, failed, cancelled, dropped")
+        ->check(status_value);
+    sub->add_option("--type", o->type, "only this type");
+    sub->add_option("--queue", o->queue, "only this queue");
+    sub->add_option("--limit", o->limit, "at most N rows")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
+    add_json_flag(sub, o->json);
+    run_with(sub, o, ctx, list);
+  }
+  {
+    auto o = std::make_shared<id_opts>();
+    auto* sub = app.add_subcommand("show", "one task: record, progress and run log");
+    sub->group(group);
+    add_store_argument(*sub, o->target);
+    sub->add_option("ID", o->id, "task id")->required();
+    add_json_flag(sub, o->json);
+    run_with(sub, o, ctx, show);
+  }
+  for (auto [name, help] : {std::pair{"cancel", "cancel a task (a running one is asked to stop)"},
+                            std::pair{"retry", "run a finished task again"},
+                            std::pair{"delete", "delete a task that is not running"}}) {
+    auto o = std::make_shared<id_opts>();
+    auto* sub = app.add_subcommand(name, help);
+    sub->group(group);
+    add_store_argument(*sub, o->target);
+    sub->add_option("ID", o->id, "task id")->required();
+    add_json_flag(sub, o->json);
+    run_with(sub, o, ctx, [op = std::string(name)](const id_opts& o, context& ctx) {
+      return change(op, o, ctx);
+    });
+  }
+  {
+    auto o = std::make_shared<prune_opts>();
+    auto* sub = app.add_subcommand("prune", "delete finished tasks older than D");
+    sub->group(group);
+    add_store_argument(*sub, o->target);
+    sub->add_option("--older-than", o->older_than, "age, e.g. 7d, 24h")
+        ->required()
+        ->check(duration_value);
+    add_json_flag(sub, o->json);
+    run_with(sub, o, ctx, prune);
+  }
+  {
+    auto o = std::make_shared<store_opts>();
+    auto* sub = app.add_subcommand("stats", "counts by status, queue and type");
+    sub->group(group);
+    add_store_argument(*sub, o->target);
+    add_json_flag(sub, o->json);
+    run_with(sub, o, ctx, stats);
+  }
+  {
+    auto o = std::make_shared<store_opts>();
+    auto* sub = app.add_subcommand(
+        "verify", "check every record of a file store (reports file and offset of corruption)");
+    sub->group(group);
+    sub->add_option("DIR", o->target.store, "file-store directory")->required();
+    add_json_flag(sub, o->json);
+    run_with(sub, o, ctx, verify);
+  }
 }
 
 }  // namespace taskq::tool

@@ -1,57 +1,79 @@
-// The taskq command-line tool: checks cron expressions and administers file stores.
+// The taskq command-line tool: checks cron expressions and administers stores (file
+// directories and PostgreSQL databases). Commands register themselves on CLI11 (see
+// commands.hpp for how a new one plugs in).
 #include "commands.hpp"
 
 #include <iostream>
-#include <string_view>
+
+namespace taskq::tool {
+
+CLI::App* add_args_command(CLI::App& app, context& ctx, const std::string& name,
+                           const std::string& description,
+                           int (*fn)(const args&, std::ostream&, std::ostream&)) {
+  auto* sub = app.add_subcommand(name, description);
+  sub->prefix_command();  // every later argument, options included, is the command's
+  sub->set_help_flag();   // and so is --help
+  sub->callback([sub, fn, &ctx] { ctx.rc = fn(sub->remaining(), ctx.out, ctx.err); });
+  return sub;
+}
+
+}  // namespace taskq::tool
 
 namespace {
 
-constexpr std::string_view usage =
-    "usage: taskq <command> [arguments]\n"
-    "\n"
-    "commands:\n"
-    "  cron next EXPR [--tz ZONE] [--from ISO-8601-TIME] [--count N]\n"
-    "                 print the next N fire times of a cron expression\n"
-    "\n"
-    "file store (DIR) commands; add --json for machine-readable output:\n"
-    "  enqueue DIR --type T [--queue Q] [--payload JSON] [--priority N] [--delay D] [--stdin]\n"
-    "          [--create]     enqueue; prints each id once it is durable\n"
-    "  list DIR [--status S] [--type T] [--queue Q] [--limit N]\n"
-    "  show DIR ID            record, progress and run log\n"
-    "  cancel DIR ID          retry DIR ID\n"
-    "  prune DIR --older-than D\n"
-    "  stats DIR              counts by status, queue and type\n"
-    "  verify DIR             check every record (reports file and offset of corruption)\n"
-    "  schedules DIR          stored schedules: timing, last fired, next due\n"
-    "  serve STORE [--listen 127.0.0.1:PORT] [--token T] [--read-only]\n"
-    "         dashboard, JSON API and /metrics (STORE: DIR or a PostgreSQL conninfo)\n"
-    "list, show, stats, verify and schedules work while an application holds the store; the others "
-    "need\n"
-    "its lock.\n"
-    "\n"
-    "worker STORE --type T [--queue Q]... [--concurrency N] [--timeout D] [--memory BYTES]\n"
-    "       [--json] --exec CMD [ARGS...]\n"
-    "                 run tasks as child processes, on a file store or PostgreSQL\n"
-    "                 (taskq worker --help)\n";
+/// The command the user named (the deepest one parsed), for error messages.
+std::string command_path(CLI::App& app) {
+  std::string path = "taskq";
+  for (CLI::App* at = &app;;) {
+    auto subs = at->get_subcommands();
+    if (subs.empty()) return path;
+    at = subs.front();
+    path += " " + at->get_name();
+  }
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) {
-    std::cerr << usage;
+  using namespace taskq::tool;
+  context ctx{std::cout, std::cerr};
+  CLI::App app{
+      "taskq: check cron expressions and administer task stores.\n"
+      "Reads (list, show, stats, verify, schedules) work while an application holds a "
+      "file store;\nwrites go through its control channel, or take the store's lock "
+      "when no application holds it.",
+      "taskq"};
+  app.require_subcommand(1);
+  app.fallthrough(false);
+  // Every command, in help order. A new command is one line here (see commands.hpp).
+  add_task_commands(app, ctx);
+  add_queue_command(app, ctx);
+  add_schedule_command(app, ctx);
+  add_cron_command(app, ctx);
+  add_args_command(app, ctx, "serve",
+                   "serve STORE [--listen 127.0.0.1:PORT] [--token T] [--read-only]: the "
+                   "dashboard, JSON API and /metrics over a store",
+                   serve_command);
+  add_args_command(app, ctx, "worker",
+                   "worker STORE --type T ... --exec CMD [ARGS...]: run tasks as child "
+                   "processes (taskq worker --help)",
+                   worker_command);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e, ctx.out, ctx.err);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e, ctx.out, ctx.err);
+  } catch (const CLI::ParseError& e) {
+    ctx.err << command_path(app) << ": " << e.what() << "\n"
+            << "run '" << command_path(app) << " --help' for usage\n";
     return 2;
+  } catch (const usage_error& e) {
+    ctx.err << command_path(app) << ": " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    ctx.err << command_path(app) << ": " << e.what() << "\n";
+    return 1;
   }
-  std::string_view command = argv[1];
-  taskq::tool::args rest(argv + 2, argv + argc);
-  if (command == "cron") return taskq::tool::cron_command(rest, std::cout, std::cerr);
-  if (command == "serve") return taskq::tool::serve_command(rest, std::cout, std::cerr);
-  if (command == "worker") return taskq::tool::worker_command(rest, std::cout, std::cerr);
-  if (taskq::tool::is_store_command(command))
-    return taskq::tool::store_command(command, rest, std::cout, std::cerr);
-  if (command == "--help" || command == "-h" || command == "help") {
-    std::cout << usage;
-    return 0;
-  }
-  std::cerr << "taskq: unknown command '" << command << "'\n" << usage;
-  return 2;
+  return ctx.rc;
 }

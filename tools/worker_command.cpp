@@ -7,7 +7,7 @@
 #include <taskq/duration.hpp>
 #include <taskq/process_executor.hpp>
 #include <taskq/worker.hpp>
-#ifdef TASKQ_TOOL_WITH_POSTGRES
+#if TASKQ_TOOL_POSTGRES
 #include <taskq/backends/postgres/backend.hpp>
 #endif
 
@@ -50,10 +50,6 @@ struct worker_args {
   bool shell = false;
   bool json = false;
   std::vector<std::string> exec;
-};
-
-struct usage_error : std::runtime_error {
-  using std::runtime_error::runtime_error;
 };
 
 std::uint64_t to_count(const std::string& opt, const std::string& v, std::uint64_t min) {
@@ -186,13 +182,13 @@ int worker_command(const args& a, std::ostream& out, std::ostream& err) {
   error_code ec;
   std::string detail;
   std::unique_ptr<file::backend> fb;
-#ifdef TASKQ_TOOL_WITH_POSTGRES
+#if TASKQ_TOOL_POSTGRES
   std::unique_ptr<postgres::backend> pb;
 #endif
   queue* q = nullptr;
   store* s = nullptr;
   if (is_conninfo(w.store)) {
-#ifdef TASKQ_TOOL_WITH_POSTGRES
+#if TASKQ_TOOL_POSTGRES
     pb = postgres::backend::open(io.get_executor(), {.conninfo = w.store}, ec, &detail);
     if (pb) {
       q = &pb->queue();

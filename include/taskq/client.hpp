@@ -4,6 +4,7 @@
 
 #include <taskq/clock.hpp>
 #include <taskq/detail/blocking.hpp>
+#include <taskq/log.hpp>
 #include <taskq/metrics.hpp>
 #include <taskq/queue.hpp>
 #include <taskq/store.hpp>
@@ -27,6 +28,10 @@ struct client_options {
   /// When set (it must outlive the client), the client and its workers count events and
   /// record wait and run times there by queue and type (taskq/prometheus.hpp).
   metrics_registry* metrics = nullptr;
+  /// The host's log (taskq/log.hpp), for failures of operations no caller waits for (a
+  /// worker's acks, releases and lease extensions, a scheduler's write-behind saves). Used by
+  /// this client and every worker and scheduler on it. Default: logs nothing.
+  logger log{};
 };
 
 /// The host's handle on a queue + store pair. All members are thread-safe.
@@ -57,6 +62,8 @@ class client {
 
   executor_type get_executor() const noexcept;
   clock& time() const noexcept;
+  /// The logger from the options (workers and schedulers on this client log through it).
+  const logger& log() const noexcept;
   taskq::queue& get_queue() const noexcept;
   taskq::store& get_store() const noexcept;
 

@@ -33,6 +33,7 @@ enum class errc {
   invalid_option,        ///< an options aggregate has an out-of-range value
   invalid_record,        ///< a stored record could not be decoded (field named in detail)
   invalid_utf8,          ///< task field 'payload' or 'metadata' has a string that is not UTF-8
+  invalid_request,       ///< an admin or control request is malformed (detail names the field)
   // --- state ------------------------------------------------------------------------------
   not_found = 100,     ///< no task with that id
   illegal_transition,  ///< the requested status change is never allowed (e.g. succeeded -> running)
@@ -60,6 +61,7 @@ enum class errc {
   disk_full,                   ///< the device has no space left
   store_closed,                ///< the store was closed
   backend_unavailable,         ///< the backend cannot be reached (detail says why)
+  access_denied,               ///< a control channel peer or socket is not the store owner's
 };
 
 /// The error category of taskq::errc. Its name is "taskq".

@@ -55,6 +55,13 @@ struct client_core : std::enable_shared_from_this<client_core> {
   client_core(asio::any_io_executor e, taskq::queue& qq, taskq::store& ss, client_options o)
       : ex(std::move(e)), q(qq), s(ss), clk(o.time ? *o.time : default_clock()), opts(o) {}
 
+  /// The completion of a fire-and-forget operation: a failure goes to the host's log.
+  auto log_failure(const char* what) {
+    return [self = shared_from_this(), what](error_code ec, auto&&...) {
+      if (ec) self->opts.log.error("{}: {}", what, ec.message());
+    };
+  }
+
   void count_event(event_kind k, std::uint64_t n = 1) {
     event_counts[static_cast<std::size_t>(k)].fetch_add(n, std::memory_order_relaxed);
   }
@@ -147,6 +154,9 @@ client::executor_type client::get_executor() const noexcept {
 }
 clock& client::time() const noexcept {
   return core_->clk;
+}
+const logger& client::log() const noexcept {
+  return core_->opts.log;
 }
 taskq::queue& client::get_queue() const noexcept {
   return core_->q;

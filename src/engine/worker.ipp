@@ -200,13 +200,16 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     rp.keep_position = o.keep_position;
     rp.available_at = o.retry_at;
     client->q.async_release(std::move(rp), [c = client, l, o](error_code ec) {
+      if (ec && ec != errc::not_leased)
+        c->opts.log.error("task {}: release: {}", l.id, ec.message());
       if (ec != errc::not_leased) return;
-      c->q.async_remove(l.id, [c, l, o](error_code, bool removed) {
+      c->q.async_remove(l.id, [c, l, o](error_code rec, bool removed) {
+        if (rec) c->opts.log.error("task {}: requeue: {}", l.id, rec.message());
         if (!removed) return;  // leased by someone else: its claim decides
         push_params p;
         p.entries.push_back({l.id, l.queue, l.type, l.concurrency_key, l.priority,
                              o.retry_at.value_or(c->clk.now())});
-        c->q.async_push(std::move(p), [](error_code) {});
+        c->q.async_push(std::move(p), c->log_failure("requeue: push"));
       });
     });
   }
@@ -216,7 +219,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     rp.id = l.id;
     rp.token = l.token;
     rp.keep_position = true;
-    client->q.async_release(std::move(rp), [](error_code) {});
+    client->q.async_release(std::move(rp), client->log_failure("give back: release"));
   }
 
   void retry_later() {
@@ -274,7 +277,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
       client->record_event(event_kind::dropped, rec, rec.last_error);
       client->finished(rec);
     }
-    if (!done.empty()) client->q.async_ack(std::move(done), [](error_code, std::size_t) {});
+    if (!done.empty()) client->q.async_ack(std::move(done), client->log_failure("dropped: ack"));
     for (auto& rec : r.claimed) {
       auto it = slots.find(rec.id);
       if (it == slots.end()) continue;
@@ -482,7 +485,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
       slots.erase(it);
     }
     running_count = slots.size();
-    if (!acks.empty()) client->q.async_ack(std::move(acks), [](error_code, std::size_t) {});
+    if (!acks.empty()) client->q.async_ack(std::move(acks), client->log_failure("finished: ack"));
     pump();
     maybe_finish();
   }
@@ -502,7 +505,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     std::vector<lease> ls;
     for (auto& [id, s] : slots) ls.push_back(s.l);
     if (!ls.empty())
-      client->q.async_extend(std::move(ls), opts.lease, [](error_code, std::vector<bool>) {});
+      client->q.async_extend(std::move(ls), opts.lease, client->log_failure("lease renewal"));
     if (!finished_run()) arm_renewal();
   }
 
@@ -539,7 +542,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
         auto it = self->slots.find(task_id);
         if (it == self->slots.end()) return;
         self->client->q.async_extend({it->second.l}, self->opts.lease,
-                                     [](error_code, std::vector<bool>) {});
+                                     self->client->log_failure("heartbeat: lease extension"));
         if (cancel) self->cancel_requested(task_id);
       });
       detail::dispatch_completion(std::move(h), self->client->ex, ec, cancel);

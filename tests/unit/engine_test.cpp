@@ -858,3 +858,95 @@ TEST_CASE("real clock: a wait can be cancelled, and emitting its slot afterwards
   io.run();
   CHECK(second == asio::error::operation_aborted);
 }
+
+// --- the injected logger ------------------------------------------------------------------
+
+namespace {
+
+/// A queue whose acks fail (as a backend that lost its connection would): the worker acks a
+/// finished task with nobody waiting for the answer.
+class failing_ack_queue final : public queue {
+ public:
+  failing_ack_queue(queue& inner, asio::any_io_executor ex) : inner_(inner), ex_(std::move(ex)) {}
+  bool is_paused(const std::string& q) const override { return inner_.is_paused(q); }
+
+ protected:
+  void do_push(push_params p, handler<void(error_code)> h) override {
+    inner_.async_push(std::move(p), std::move(h));
+  }
+  void do_reserve(reserve_params p, handler<void(error_code, std::vector<lease>)> h) override {
+    inner_.async_reserve(std::move(p), std::move(h));
+  }
+  void do_ack(std::vector<lease>, handler<void(error_code, std::size_t)> h) override {
+    detail::post_completion(std::move(h), ex_, error_code(errc::backend_unavailable),
+                            std::size_t{0});
+  }
+  void do_extend(std::vector<lease> l, duration d,
+                 handler<void(error_code, std::vector<bool>)> h) override {
+    inner_.async_extend(std::move(l), d, std::move(h));
+  }
+  void do_release(release_params p, handler<void(error_code)> h) override {
+    inner_.async_release(std::move(p), std::move(h));
+  }
+  void do_remove(std::string id, handler<void(error_code, bool)> h) override {
+    inner_.async_remove(std::move(id), std::move(h));
+  }
+  void do_set_paused(std::string q, bool paused, handler<void(error_code)> h) override {
+    inner_.async_set_paused(std::move(q), paused, std::move(h));
+  }
+  void do_stats(std::string q, handler<void(error_code, queue_stats)> h) override {
+    inner_.async_stats(std::move(q), std::move(h));
+  }
+
+ private:
+  queue& inner_;
+  asio::any_io_executor ex_;
+};
+
+}  // namespace
+
+TEST_CASE("a failed fire-and-forget ack reaches the host's logger", "[worker][log]") {
+  asio::io_context io;
+  manual_clock clk;
+  memory::queue mq{io.get_executor(), clk};
+  failing_ack_queue q{mq, io.get_executor()};
+  memory::store s{io.get_executor()};
+  std::mutex m;
+  std::vector<std::pair<log_level, std::string>> lines;
+  client c{
+      io.get_executor(), q, s, {.time = &clk, .log = logger([&](log_level l, std::string_view msg) {
+                                                std::lock_guard lock(m);
+                                                lines.emplace_back(l, std::string(msg));
+                                              })}};
+  local_executor exec{io.get_executor(), {.threads = 1, .time = &clk}};
+  exec.handle("t", [](task_context&) { return json(); });
+  worker w(c, exec);
+  w.async_run(asio::detached);
+  std::optional<std::string> id;
+  c.async_enqueue({.type = "t"}, [&](error_code ec, std::string i) {
+    REQUIRE_FALSE(ec);
+    id = i;
+  });
+  REQUIRE(run_until(io, [&] {
+    std::lock_guard lock(m);
+    return !lines.empty();
+  }));
+  w.stop();
+  drain(io);
+  std::lock_guard lock(m);
+  CHECK(lines.front().first == log_level::error);
+  CHECK(lines.front().second ==
+        "finished: ack: " + error_code(errc::backend_unavailable).message());
+}
+
+TEST_CASE("logger: levels below the minimum are not formatted or delivered", "[log]") {
+  std::vector<std::string> got;
+  logger log([&](log_level l,
+                 std::string_view m) { got.push_back(fmt::format("{} {}", to_string(l), m)); },
+             log_level::warning);
+  log.info("hidden {}", 1);
+  log.warning("shown {}", 2);
+  log.error("task {}: {}", "x", "boom");
+  CHECK(got == std::vector<std::string>{"warning shown 2", "error task x: boom"});
+  CHECK_FALSE(logger().enabled(log_level::error));
+}

@@ -28,6 +28,7 @@
 // holds open (a record being written at that moment is seen as a torn tail and ignored).
 #pragma once
 
+#include <taskq/backends/file/control.hpp>
 #include <taskq/backends/file/journal.hpp>
 #include <taskq/clock.hpp>
 #include <taskq/queue.hpp>
@@ -63,6 +64,9 @@ struct backend_options {
   clock* time = nullptr;
   /// Called with recovery warnings (a torn tail that was cut off). Optional.
   std::function<void(const std::string&)> on_warning{};
+  /// The control channel through which other processes (the taskq CLI) write to the store
+  /// while this backend holds it (backends/file/control.hpp). Not served when read-only.
+  control_options control{};
   /// Tests only: passed to the journal writer (see journal_fault_injector).
   journal_fault_injector fault_injector{};
 };
@@ -143,11 +147,23 @@ class backend {
   /// the lock. Later writes fail with errc::store_closed. Idempotent; called by the destructor.
   void close() noexcept;
 
+  /// Requests arriving through the control channel go through `c`, the application's client
+  /// over queue() and store() (so its waiters, events and metrics see a task cancelled by
+  /// `taskq cancel`), and schedule operations (pause, resume, remove, run now) through `s`, the
+  /// scheduler it runs over schedules(), so that it sees them at once. Null (the default):
+  /// a short-lived client, and a short-lived scheduler that changes the stored schedule only
+  /// (which a running scheduler would not notice, and could overwrite). Detach
+  /// (attach(nullptr, nullptr)) before destroying them; a request already being executed
+  /// keeps using them until it completes (one store round trip), so let the io_context run
+  /// after detaching, or destroy them after the backend is closed and its io_context drained.
+  void attach(taskq::client* c, taskq::scheduler* s = nullptr) noexcept;
+
   struct state;
 
  private:
   explicit backend(std::shared_ptr<state> s) noexcept;
   std::shared_ptr<state> state_;
+  std::shared_ptr<detail::control_server> control_;  // null: no control channel
 };
 
 /// Checks every record of the store in `dir` (snapshot and journal segments) without the
