@@ -3,6 +3,7 @@
 
 #include <taskq/backends/file/store.hpp>
 #include <taskq/client.hpp>
+#include <taskq/detail/input_limits.hpp>
 #include <taskq/detail/schedule_state.hpp>
 #include <taskq/duration.hpp>
 
@@ -72,10 +73,14 @@ int to_int(const std::string& what, const std::string& v) {
 }
 
 duration to_duration(const std::string& what, const std::string& v) {
-  error_code ec;
-  auto d = parse_duration(v, ec);
-  if (ec) throw usage_error("--" + what + ": " + ec.message() + " ('" + v + "')");
-  return d;
+  try {
+    return parse_duration(v);
+  } catch (const error& e) {
+    // The library's own words (its detail), without the generic text of the code after it.
+    std::string text = e.what();
+    if (auto cut = text.find("): "); cut != std::string::npos) text.resize(cut + 1);
+    throw usage_error("--" + what + ": " + text);
+  }
 }
 
 /// An io_context run by one thread for the duration of a command.
@@ -168,9 +173,19 @@ int enqueue(const args& a, std::ostream& out, std::ostream& err) {
   if (auto q = p.get("queue")) base.queue = *q;
   if (auto n = p.get("priority")) base.priority = to_int("priority", *n);
   if (auto d = p.get("delay")) base.delay = to_duration("delay", *d);
-  auto payload = [](const std::string& text) {
-    auto j = json::parse(text, nullptr, false);
-    if (j.is_discarded()) throw usage_error("payload is not valid JSON: " + text);
+  // Depth is checked on the text, before anything builds or copies it; bad text is quoted
+  // only in part (a --stdin line may be megabytes).
+  const std::size_t max_depth = validation_limits{}.max_json_depth;
+  auto payload = [&](const std::string& text) {
+    taskq::detail::json_text_error bad;
+    auto j = taskq::detail::parse_json_text(text, max_depth, bad);
+    auto quoted = text.size() <= 200
+                      ? text
+                      : text.substr(0, 200) + "... (" + std::to_string(text.size()) + " bytes)";
+    if (bad == taskq::detail::json_text_error::too_deep)
+      throw usage_error(fmt::format("payload is nested deeper than {} levels", max_depth));
+    if (bad != taskq::detail::json_text_error::none)
+      throw usage_error("payload is not valid JSON: " + quoted);
     return j;
   };
   if (auto j = p.get("payload")) base.payload = payload(*j);
@@ -190,13 +205,13 @@ int enqueue(const args& a, std::ostream& out, std::ostream& err) {
   };
   if (!p.has("stdin")) return one(base);
   std::string line;
-  while (std::getline(std::cin, line)) {
+  for (std::size_t number = 1; std::getline(std::cin, line); ++number) {
     if (line.empty()) continue;
     auto spec = base;
     try {
       spec.payload = payload(line);
     } catch (const usage_error& e) {
-      err << "taskq: " << e.what() << "\n";
+      err << "taskq: stdin line " << number << ": " << e.what() << "\n";
       return 1;
     }
     if (int rc = one(std::move(spec))) return rc;
