@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets with clang in build-fuzz/ and runs each for a bounded time on a
-# generated seed corpus: the journal reader (valid journals and snapshots as seeds) and the
-# file store's record-body replay (valid body sequences as seeds).
+# generated seed corpus: the journal reader (valid journals and snapshots as seeds), the
+# file store's record-body replay (valid body sequences as seeds) and the JSON depth guard.
 #   scripts/fuzz.sh [SECONDS]     default 60, per target
 # Crash reproducers, if any, are written to build-fuzz/fuzz-artifacts/.
 set -euo pipefail
@@ -13,7 +13,7 @@ CC=clang CXX=clang++ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Re
   -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
   -DTASKQ_BUILD_FUZZERS=ON -DTASKQ_BUILD_TESTS=OFF -DTASKQ_BUILD_EXAMPLES=OFF \
   -DTASKQ_BUILD_BENCHMARKS=OFF -DTASKQ_BUILD_TOOL=OFF -DTASKQ_WITH_POSTGRES=OFF >/dev/null
-cmake --build "$build" --target taskq_journal_fuzz taskq_store_fuzz --parallel 2
+cmake --build "$build" --target taskq_journal_fuzz taskq_store_fuzz taskq_json_depth_fuzz --parallel 2
 
 corpus=$build/journal-corpus
 artifacts=$build/fuzz-artifacts
@@ -68,8 +68,9 @@ def js(v): return b"\x00" if v is None else b"\x01" + s(json.dumps(v, separators
 def f64(d): return struct.pack("<d", d)
 def opt_tp(t): return b"\x00" if t is None else b"\x01" + i64(t)
 T = 1_767_225_600_000_000_000  # 2026-01-01 in nanoseconds
-def record(id, status=0, attempt=0, key="", labels=(), log=()):
-    out = s(id) + s("email") + s("default") + js({"to": "a@b"}) + js(None) + i64(0) + i64(T)
+def record(id, status=0, attempt=0, key="", labels=(), log=(), payload=None):
+    p = js({"to": "a@b"}) if payload is None else b"\x01" + s(payload)
+    out = s(id) + s("email") + s("default") + p + js(None) + i64(0) + i64(T)
     out += i64(3) + i64(10**9) + i64(3600 * 10**9) + f64(2.0) + f64(0.2) + i64(0)
     out += var(len(labels)) + b"".join(s(k) + s(v) for k, v in labels)
     out += s("") + s(key) + b"\x00" + opt_tp(None) + bytes([status]) + i64(attempt)
@@ -107,6 +108,9 @@ seeds = {
     "running-snapshot": seq(insert(7, record("r", status=1, attempt=1, log=[(T, "x")])),
                             pause("default", 1), pause("other", 1), pause("other", 0)),
     "schedules": seq(sched_save(), sched_save(), sched_remove()),
+    # Nested deeper than json_depth_ceiling (512): refused as invalid_record, not a crash.
+    "deep-payload": seq(insert(1, record("d", payload="[" * 600 + "]" * 600))),
+    "deep-schedule": seq(b"\x09" + s('{"v":1,"name":"n","task":' + "[" * 600 + "]" * 600 + "}")),
 }
 for name, data in seeds.items():
     with open(os.path.join(sys.argv[1], name), "wb") as f:
@@ -115,3 +119,26 @@ PY
 
 "$build/tests/fuzz/taskq_store_fuzz" -max_total_time="$seconds" -max_len=4096 \
   -print_final_stats=1 -artifact_prefix="$artifacts/store-" "$store_corpus"
+
+# Seeds for the JSON depth guard: a limit byte, then text (shallow, at the limit, deep, broken,
+# brackets inside strings).
+json_corpus=$build/json-corpus
+mkdir -p "$json_corpus"
+python3 - "$json_corpus" <<'PY'
+import sys, os
+seeds = {
+    "scalar": b"\x40" + b"42",
+    "object": b"\x40" + b'{"a":[1,{"b":null}],"c":"[[{"}',
+    "at-limit": b"\x03" + b"[[[1]]]",
+    "over-limit": b"\x03" + b"[[[[1]]]]",
+    "deep": b"\x40" + b"[" * 1500 + b"]" * 1500,
+    "escapes": b"\x02" + b'["\\\"[[[", {"k\\":"]]"}]',
+    "broken": b"\x40" + b'[1, {"a": ]',
+}
+for name, data in seeds.items():
+    with open(os.path.join(sys.argv[1], name), "wb") as f:
+        f.write(data)
+PY
+
+"$build/tests/fuzz/taskq_json_depth_fuzz" -max_total_time="$seconds" -max_len=4096 \
+  -print_final_stats=1 -artifact_prefix="$artifacts/json-" "$json_corpus"

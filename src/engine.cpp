@@ -3,6 +3,7 @@
 // per concept under src/engine/.
 #include <taskq/client.hpp>
 #include <taskq/detail/deadline_heap.hpp>
+#include <taskq/detail/input_limits.hpp>
 #include <taskq/detail/outcome.hpp>
 #include <taskq/executor.hpp>
 #include <taskq/prometheus.hpp>

@@ -29,8 +29,8 @@ class category_impl final : public boost::system::error_category {
       case errc::invalid_max_attempts:
         return "task field 'max_attempts' must be at least 1";
       case errc::invalid_retry_policy:
-        return "task field 'retry' must have non-negative delays, max_delay >= initial_delay, "
-               "multiplier >= 1 and jitter in [0, 1]";
+        return "task field 'retry' must have non-negative delays of at most 36500 days, "
+               "max_delay >= initial_delay, multiplier >= 1 and jitter in [0, 1]";
       case errc::invalid_label:
         return "task field 'labels' must not contain a blank key";
       case errc::invalid_option:
@@ -39,6 +39,24 @@ class category_impl final : public boost::system::error_category {
         return "a stored task record could not be decoded";
       case errc::invalid_request:
         return "the request is malformed";
+      case errc::payload_too_deep:
+        return "task field 'payload' is nested deeper than the configured maximum JSON depth "
+               "(validation_limits::max_json_depth)";
+      case errc::metadata_too_deep:
+        return "task field 'metadata' is nested deeper than the configured maximum JSON depth "
+               "(validation_limits::max_json_depth)";
+      case errc::progress_too_deep:
+        return "heartbeat field 'progress' is nested deeper than the configured maximum JSON "
+               "depth (validation_limits::max_json_depth)";
+      case errc::result_too_deep:
+        return "the handler's 'result' is nested deeper than the configured maximum JSON depth "
+               "(validation_limits::max_json_depth)";
+      case errc::delay_too_long:
+        return "task field 'delay' must not exceed 36500 days (100 years)";
+      case errc::timeout_too_long:
+        return "task field 'timeout' must not exceed 36500 days (100 years)";
+      case errc::run_at_out_of_range:
+        return "task field 'run_at' must lie between 1970-01-01 and 2169 (taskq::max_time_point)";
       case errc::not_found:
         return "no task with that id";
       case errc::illegal_transition:

@@ -4,6 +4,7 @@
 #include <taskq/backends/file/store.hpp>
 #include <taskq/backends/memory/queue.hpp>
 #include <taskq/detail/blocking.hpp>
+#include <taskq/detail/input_limits.hpp>
 #include <taskq/detail/record_ops.hpp>
 
 #include <boost/asio/io_context.hpp>
@@ -11,6 +12,7 @@
 #include <algorithm>
 #include <condition_variable>
 #include <cstring>
+#include <fstream>
 #include <mutex>
 #include <set>
 #include <stdexcept>
@@ -185,9 +187,18 @@ class decoder {
   }
   json js() {
     if (!flag()) return json();
-    auto text = view();
-    auto j = json::parse(text.begin(), text.end(), nullptr, false);
-    if (j.is_discarded()) throw decode_error("malformed JSON value");
+    return parse(view(), "JSON value");
+  }
+  /// Parses stored JSON text, refusing a document nested deeper than json_depth_ceiling
+  /// before anything recursive builds or copies it.
+  static json parse(std::string_view text, const char* what) {
+    taskq::detail::json_text_error err;
+    auto j = taskq::detail::parse_json_text(text, json_depth_ceiling, err);
+    if (err == taskq::detail::json_text_error::too_deep)
+      throw decode_error(std::string(what) + " nested deeper than " +
+                         std::to_string(json_depth_ceiling) + " levels");
+    if (err != taskq::detail::json_text_error::none)
+      throw decode_error(std::string("malformed ") + what);
     return j;
   }
   std::optional<json> opt_js() {
@@ -624,9 +635,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
         break;
       }
       case op::schedule_save: {
-        auto text = d.view();
-        auto j = json::parse(text.begin(), text.end(), nullptr, false);
-        if (j.is_discarded()) throw decode_error("malformed JSON in a schedule record");
+        auto j = decoder::parse(d.view(), "JSON in a schedule record");
         error_code ec;
         std::string why;
         auto r = schedule_record_from_json(j, ec, why);
@@ -1605,6 +1614,9 @@ std::unique_ptr<backend> backend::open(asio::any_io_executor ex, const fs::path&
   auto s = make_state(std::move(ex), dir, std::move(opts), false);
   s->lock = directory_lock::acquire(dir, ec, &d);
   if (ec) return fail(ec);
+  // A snapshot being written when the process died; the complete one, if any, is in place.
+  std::error_code fe;
+  fs::remove(dir / (std::string(snapshot_file_name) + ".tmp"), fe);
   if (auto e = s->load(d)) {
     s->lock.release();
     return fail(e);
@@ -1637,33 +1649,77 @@ std::unique_ptr<backend> backend::open(asio::any_io_executor ex, const fs::path&
   return b;
 }
 
-std::unique_ptr<backend> backend::open_read_only(asio::any_io_executor ex, const fs::path& dir,
-                                                 error_code& ec, std::string* detail) {
+namespace {
+
+/// The id in the header of the snapshot at `path`; 0 when there is none (or it is unreadable).
+std::uint64_t current_snapshot_id(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  char header[journal_header_size];
+  if (!in.read(header, sizeof header)) return 0;
+  auto r = scan_journal(std::string_view(header, sizeof header), file_kind::snapshot, path.string(),
+                        [](const journal_record&) {});
+  return r.header_valid ? r.id : 0;
+}
+
+/// Loads the store in `dir` without the lock, as one consistent cut of it.
+///
+/// The owner may compact meanwhile: between reading the snapshot and reading the segments
+/// after it, a compaction can replace the snapshot and remove those segments. The journal
+/// reader refuses a journal that does not start at the snapshot's segment, so such a load
+/// fails (missing segment, vanished file, or a record that does not apply) instead of showing
+/// a subset. A failure is retried when the snapshot changed while the load ran (the store
+/// moved on, it is not damaged); otherwise it is reported as it is.
+std::shared_ptr<state> load_read_only(asio::any_io_executor ex, const fs::path& dir, error_code& ec,
+                                      std::string& detail) {
   ec = {};
   std::error_code fe;
   if (!fs::is_directory(dir, fe)) {
     ec = errc::io_error;
-    if (detail) *detail = dir.string() + ": no such store directory";
+    detail = dir.string() + ": no such store directory";
     return nullptr;
   }
-  // The owner may compact meanwhile (a segment or snapshot disappears under us): retry.
-  std::string d;
-  for (int attempt = 0; attempt < 5; ++attempt) {
-    auto s = make_state(ex, dir, {}, true);
-    if (auto e = s->load(d)) {
-      ec = e;
-      if (e == errc::io_error || e == errc::corrupt_journal) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(20 * (attempt + 1)));
-        continue;
-      }
-      break;
+  const fs::path snap = dir / snapshot_file_name;
+  if (!fs::exists(snap, fe)) {
+    auto segments = list_segments(dir, ec, &detail);
+    if (ec) return nullptr;
+    if (segments.empty()) {
+      ec = errc::io_error;
+      detail = dir.string() + ": not a taskq store (it has no " + snapshot_file_name +
+               " and no journal segment)";
+      return nullptr;
     }
-    s->rebuild_queue();
-    ec = {};
-    return std::unique_ptr<backend>(new backend(std::move(s)));
   }
-  if (detail) *detail = d;
-  return nullptr;
+  constexpr int max_attempts = 100;
+  for (int attempt = 1;; ++attempt) {
+    auto s = make_state(ex, dir, {}, true);
+    detail.clear();
+    const auto before = current_snapshot_id(snap);
+    if (!(ec = s->load(detail))) return s;
+    if (current_snapshot_id(snap) == before) return nullptr;  // no compaction: real damage
+    if (attempt == max_attempts) {
+      detail =
+          dir.string() + ": the store was compacted " + std::to_string(max_attempts) +
+          " times while being read, so no consistent view was seen; try again (last: " + detail +
+          ")";
+      ec = errc::backend_unavailable;
+      return nullptr;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::min(attempt, 20)));
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<backend> backend::open_read_only(asio::any_io_executor ex, const fs::path& dir,
+                                                 error_code& ec, std::string* detail) {
+  std::string d;
+  auto s = load_read_only(std::move(ex), dir, ec, d);
+  if (!s) {
+    if (detail) *detail = d;
+    return nullptr;
+  }
+  s->rebuild_queue();
+  return std::unique_ptr<backend>(new backend(std::move(s)));
 }
 
 taskq::queue& backend::queue() noexcept {
@@ -1718,16 +1774,9 @@ void backend::close() noexcept {
 
 std::uint64_t verify_store(const fs::path& dir, error_code& ec, std::string& detail,
                            std::string& warning) {
-  ec = {};
-  std::error_code fe;
-  if (!fs::is_directory(dir, fe)) {
-    ec = errc::io_error;
-    detail = dir.string() + ": no such store directory";
-    return 0;
-  }
   asio::io_context io;
-  auto s = make_state(io.get_executor(), dir, {}, true);
-  if ((ec = s->load(detail))) return 0;
+  auto s = load_read_only(io.get_executor(), dir, ec, detail);
+  if (!s) return 0;
   warning = s->recovery.warning;
   return s->recovery.snapshot_records + s->recovery.journal_records;
 }

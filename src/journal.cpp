@@ -39,6 +39,8 @@ namespace {
 
 constexpr char magic[8] = {'T', 'A', 'S', 'K', 'Q', 'J', 'N', 'L'};
 constexpr std::string_view tmp_suffix = ".tmp";
+// Bytes of the pid record in LOCK: the pid left-aligned, padded with spaces, then '\n'.
+constexpr std::size_t lock_pid_width = 21;
 
 // --- CRC32C ---------------------------------------------------------------------------------
 // Recovery checksums every byte of the store, so the CRC must run at memory speed: the SSE4.2
@@ -460,6 +462,21 @@ journal_read_result read_journal(const std::filesystem::path& dir, std::uint64_t
   auto segments = list_segments(dir, r.error, &r.detail);
   if (r.error) return r;
   std::erase_if(segments, [&](std::uint64_t n) { return n < first_segment; });
+  // The journal continues exactly where the snapshot (or, without one, the store) begins: a
+  // first segment that is missing would silently drop what it held. (0: no expectation.)
+  const bool fresh = first_segment <= 1 && segments.empty();
+  if (first_segment > 0 && !fresh && (segments.empty() || segments.front() != first_segment)) {
+    r.error = make_error_code(errc::corrupt_journal);
+    r.detail =
+        "journal " + dir.string() + ": segment " + std::to_string(first_segment) + " is missing (" +
+        (first_segment > 1 ? "the snapshot's id names it as the first after the snapshot"
+                           : std::string("there is no snapshot, so the journal starts at 1")) +
+        "; " +
+        (segments.empty() ? std::string("no later segment exists")
+                          : "the first segment found is " + std::to_string(segments.front())) +
+        ")";
+    return r;
+  }
   for (std::size_t i = 0; i < segments.size(); ++i) {
     const std::uint64_t n = segments[i];
     auto path = dir / segment_file_name(n);
@@ -566,6 +583,22 @@ directory_lock directory_lock::acquire(const std::filesystem::path& dir, error_c
   if (ec) return {};
   auto path = dir / "LOCK";
   std::string d;
+  // The pid record has one width, so writing it over a previous holder's never passes through
+  // an empty or partial file, and a new LOCK appears with a record already in it (written to a
+  // temporary file, then linked into place; link fails harmlessly if LOCK exists).
+  std::string pid = std::to_string(::getpid());
+  pid.resize(lock_pid_width - 1, ' ');
+  pid += '\n';
+  if (::access(path.c_str(), F_OK) != 0) {
+    auto tmp = dir / ("LOCK." + std::to_string(::getpid()) + tmp_suffix.data());
+    int tfd = open_private_file(tmp, O_WRONLY | O_TRUNC);
+    if (tfd >= 0) {
+      bool ok = pwrite_all(tfd, pid.data(), pid.size(), 0) == 0;
+      ::close(tfd);
+      if (ok) (void)::link(tmp.c_str(), path.c_str());
+      ::unlink(tmp.c_str());
+    }
+  }
   int fd = open_private_file(path, O_RDWR);
   if (fd < 0) {
     ec = sys_error(errno, "open", path, d);
@@ -595,9 +628,9 @@ directory_lock directory_lock::acquire(const std::filesystem::path& dir, error_c
     if (detail) *detail = std::move(d);
     return {};
   }
-  // Informational: who holds the lock. Failure to record it is not worth failing over.
-  std::string pid = std::to_string(::getpid()) + "\n";
-  if (ftruncate_retry(fd, 0) == 0) (void)pwrite_all(fd, pid.data(), pid.size(), 0);
+  // Informational: who holds the lock. Failure to record it is not worth failing over. One
+  // pwrite of the fixed-width record, no truncation: a refused opener reads a whole pid.
+  (void)pwrite_all(fd, pid.data(), pid.size(), 0);
   ec.clear();
   directory_lock lock;
   lock.fd_ = fd;

@@ -1,6 +1,7 @@
 // The PostgreSQL backend: libpq driven by Asio, a connection pool, migrations, the Queue and
 // the Store, LISTEN/NOTIFY wake-ups and transactional enqueue. See backends/postgres/backend.hpp.
 #include <taskq/backends/postgres/backend.hpp>
+#include <taskq/detail/input_limits.hpp>
 #include <taskq/detail/record_ops.hpp>
 #include <taskq/schedule_store.hpp>
 
@@ -969,7 +970,11 @@ void launch(const std::shared_ptr<state>& st, Handler h, awaitable<Tuple> coro) 
 std::optional<task_record> parse_record(const char* text) {
   error_code ec;
   std::string detail;
-  return record_from_json(json::parse(text), ec, detail);
+  // Malformed or nested deeper than any accepted document: undecodable, not a crash.
+  taskq::detail::json_text_error err;
+  json j = taskq::detail::parse_json_text(text, json_depth_ceiling, err);
+  if (err != taskq::detail::json_text_error::none) return std::nullopt;
+  return record_from_json(j, ec, detail);
 }
 
 // --- read, modify, write with a version check -----------------------------------------------
@@ -1944,11 +1949,14 @@ bool pg_queue::fed_by(const taskq::store& s) const noexcept {
 /// Decodes a stored schedule row; on failure `detail` names the schedule and the field.
 std::optional<schedule_record> decode_schedule(const std::string& name, const char* text,
                                                error_code& ec, std::string& detail) {
-  json j = json::parse(text, nullptr, false);
+  taskq::detail::json_text_error err;
+  json j = taskq::detail::parse_json_text(text, json_depth_ceiling, err);
   std::optional<schedule_record> r;
-  if (j.is_discarded()) {
+  if (err != taskq::detail::json_text_error::none) {
     ec = errc::invalid_record;
-    detail = "not JSON";
+    detail = err == taskq::detail::json_text_error::too_deep
+                 ? "JSON nested deeper than " + std::to_string(json_depth_ceiling) + " levels"
+                 : "not JSON";
   } else if ((r = schedule_record_from_json(j, ec, detail)) && r->definition.name != name) {
     ec = errc::invalid_record;
     detail = "field 'name' is '" + r->definition.name + "', not the row's name";

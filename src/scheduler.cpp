@@ -101,16 +101,24 @@ error_code validate(const schedule& s, std::string& detail) {
   int rules = int(!s.cron.empty()) + int(s.every != duration::zero()) + int(s.at.has_value());
   if (rules != 1) return bad("cron", "or 'every' or 'at': exactly one timing rule must be set");
   if (s.every < duration::zero()) return bad("every", "must be positive");
+  // Occurrences are anchor + k * every, compared with the clock: keep them in its range.
+  if (s.every > max_duration) return bad("every", "must not exceed 36500 days (100 years)");
+  auto out_of_range = [](time_point t) { return t < time_point{} || t > max_time_point; };
+  if (out_of_range(s.anchor)) return bad("anchor", "must lie between 1970-01-01 and 2169");
+  if (s.at && out_of_range(*s.at)) return bad("at", "must lie between 1970-01-01 and 2169");
   if (s.max_catch_up == 0) return bad("max_catch_up", "must be at least 1");
   if (s.misfire_grace < duration::zero()) return bad("misfire_grace", "must not be negative");
   if (!s.cron.empty()) {
     error_code ec;
     std::string why;
-    if (!cron_expression::parse(s.cron, s.time_zone, ec, why)) {
+    auto c = cron_expression::parse(s.cron, s.time_zone, ec, why);
+    if (!c) {
       detail = fmt::format("schedule '{}' field '{}': {}", s.name,
                            ec == errc::invalid_time_zone ? "time_zone" : "cron", why);
       return ec;
     }
+    if (c->is_interval() && c->interval() > max_duration)
+      return bad("cron", "@every interval must not exceed 36500 days (100 years)");
   }
   return {};
 }

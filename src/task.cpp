@@ -1,4 +1,5 @@
 // The task model: statuses, validation, ids, retry policy and the JSON mapping. No Asio here.
+#include <taskq/detail/input_limits.hpp>
 #include <taskq/task.hpp>
 
 #include "json_fields.hpp"
@@ -12,6 +13,8 @@
 #include <cmath>
 #include <mutex>
 #include <random>
+#include <utility>
+#include <vector>
 
 namespace taskq {
 
@@ -154,6 +157,70 @@ std::optional<std::size_t> encoded_size(const json& root) {
 
 }  // namespace
 
+namespace detail {
+
+std::size_t json_text_depth(std::string_view text, std::size_t limit) noexcept {
+  std::size_t depth = 0, deepest = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped)
+        escaped = false;
+      else if (c == '\\')
+        escaped = true;
+      else if (c == '"')
+        in_string = false;
+      continue;
+    }
+    switch (c) {
+      case '"':
+        in_string = true;
+        break;
+      case '[':
+      case '{':
+        if (++depth > deepest && (deepest = depth) > limit) return deepest;
+        break;
+      case ']':
+      case '}':
+        if (depth > 0) --depth;
+        break;
+      default:
+        break;
+    }
+  }
+  return deepest;
+}
+
+std::size_t json_depth(const json& j, std::size_t limit) {
+  if (!j.is_structured()) return 0;
+  std::size_t deepest = 0;
+  std::vector<std::pair<const json*, std::size_t>> todo{{&j, 1}};
+  while (!todo.empty()) {
+    auto [node, depth] = todo.back();
+    todo.pop_back();
+    if (depth > deepest && (deepest = depth) > limit) return deepest;
+    for (const auto& child : *node)
+      if (child.is_structured()) todo.emplace_back(&child, depth + 1);
+  }
+  return deepest;
+}
+
+json parse_json_text(std::string_view text, std::size_t max_depth, json_text_error& err) {
+  err = json_text_error::none;
+  if (json_text_depth(text, max_depth) > max_depth) {
+    err = json_text_error::too_deep;
+    return nullptr;
+  }
+  auto j = json::parse(text.begin(), text.end(), nullptr, false);
+  if (j.is_discarded()) {
+    err = json_text_error::malformed;
+    return nullptr;
+  }
+  return j;
+}
+
+}  // namespace detail
+
 error_code validate(const task_spec& spec, const validation_limits& limits) {
   auto blank = [](const std::string& s) {
     return std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isspace(c); });
@@ -161,14 +228,22 @@ error_code validate(const task_spec& spec, const validation_limits& limits) {
   if (blank(spec.type)) return errc::blank_type;
   if (blank(spec.queue)) return errc::blank_queue;
   if (spec.delay < duration::zero()) return errc::negative_delay;
+  if (spec.delay > max_duration) return errc::delay_too_long;
+  if (spec.run_at && (*spec.run_at < time_point{} || *spec.run_at > max_time_point))
+    return errc::run_at_out_of_range;
   if (spec.timeout < duration::zero()) return errc::negative_timeout;
+  if (spec.timeout > max_duration) return errc::timeout_too_long;
   if (spec.max_attempts < 1) return errc::invalid_max_attempts;
   const auto& r = spec.retry;
   if (r.initial_delay < duration::zero() || r.max_delay < r.initial_delay ||
-      !(r.multiplier >= 1.0) || !(r.jitter >= 0.0 && r.jitter <= 1.0))
+      r.max_delay > max_duration || !(r.multiplier >= 1.0) || !(r.jitter >= 0.0 && r.jitter <= 1.0))
     return errc::invalid_retry_policy;
   for (const auto& [k, v] : spec.labels)
     if (blank(k)) return errc::invalid_label;
+  // Depth first: whatever copies or serializes the value later recurses once per level.
+  const std::size_t depth = detail::effective_json_depth(limits);
+  if (detail::json_depth(spec.payload, depth) > depth) return errc::payload_too_deep;
+  if (detail::json_depth(spec.metadata, depth) > depth) return errc::metadata_too_deep;
   std::size_t size = 0;
   for (const json* j : {&spec.payload, &spec.metadata}) {
     if (j->is_null()) continue;
@@ -188,7 +263,7 @@ task_record make_record(task_spec spec, time_point now) {
   r.payload = std::move(spec.payload);
   r.metadata = std::move(spec.metadata);
   r.priority = spec.priority;
-  r.available_at = spec.run_at ? *spec.run_at : now + spec.delay;
+  r.available_at = spec.run_at ? *spec.run_at : detail::saturating_add(now, spec.delay);
   r.max_attempts = spec.max_attempts;
   r.retry = spec.retry;
   r.timeout = spec.timeout;

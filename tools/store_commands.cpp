@@ -3,6 +3,7 @@
 #include "target.hpp"
 
 #include <taskq/backends/file/store.hpp>
+#include <taskq/detail/input_limits.hpp>
 #include <taskq/duration.hpp>
 
 #include <fmt/format.h>
@@ -18,15 +19,40 @@ namespace {
 /// CLI11 validators for taskq's own value syntaxes (the message names the value).
 const CLI::Validator duration_value(
     [](std::string& v) -> std::string {
-      error_code ec;
-      parse_duration(v, ec);
-      return ec ? ec.message() + " ('" + v + "')" : std::string();
+      try {
+        parse_duration(v);
+        return {};
+      } catch (const error& e) {
+        // The library's own words (its detail), without the generic text of the code after it.
+        std::string text = e.what();
+        if (auto cut = text.find("): "); cut != std::string::npos) text.resize(cut + 1);
+        return text;
+      }
     },
     "DURATION", "duration");
 
+/// Parses a payload given on the command line or stdin: depth-checked on the text before
+/// anything builds or copies it; bad text is quoted only in part (a --stdin line may be
+/// megabytes). Empty `problem` on success.
+json parse_payload(const std::string& text, std::string& problem) {
+  const std::size_t max_depth = validation_limits{}.max_json_depth;
+  detail::json_text_error bad;
+  auto j = detail::parse_json_text(text, max_depth, bad);
+  if (bad == detail::json_text_error::too_deep)
+    problem = fmt::format("payload is nested deeper than {} levels", max_depth);
+  else if (bad != detail::json_text_error::none)
+    problem = "payload is not valid JSON: " +
+              (text.size() <= 200
+                   ? text
+                   : text.substr(0, 200) + "... (" + std::to_string(text.size()) + " bytes)");
+  return j;
+}
+
 const CLI::Validator json_value(
     [](std::string& v) -> std::string {
-      return json::accept(v) ? std::string() : "payload is not valid JSON: " + v;
+      std::string problem;
+      parse_payload(v, problem);
+      return problem;
     },
     "JSON", "json");
 
@@ -83,7 +109,11 @@ int enqueue(const enqueue_opts& o, context& ctx) {
   if (!o.delay.empty())
     task["delay_us"] =
         std::chrono::duration_cast<std::chrono::microseconds>(to_duration(o.delay)).count();
-  if (!o.payload.empty()) task["payload"] = json::parse(o.payload);
+  if (!o.payload.empty()) {
+    std::string problem;  // checked by json_value already
+    task["payload"] = parse_payload(o.payload, problem);
+    if (!problem.empty()) throw usage_error(problem);
+  }
   runner r;
   target t(r);
   if (int rc = t.open_write(o.target, o.create, ctx.err)) return rc;
@@ -101,12 +131,13 @@ int enqueue(const enqueue_opts& o, context& ctx) {
   };
   if (!o.stdin_lines) return one(task);
   std::string line;
-  while (std::getline(std::cin, line)) {
+  for (std::size_t number = 1; std::getline(std::cin, line); ++number) {
     if (line.empty()) continue;
     auto spec = task;
-    spec["payload"] = json::parse(line, nullptr, false);
-    if (spec["payload"].is_discarded()) {
-      ctx.err << "taskq: payload is not valid JSON: " << line << "\n";
+    std::string problem;
+    spec["payload"] = parse_payload(line, problem);
+    if (!problem.empty()) {
+      ctx.err << "taskq: stdin line " << number << ": " << problem << "\n";
       return 1;
     }
     if (int rc = one(std::move(spec))) return rc;

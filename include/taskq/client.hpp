@@ -5,6 +5,7 @@
 #include <taskq/clock.hpp>
 #include <taskq/detail/blocking.hpp>
 #include <taskq/log.hpp>
+#include <taskq/detail/input_limits.hpp>
 #include <taskq/metrics.hpp>
 #include <taskq/queue.hpp>
 #include <taskq/store.hpp>
@@ -160,11 +161,13 @@ class client {
   std::vector<std::string> remove(task_filter f);
   std::vector<std::string> remove(task_filter f, error_code& ec);
 
-  /// Deletes finished tasks that finished more than `older_than` ago.
+  /// Deletes finished tasks that finished more than `older_than` ago. The cut-off saturates at
+  /// the start of time: an `older_than` longer than the clock can count back prunes nothing.
   /// Completion: void(error_code, std::size_t deleted).
   template <class CompletionToken>
   auto async_prune(duration older_than, CompletionToken&& token) {
-    return get_store().async_prune(time().now() - older_than, std::forward<CompletionToken>(token));
+    return get_store().async_prune(detail::saturating_sub(time().now(), older_than),
+                                   std::forward<CompletionToken>(token));
   }
   std::size_t prune(duration older_than);
   std::size_t prune(duration older_than, error_code& ec);

@@ -34,6 +34,13 @@ enum class errc {
   invalid_record,        ///< a stored record could not be decoded (field named in detail)
   invalid_utf8,          ///< task field 'payload' or 'metadata' has a string that is not UTF-8
   invalid_request,       ///< an admin or control request is malformed (detail names the field)
+  payload_too_deep,      ///< task field 'payload' nests deeper than max_json_depth
+  metadata_too_deep,     ///< task field 'metadata' nests deeper than max_json_depth
+  progress_too_deep,     ///< a heartbeat's 'progress' nests deeper than max_json_depth
+  result_too_deep,       ///< a handler's 'result' nests deeper than max_json_depth
+  delay_too_long,        ///< task field 'delay' exceeds max_duration
+  timeout_too_long,      ///< task field 'timeout' exceeds max_duration
+  run_at_out_of_range,   ///< task field 'run_at' is before the epoch or after max_time_point
   // --- state ------------------------------------------------------------------------------
   not_found = 100,     ///< no task with that id
   illegal_transition,  ///< the requested status change is never allowed (e.g. succeeded -> running)

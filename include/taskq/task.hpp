@@ -144,12 +144,35 @@ struct task_record {
   friend bool operator==(const task_record&, const task_record&) = default;
 };
 
+/// The highest JSON nesting depth taskq handles at all (validation_limits::max_json_depth is
+/// capped at it). The store decoders refuse a stored document nested deeper as invalid_record,
+/// so any document accepted under any configuration can be read back.
+inline constexpr std::size_t json_depth_ceiling = 512;
+
+/// The longest duration taskq accepts from input: task delays, timeouts, retry delays and
+/// schedule intervals (36,500 days, about 100 years). The clock counts 64-bit nanoseconds and
+/// ends in 2262, so a longer duration added to the current time would wrap into the past.
+inline constexpr duration max_duration = std::chrono::hours(24) * 36500;
+
+/// The latest time taskq accepts from input (task_spec::run_at, a schedule's `at` and
+/// `anchor`): the Unix epoch plus twice max_duration (the year 2169). Earlier bound: the epoch.
+inline constexpr time_point max_time_point = time_point(2 * max_duration);
+
 /// Limits applied when validating input.
 struct validation_limits {
   std::size_t max_payload_bytes = 1 << 20;  ///< serialized JSON size of payload + metadata
+  /// The deepest nesting of arrays and objects accepted in a JSON field (payload, metadata, a
+  /// heartbeat's progress, a handler's result): 0 for a scalar, 1 for `[1]`. Values above
+  /// json_depth_ceiling act as the ceiling. Checked without recursion, before anything
+  /// serializes or copies the value.
+  std::size_t max_json_depth = 64;
 };
 
 /// Checks a spec; the error's message names the offending field. Nothing is changed.
+/// JSON depth is checked before the size: payload_too_deep,
+/// metadata_too_deep, payload_too_large; durations: negative_delay, delay_too_long,
+/// negative_timeout, timeout_too_long, invalid_retry_policy (also for a delay above
+/// max_duration); run_at_out_of_range for a run_at before the epoch or after max_time_point.
 error_code validate(const task_spec& spec, const validation_limits& limits = {});
 
 /// Builds the record a spec describes, as of `now`. The spec must be valid.

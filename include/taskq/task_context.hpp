@@ -74,6 +74,9 @@ class task_context : public std::enable_shared_from_this<task_context> {
 
   /// Asynchronous heartbeat for coroutine handlers. Completion: void(error_code, bool
   /// keep_going). Completes on the token's associated executor (else the run's I/O executor).
+  /// A progress nested deeper than the client's validation_limits::max_json_depth is not
+  /// recorded: errc::progress_too_deep. (A handler's result nested too deep fails the run,
+  /// not retried, with errc::result_too_deep.)
   template <class CompletionToken>
   auto async_heartbeat(json progress, CompletionToken&& token) {
     return detail::initiate_erased<void(error_code, bool)>(

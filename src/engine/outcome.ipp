@@ -36,7 +36,7 @@ detail::run_outcome detail::decide_outcome(const task_record& task, const run_re
     auto delay = task.retry.delay_after(task.attempt, random01);
     o.to = task_status::pending;
     o.event = event_kind::retry_scheduled;
-    o.retry_at = now + delay;
+    o.retry_at = detail::saturating_add(now, delay);
     o.error = what;
     o.log = fmt::format("attempt {} failed: {}; retry in {} ms", task.attempt, what,
                         std::chrono::duration_cast<std::chrono::milliseconds>(delay).count());

@@ -149,7 +149,21 @@ run_completion::run_completion(queued_run run, asio::any_io_executor io_ex)
   state_->io_ex = std::move(io_ex);
 }
 
+namespace {
+// A handler's result nested deeper than `limit` fails the run (not retryable: the same
+// handler would return it again), before anything copies it.
+void refuse_deep_result(run_result& r, std::size_t limit) {
+  if (!r.ok() || detail::json_depth(r.result, limit) <= limit) return;
+  r.result = nullptr;  // destruction is not recursive (nlohmann 3.10+)
+  r.error = errc::result_too_deep;
+  r.message = r.error.message();
+  r.retryable = false;
+}
+}  // namespace
+
 bool run_completion::complete(run_result r) const {
+  // Any executor's result passes here before the promise copies it to its waiters.
+  refuse_deep_result(r, json_depth_ceiling);
   return state_->complete(std::move(r), false);
 }
 

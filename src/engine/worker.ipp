@@ -329,7 +329,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     }
     s.promise = exec.execute({std::move(run), std::move(rec), shared_from_this()});
     if (t.timeout > duration::zero()) {
-      deadlines.push(s, now + t.timeout);
+      deadlines.push(s, detail::saturating_add(now, t.timeout));
       arm_deadline();
     }
     attach_run_sink(s.promise, weak_from_this(), reinterpret_cast<std::uintptr_t>(&s));
@@ -390,6 +390,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     const auto& id = s.task.id;
     const int attempt = s.task.attempt;
     auto now = clk().now();
+    refuse_deep_result(r, detail::effective_json_depth(client->opts.limits));
     std::uniform_real_distribution<double> uni(0.0, 1.0);
     auto o = decide_outcome(s.task, r, {s.cancel_requested, s.interrupted}, now, uni(rng));
     if (r.stats.finished_at != time_point{}) {
@@ -520,6 +521,10 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
   // --- run hooks (any thread) ---
   void heartbeat(const task_record& task, std::optional<json> progress,
                  asio::any_completion_handler<void(error_code, bool)> h) override {
+    const auto depth = detail::effective_json_depth(client->opts.limits);
+    if (progress && detail::json_depth(*progress, depth) > depth)
+      return detail::post_completion(std::move(h), client->ex, error_code(errc::progress_too_deep),
+                                     false);
     heartbeat_params p;
     p.id = task.id;
     p.attempt = task.attempt;

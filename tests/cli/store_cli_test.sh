@@ -37,6 +37,29 @@ expect_rc 0 "$T" schedules "$D";                 grep -q "^NAME " "$W/out" || fa
 expect_rc 0 "$T" schedules "$D" --json;          grep -q '^\[\]$' "$W/out" || fail "schedules --json (none)"
 expect_rc 1 "$T" schedules "$W/nowhere";         grep -q "no such store directory" "$W/err" || fail "schedules missing dir"
 
+# Hostile input. Deep JSON on --stdin: refused naming the line (it crashed with SIGSEGV).
+{ printf '\n\n'; head -c 100000 /dev/zero | tr '\0' '['; head -c 100000 /dev/zero | tr '\0' ']'; echo; } > "$W/deep"
+expect_rc 1 "$T" enqueue "$D" --type t --stdin < "$W/deep"
+grep -q "stdin line 3: payload is nested deeper than 64 levels" "$W/err" || fail "deep payload"
+# A huge bad line is not echoed in full, and its line number is named.
+{ printf '{'; head -c 10000000 /dev/zero | tr '\0' 'x'; echo; } > "$W/huge"
+expect_rc 1 "$T" enqueue "$D" --type t --stdin < "$W/huge"
+grep -q "stdin line 1: payload is not valid JSON: {xxx.*(10000001 bytes)" "$W/err" || fail "huge line"
+[ "$(wc -c < "$W/err")" -lt 1000 ] || fail "huge line echoed in full"
+# Durations: the library's own message; a delay that would wrap into the past is refused.
+expect_rc 2 "$T" enqueue "$D" --type t --delay garbage
+grep -q "invalid duration 'garbage' (expected e.g." "$W/err" || fail "duration message"
+expect_rc 1 "$T" enqueue "$D" --type t --delay 100000d
+grep -q "'delay' must not exceed" "$W/err" || fail "delay overflow refused"
+# --older-than beyond the clock's reach saturates: it prunes nothing (it used to prune all).
+expect_rc 0 "$T" enqueue "$D" --type gone
+expect_rc 0 "$T" cancel "$D" "$(cat "$W/out" | cut -d' ' -f1)"
+expect_rc 0 "$T" prune "$D" --older-than 100000d; grep -q "pruned 0" "$W/out" || fail "prune saturates"
+# A directory that is not a store is refused, not shown as an empty store.
+mkdir -p "$W/notstore" && echo x > "$W/notstore/file"
+expect_rc 1 "$T" verify "$W/notstore";           grep -q "not a taskq store" "$W/err" || fail "verify non-store"
+expect_rc 1 "$T" list "$W/notstore";             grep -q "not a taskq store" "$W/err" || fail "list non-store"
+
 # While another process holds the lock: reads work, writes say why they cannot.
 if command -v flock >/dev/null; then
   flock "$D/LOCK" sleep 2 &

@@ -21,6 +21,7 @@
 #include <atomic>
 #include <fstream>
 #include <iterator>
+#include <mutex>
 #include <random>
 #include <set>
 #include <sstream>
@@ -327,6 +328,214 @@ TEST_CASE("file: a second opener gets store_locked; read-only open works alongsi
 
   auto missing = file::backend::open_read_only(io2.get_executor(), h.tmp.path / "nope", ec);
   CHECK(ec == errc::io_error);
+}
+
+TEST_CASE("file: read-only opens during constant compaction see every acknowledged task",
+          "[file][compaction][read-only]") {
+  // A writer inserts and claims tasks while another thread compacts without pause; readers
+  // open the store read-only (and verify it) in a loop. Each read must succeed and hold every
+  // task acknowledged before it began. Before the fix a compaction finishing between the
+  // reader's snapshot and its journal replayed a later segment onto the older snapshot: reads
+  // missed tasks (exit 0) or failed with "record for unknown task" (invalid_record).
+  harness h;
+  h.open();
+  std::atomic<int> acked{0};
+  std::atomic<bool> writing{true};
+  std::atomic<int> compactions{0};
+  std::mutex m;
+  std::vector<std::string> failures;
+  auto fail = [&](std::string what) {
+    std::lock_guard lk(m);
+    failures.push_back(std::move(what));
+  };
+  std::thread compactor([&] {
+    while (writing) {
+      error_code ec;
+      std::string d;
+      h.b->compact(ec, &d);
+      if (ec) fail("compaction: " + d);
+      ++compactions;
+    }
+  });
+  std::atomic<int> reads{0};
+  auto reader = [&](bool verify) {
+    while (writing) {
+      const int before = acked.load();
+      error_code ec;
+      std::string d, warning;
+      if (verify) {
+        file::verify_store(h.dir, ec, d, warning);
+        if (ec) fail("verify: " + d + ": " + ec.message());
+        ++reads;
+        continue;
+      }
+      asio::io_context io;
+      auto ro = file::backend::open_read_only(io.get_executor(), h.dir, ec, &d);
+      if (!ro) {
+        fail("open_read_only: " + d + ": " + ec.message());
+        continue;
+      }
+      std::optional<task_page> page;
+      ro->store().async_list({.limit = 1000000}, [&](error_code, task_page p) { page = p; });
+      io.run();
+      std::set<std::string> seen;
+      for (auto& r : page->records) seen.insert(r.id);
+      for (int i = 0; i < before; ++i)
+        if (!seen.count(fmt::format("t-{:05}", i))) {
+          fail(fmt::format("a read begun after {} acknowledged tasks lacks t-{:05}", before, i));
+          break;
+        }
+      ++reads;
+    }
+  };
+  std::thread r1(reader, false), r2(reader, true);
+  for (int batch = 0; batch < 60; ++batch) {
+    std::vector<task_record> rs;
+    std::vector<std::string> ids;
+    for (int i = 0; i < 20; ++i) {
+      rs.push_back(h.rec(fmt::format("t-{:05}", batch * 20 + i)));
+      ids.push_back(rs.back().id);
+    }
+    REQUIRE_FALSE(h.insert(std::move(rs)));
+    acked += 20;
+    auto [cec, claimed] = h.call<claim_result>([&](auto cb) {
+      h.b->store().async_claim({ids, h.clk.now()}, cb);
+    });
+    REQUIRE_FALSE(cec);
+  }
+  // Let the readers overlap a few more compactions of the final state.
+  const int target = reads.load() + 6;
+  CHECK(run_until(h.io, [&] { return reads.load() >= target; }));
+  writing = false;
+  r1.join();
+  r2.join();
+  compactor.join();
+  INFO(failures.size() << " failures; first: " << (failures.empty() ? "" : failures.front()));
+  CHECK(failures.empty());
+  CHECK(compactions > 2);
+  CHECK(reads > 2);
+}
+
+TEST_CASE("file: a missing journal segment is corrupt_journal, for open, read-only and verify",
+          "[file]") {
+  harness h;
+  h.open();
+  REQUIRE_FALSE(h.insert({h.rec("before")}));
+  error_code ec;
+  std::string detail;
+  h.b->compact(ec, &detail);
+  REQUIRE_FALSE(ec);
+  REQUIRE_FALSE(h.insert({h.rec("after-1")}));  // in the segment the snapshot names
+  h.b->close();
+  h.b.reset();
+  auto segs = file::list_segments(h.dir, ec);
+  REQUIRE(segs.size() == 1);
+  const auto first = segs.front();
+  {
+    // Two more segments after it, each with a task.
+    file::journal_recovery jr;
+    auto w = file::journal_writer::open(
+        h.io.get_executor(), h.dir, {}, first, [](const file::journal_record&) {}, jr);
+    w.rotate();
+    w.rotate();
+    w.close();
+  }
+  auto expect_corrupt = [&](const std::string& missing) {
+    CHECK(h.open(h.options(), &detail) == errc::corrupt_journal);
+    CHECK_THAT(detail, Catch::Contains("segment " + missing + " is missing"));
+    asio::io_context io;
+    auto ro = file::backend::open_read_only(io.get_executor(), h.dir, ec, &detail);
+    CHECK_FALSE(ro);
+    CHECK(ec == errc::corrupt_journal);
+    std::string warning;
+    file::verify_store(h.dir, ec, detail, warning);
+    CHECK(ec == errc::corrupt_journal);
+    CHECK_THAT(detail, Catch::Contains("segment " + missing + " is missing"));
+  };
+  SECTION("the segment the snapshot names") {
+    // Before the fix: verify said ok and open went on without the task in it.
+    fs::remove(h.dir / file::segment_file_name(first));
+    expect_corrupt(std::to_string(first));
+  }
+  SECTION("a segment in the middle") {
+    fs::remove(h.dir / file::segment_file_name(first + 1));
+    expect_corrupt(std::to_string(first + 1));
+  }
+}
+
+TEST_CASE("file: a directory that is not a store is refused; a crashed snapshot's temp goes",
+          "[file]") {
+  harness h;
+  fs::create_directories(h.dir);
+  std::ofstream(h.dir / "notes.txt") << "not a store\n";
+  asio::io_context io;
+  error_code ec;
+  std::string detail, warning;
+  // Before: verify said "ok: 0 records checked" and list showed an empty store.
+  CHECK(file::verify_store(h.dir, ec, detail, warning) == 0);
+  CHECK(ec == errc::io_error);
+  CHECK_THAT(detail, Catch::Contains("not a taskq store"));
+  CHECK_FALSE(file::backend::open_read_only(io.get_executor(), h.dir, ec, &detail));
+  CHECK(ec == errc::io_error);
+  CHECK_THAT(detail, Catch::Contains("not a taskq store"));
+
+  h.open();
+  REQUIRE_FALSE(h.insert({h.rec("a")}));
+  h.b->compact(ec, &detail);
+  REQUIRE_FALSE(ec);
+  h.b->close();
+  h.b.reset();
+  // A crash while writing a snapshot leaves its temporary file.
+  fs::copy_file(h.dir / file::snapshot_file_name, h.dir / "snapshot.bin.tmp");
+  h.open();
+  CHECK_FALSE(fs::exists(h.dir / "snapshot.bin.tmp"));
+  CHECK(h.all().size() == 1);
+}
+
+TEST_CASE("file: a stored document nested too deep is refused on load, not a crash",
+          "[file][depth]") {
+  harness h;
+  h.open();
+  // A task whose payload is a string as long as the deep document will be, then the string is
+  // swapped for 100,000 nested arrays in the journal (same length, frames re-encoded).
+  constexpr std::size_t levels = 100'000;
+  REQUIRE_FALSE(
+      h.insert({h.rec("deep", {.type = "t", .payload = std::string(2 * levels - 2, 'x')})}));
+  h.b->close();
+  h.b.reset();
+  const auto seg = last_segment(h.dir);
+  std::vector<std::string> bodies;
+  std::uint64_t id = 0;
+  auto scan = file::scan_journal_file(seg, file::file_kind::journal_segment,
+                                      [&](const file::journal_record& r) {
+                                        bodies.emplace_back(r.body);
+                                        id = r.segment;
+                                      });
+  REQUIRE_FALSE(scan.error);
+  const std::string quoted = '"' + std::string(2 * levels - 2, 'x') + '"';
+  const std::string deep = std::string(levels, '[') + std::string(levels, ']');
+  bool swapped = false;
+  for (auto& b : bodies)
+    if (auto at = b.find(quoted); at != std::string::npos) {
+      b.replace(at, quoted.size(), deep);
+      swapped = true;
+    }
+  REQUIRE(swapped);
+  std::string image = file::encode_file_header(file::file_kind::journal_segment, id);
+  for (auto& b : bodies) file::encode_record(image, id, image.size(), b);
+  std::ofstream(seg, std::ios::binary | std::ios::trunc) << image;
+
+  std::string detail;
+  CHECK(h.open(h.options(), &detail) == errc::invalid_record);
+  CHECK_THAT(detail, Catch::Contains("nested deeper than 512 levels"));
+  CHECK_THAT(detail, Catch::Contains("byte offset"));
+  error_code ec;
+  std::string warning;
+  file::verify_store(h.dir, ec, detail, warning);
+  CHECK(ec == errc::invalid_record);
+  asio::io_context io;
+  CHECK_FALSE(file::backend::open_read_only(io.get_executor(), h.dir, ec, &detail));
+  CHECK(ec == errc::invalid_record);
 }
 
 TEST_CASE("file: compaction keeps the state and bounds disk use; retention prunes", "[file]") {

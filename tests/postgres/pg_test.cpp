@@ -659,6 +659,28 @@ TEST_CASE("postgres: an undecodable stored schedule is an invalid_record naming 
   CHECK(load(f, "bad"));
 }
 
+TEST_CASE("postgres: a stored document nested deeper than the ceiling is an invalid_record",
+          "[postgres][depth]") {
+  // Written by another program (taskq never writes one): 600 levels, above json_depth_ceiling.
+  // Before, the decoder built and copied it (recursively) like any other.
+  pg_fixture f;
+  auto [ec] = f.call<>([&](auto cb) {
+    f.b->store().async_insert({make_record({.type = "t", .payload = 1}, f.clk.now())}, cb);
+  });
+  REQUIRE_FALSE(ec);
+  const std::string deep = std::string(600, '[') + "1" + std::string(600, ']');
+  pg_exec("UPDATE \"" + f.schema +
+          "\".tasks SET record = replace(record::text, '\"payload\":1', '\"payload\":" + deep +
+          "')::json");
+  auto [gec, page] = f.call<task_page>([&](auto cb) { f.b->store().async_list({}, cb); });
+  CHECK(gec == errc::invalid_record);
+  pg_exec("INSERT INTO \"" + f.schema + "\".schedules VALUES ('deep', '" + deep + "', 0)");
+  error_code lec;
+  CHECK_FALSE(load(f, "deep", &lec));
+  CHECK(lec == errc::invalid_record);
+  CHECK_THAT(f.b->last_error(), Catch::Contains("nested deeper than 512 levels"));
+}
+
 TEST_CASE("postgres: a schema at version 1 is migrated to the current version",
           "[postgres][schedules]") {
   auto schema = fresh_schema("mig1");

@@ -1,6 +1,7 @@
 // Executor, run_promise, worker and client end to end on the in-memory backends, with a
 // manual clock.
 #include "engine_fixture.hpp"
+#include "nested_json.hpp"
 
 #include <taskq/detail/deadline_heap.hpp>
 #include <taskq/detail/outcome.hpp>
@@ -732,6 +733,44 @@ TEST_CASE("client: bad input, unique keys, retry, delete and prune", "[client]")
   f.c.async_prune(1h, [&](error_code, std::size_t n) { pruned = n; });
   drain(f.io);
   CHECK(pruned == 1u);
+}
+
+TEST_CASE("deep JSON from callers and handlers is refused, never a crash", "[client][depth]") {
+  engine_fixture f;
+  // Enqueue: 100,000 levels crashed validate() (recursive dump) before the depth check.
+  std::optional<error_code> ec;
+  f.c.async_enqueue({.type = "t", .payload = nested_json(100'000)},
+                    [&](error_code e, std::string) { ec = e; });
+  drain(f.io);
+  CHECK(ec == make_error_code(errc::payload_too_deep));
+  // The client's configured limit applies.
+  client strict{f.io.get_executor(), f.q, f.s, {.limits = {.max_json_depth = 2}, .time = &f.clk}};
+  ec.reset();
+  strict.async_enqueue({.type = "t", .payload = nested_json(3)},
+                       [&](error_code e, std::string) { ec = e; });
+  drain(f.io);
+  CHECK(ec == make_error_code(errc::payload_too_deep));
+
+  // A handler's progress and result: refused with their own errors; the task fails cleanly.
+  std::atomic<int> heartbeat_error{0};
+  f.exec.handle("deep", [&](task_context& ctx) -> json {
+    ctx.async_heartbeat(nested_json(100'000),
+                        [&](error_code e, bool) { heartbeat_error = e.value(); });
+    while (heartbeat_error == 0) std::this_thread::yield();
+    return nested_json(100'000);
+  });
+  worker w(f.c, f.exec);
+  w.async_run(asio::detached);
+  auto id = f.enqueue({.type = "deep", .max_attempts = 3});
+  REQUIRE(f.wait_status(id, task_status::failed));
+  CHECK(heartbeat_error == static_cast<int>(errc::progress_too_deep));
+  auto r = f.get(id);
+  CHECK(r.attempt == 1);  // not retried: the same handler would return the same result
+  CHECK(r.result.is_null());
+  CHECK(r.progress.is_null());
+  CHECK_THAT(r.last_error, Catch::Contains("'result'"));
+  w.stop();
+  drain(f.io);
 }
 
 TEST_CASE("client: list filters and pages", "[client]") {

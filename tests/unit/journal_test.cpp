@@ -647,6 +647,30 @@ TEST_CASE("journal: rotation, snapshots and compaction", "[journal]") {
     CHECK(r.error == errc::corrupt_journal);
     CHECK(r.detail.find("segment 3 is missing") != std::string::npos);
   }
+  SECTION("a missing first segment is corruption: the snapshot's, or segment 1 without one") {
+    write_file(dir.path / "journal-3.log", make_image(3, {"r4"}));
+    fs::remove(dir.path / "journal-2.log");
+    // Before, segments from the snapshot's id were read without checking that the first one
+    // left is that id: r3 vanished silently.
+    journal_read_result r = read_journal(dir.path, 2, {});
+    CHECK(r.error == errc::corrupt_journal);
+    CHECK(r.detail.find("segment 2 is missing") != std::string::npos);
+    CHECK(r.detail.find("the first segment found is 3") != std::string::npos);
+    r = read_journal(dir.path, 1, {});  // no snapshot: the journal must start at 1
+    CHECK(r.error == errc::corrupt_journal);
+    CHECK(r.detail.find("segment 1 is missing") != std::string::npos);
+    fs::remove(dir.path / "journal-3.log");
+    r = read_journal(dir.path, 2, {});  // none at all after a snapshot
+    CHECK(r.error == errc::corrupt_journal);
+    CHECK(r.detail.find("no later segment exists") != std::string::npos);
+    CHECK_FALSE(read_journal(dir.path, 1, {}).error);  // no snapshot, no segment: a new store
+    boost::asio::io_context ioc;
+    journal_recovery jr;
+    error_code ec;
+    std::string detail;
+    journal_writer::open(ioc.get_executor(), dir.path, {}, 2, {}, jr, ec, &detail);
+    CHECK(ec == errc::corrupt_journal);  // the writer does not paper over it with a new segment
+  }
   SECTION("a segment whose header names another number is corruption") {
     write_file(dir.path / "journal-3.log", make_image(7, {}));
     CHECK(read_journal(dir.path, 0, {}).error == errc::corrupt_journal);
@@ -694,6 +718,41 @@ TEST_CASE("directory_lock: a second holder fails with store_locked", "[journal]"
   auto after = directory_lock::acquire(dir.path / "store", ec);
   CHECK_FALSE(ec);
   CHECK(after.owns_lock());
+}
+
+TEST_CASE("directory_lock: a refused opener always reads the holder's pid", "[journal][lock]") {
+  // A child takes and releases the lock as fast as it can while this process keeps trying.
+  // Before the fix the holder truncated LOCK and then wrote its pid, so a refused opener
+  // could read an empty file: "held by an unknown process".
+  temp_dir dir;
+  const auto store = dir.path / "store";
+  directory_lock::acquire(store).release();  // LOCK exists with a pid record
+  pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    for (int i = 0; i < 20000; ++i) {
+      error_code ec;
+      auto l = directory_lock::acquire(store, ec);
+    }
+    ::_exit(0);
+  }
+  int refused = 0, unknown = 0, status = 0;
+  std::string example;
+  while (::waitpid(child, &status, WNOHANG) == 0) {
+    error_code ec;
+    std::string detail;
+    auto l = directory_lock::acquire(store, ec, &detail);
+    if (ec != errc::store_locked) continue;
+    ++refused;
+    if (detail.find("unknown process") != std::string::npos) {
+      ++unknown;
+      example = detail;
+    }
+  }
+  CHECK(WIFEXITED(status));
+  INFO(example);
+  CHECK(unknown == 0);
+  CHECK(refused > 0);
 }
 
 TEST_CASE("journal files are 0600 and directories 0700 whatever the umask", "[journal]") {

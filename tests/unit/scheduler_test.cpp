@@ -1,6 +1,7 @@
 // The scheduler: the pure decision core without an io_context, then the scheduler end to end
 // on the in-memory backends with a manual clock (time moves only through the clock).
 #include "engine_fixture.hpp"
+#include "nested_json.hpp"
 
 #include <taskq/detail/schedule_state.hpp>
 #include <taskq/scheduler.hpp>
@@ -266,6 +267,22 @@ TEST_CASE("schedule validation names the field", "[scheduler][validate]") {
   s = every_minute();
   s.max_catch_up = 0;
   check(s, errc::invalid_schedule, "'max_catch_up'");
+  // Intervals and times beyond the clock's range: anchor + k * every would overflow.
+  s = {.name = "n", .task = {.type = "x"}, .every = std::chrono::hours(24) * 100000};
+  check(s, errc::invalid_schedule, "'every' must not exceed");
+  s = {.name = "n", .task = {.type = "x"}, .every = 1h, .anchor = time_point::max()};
+  check(s, errc::invalid_schedule, "'anchor'");
+  s = {.name = "n", .task = {.type = "x"}, .at = time_point::min()};
+  check(s, errc::invalid_schedule, "'at'");
+  s = every_minute();
+  s.cron = "@every 100000d";
+  check(s, errc::invalid_schedule, "@every interval must not exceed");
+  // The template's JSON depth is the task's: checked before anything copies it.
+  // (Passed by reference: `check` takes a copy, and copying it would recurse 100,000 times.)
+  s = every_minute();
+  s.task.payload = nested_json(100'000);
+  CHECK(validate(s, detail) == errc::payload_too_deep);
+  CHECK_THAT(detail, Catch::Contains("'task'") && Catch::Contains("'payload'"));
 }
 
 // --- the scheduler end to end ---------------------------------------------------------------

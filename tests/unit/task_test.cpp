@@ -1,7 +1,10 @@
 // The task model: statuses, transitions, validation (every bad-input error), ids, retry
 // policy, JSON mapping and the record transition rules shared by every store.
+#include <taskq/detail/input_limits.hpp>
 #include <taskq/detail/record_ops.hpp>
 #include <taskq/task.hpp>
+
+#include "nested_json.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -12,7 +15,8 @@ using namespace std::chrono_literals;
 
 namespace {
 const time_point t0 = time_point{} + 1'000'000h;
-}
+using test::nested_json;
+}  // namespace
 
 TEST_CASE("status names round-trip and unknown names are rejected", "[task]") {
   for (auto s : {task_status::pending, task_status::running, task_status::succeeded,
@@ -305,4 +309,90 @@ TEST_CASE("a cancel requested during an attempt that ends in a retry wins at the
   CHECK(detail::apply_claim(r, t0 + 10s) == detail::claim_outcome::skipped);
   CHECK(r.status == task_status::cancelled);
   CHECK(r.attempt == 1);
+}
+
+TEST_CASE("JSON depth is measured without recursion, on text and on values", "[task][depth]") {
+  using detail::json_depth;
+  using detail::json_text_depth;
+  CHECK(json_text_depth("1", 10) == 0);
+  CHECK(json_text_depth("[1]", 10) == 1);
+  CHECK(json_text_depth(R"({"a":[{"b":[]}],"c":{}})", 10) == 4);
+  // Brackets inside strings, escaped quotes included, do not count.
+  CHECK(json_text_depth(R"(["[[[{{", "\"[[[", "\\"])", 10) == 1);
+  CHECK(json_depth(json(1), 10) == 0);
+  CHECK(json_depth(json::parse(R"({"a":[{"b":[]}],"c":{}})"), 10) == 4);
+  CHECK(json_depth(json::parse(R"([[1],[[2]],3])"), 10) == 3);
+  // Both stop early: a million levels cost no more than the limit's worth.
+  const std::string deep = std::string(1'000'000, '[') + std::string(1'000'000, ']');
+  CHECK(json_text_depth(deep, 64) == 65);
+  CHECK(json_depth(nested_json(100'000), 64) == 65);
+
+  detail::json_text_error err;
+  CHECK(detail::parse_json_text("[[1]]", 2, err) == json::parse("[[1]]"));
+  CHECK(err == detail::json_text_error::none);
+  CHECK(detail::parse_json_text("[[1]]", 1, err).is_null());
+  CHECK(err == detail::json_text_error::too_deep);
+  CHECK(detail::parse_json_text(deep, 64, err).is_null());
+  CHECK(err == detail::json_text_error::too_deep);
+  CHECK(detail::parse_json_text("[1,", 64, err).is_null());
+  CHECK(err == detail::json_text_error::malformed);
+}
+
+TEST_CASE("a payload or metadata nested too deep is refused before it is serialized",
+          "[task][validation][depth]") {
+  // 100,000 levels: before the check, validate() crashed in nlohmann's recursive dump().
+  task_spec deep{.type = "t", .payload = nested_json(100'000)};
+  auto ec = validate(deep);
+  CHECK(ec == errc::payload_too_deep);
+  CHECK_THAT(ec.message(), Catch::Contains("'payload'"));
+  task_spec meta{.type = "t", .metadata = nested_json(100'000)};
+  ec = validate(meta);
+  CHECK(ec == errc::metadata_too_deep);
+  CHECK_THAT(ec.message(), Catch::Contains("'metadata'"));
+
+  // The default limit (64) and a configured one, both inclusive.
+  CHECK(validation_limits{}.max_json_depth == 64);
+  CHECK_FALSE(validate({.type = "t", .payload = nested_json(64)}));
+  CHECK(validate({.type = "t", .payload = nested_json(65)}) == errc::payload_too_deep);
+  CHECK_FALSE(validate({.type = "t", .payload = nested_json(3)}, {.max_json_depth = 3}));
+  CHECK(validate({.type = "t", .payload = nested_json(4)}, {.max_json_depth = 3}) ==
+        errc::payload_too_deep);
+  // Above the ceiling the ceiling applies (what the store decoders accept).
+  CHECK_FALSE(validate({.type = "t", .payload = nested_json(json_depth_ceiling)},
+                       {.max_json_depth = 1u << 30}));
+  CHECK(validate({.type = "t", .payload = nested_json(json_depth_ceiling + 1)},
+                 {.max_json_depth = 1u << 30}) == errc::payload_too_deep);
+}
+
+TEST_CASE("durations and times from input stay in the clock's range", "[task][validation][time]") {
+  // 100000 days: now + delay used to wrap into 1716 and the task ran at once.
+  auto ec = validate({.type = "t", .delay = std::chrono::hours(24) * 100000});
+  CHECK(ec == errc::delay_too_long);
+  CHECK_THAT(ec.message(), Catch::Contains("'delay'"));
+  CHECK_FALSE(validate({.type = "t", .delay = max_duration}));
+  ec = validate({.type = "t", .timeout = std::chrono::hours(24) * 100000});
+  CHECK(ec == errc::timeout_too_long);
+  CHECK_THAT(ec.message(), Catch::Contains("'timeout'"));
+  ec = validate(
+      {.type = "t", .retry = {.initial_delay = 1s, .max_delay = std::chrono::hours(24) * 100000}});
+  CHECK(ec == errc::invalid_retry_policy);
+  CHECK_THAT(ec.message(), Catch::Contains("'retry'"));
+  ec = validate({.type = "t", .run_at = time_point::max()});
+  CHECK(ec == errc::run_at_out_of_range);
+  CHECK_THAT(ec.message(), Catch::Contains("'run_at'"));
+  CHECK(validate({.type = "t", .run_at = time_point::min()}) == errc::run_at_out_of_range);
+  CHECK_FALSE(validate({.type = "t", .run_at = max_time_point}));
+
+  // The largest accepted delay from the latest time the clock can hold saturates, no wrap.
+  auto late = time_point::max() - std::chrono::hours(1);
+  auto r = make_record({.type = "t", .delay = max_duration}, late);
+  CHECK(r.available_at == time_point::max());
+  CHECK(make_record({.type = "t", .delay = 5s}, t0).available_at == t0 + 5s);
+
+  CHECK(detail::saturating_add(time_point::max(), 1ns) == time_point::max());
+  CHECK(detail::saturating_add(time_point::min(), -1ns) == time_point::min());
+  CHECK(detail::saturating_sub(time_point::min() + 1h, 2h) == time_point::min());
+  CHECK(detail::saturating_sub(t0, duration::max()) == t0 - duration::max());
+  CHECK(detail::saturating_sub(t0, duration::min()) == time_point::max());
+  CHECK(detail::saturating_sub(t0, 1s) == t0 - 1s);
 }

@@ -164,7 +164,11 @@ struct journal_read_result {
 /// modifying anything (the writer's open() is what repairs a torn tail). Segments below
 /// `first_segment` are ignored: they are leftovers of a compaction whose snapshot covers
 /// them. A torn tail is accepted only in the last segment (earlier segments were synced
-/// before the writer rotated away from them); a gap in the numbering is corruption.
+/// before the writer rotated away from them); a gap in the numbering is corruption, and so
+/// is a first segment other than `first_segment` (the one a snapshot's id names, or 1 without
+/// a snapshot): its records would be lost. No segment at all is a new journal only when
+/// `first_segment` is 1 (no snapshot). A `first_segment` of 0 expects nothing of the first
+/// segment (tools reading whatever is there).
 journal_read_result read_journal(const std::filesystem::path& dir, std::uint64_t first_segment,
                                  const record_visitor& visit);
 

@@ -99,8 +99,9 @@ struct backend_info {
 /// @endcode
 class backend {
  public:
-  /// Opens (creating if missing, mode 0700) and locks `dir`, loads the snapshot and replays
-  /// the journal (cutting off a torn tail, reported in recovery().warning), then starts the
+  /// Opens (creating if missing, mode 0700) and locks `dir`, removes a snapshot.bin.tmp left
+  /// by a crash, loads the snapshot and replays the journal (cutting off a torn tail,
+  /// reported in recovery().warning; a missing segment is corrupt_journal), then starts the
   /// journal's committer thread and the maintenance thread. `ex` completes operations whose
   /// token has no executor. Errors: store_locked, corrupt_journal /
   /// unsupported_format_version / invalid_record (detail names file and offset), io_error,
@@ -114,8 +115,13 @@ class backend {
 
   /// Opens `dir` without the lock and without writing anything: reads see the state as of
   /// the open; every write fails with errc::store_closed. A torn tail is tolerated (the
-  /// writer may be in the middle of an append). Errors: io_error when `dir` has no store
-  /// (detail says so), corrupt_journal and the others as open().
+  /// writer may be in the middle of an append). The view is one consistent cut of the store:
+  /// everything acknowledged before the call began, never a subset, even while the owner
+  /// compacts (a load that a concurrent compaction spoiled is retried; see
+  /// docs/file-format.md, "Readers"). Errors: io_error when `dir` is missing or is not a
+  /// store (no snapshot and no journal segment; detail says so), backend_unavailable when
+  /// the owner compacted the store during each of 100 attempts, corrupt_journal and the
+  /// others as open().
   static std::unique_ptr<backend> open_read_only(asio::any_io_executor ex,
                                                  const std::filesystem::path& dir, error_code& ec,
                                                  std::string* detail = nullptr);
@@ -167,7 +173,9 @@ class backend {
 };
 
 /// Checks every record of the store in `dir` (snapshot and journal segments) without the
-/// lock: framing, CRCs and the decoding of every body. Returns the number of records checked;
+/// lock: framing, CRCs, the segment numbering (a missing segment is corrupt_journal) and the
+/// decoding of every body, loading as open_read_only does (a directory that is not a store
+/// is io_error; a compaction meanwhile is retried). Returns the number of records checked;
 /// on failure sets `ec` (corrupt_journal, invalid_record, io_error, ...) and `detail` names the
 /// file and byte offset. A torn tail in the last segment is not an error; `warning` reports it.
 std::uint64_t verify_store(const std::filesystem::path& dir, error_code& ec, std::string& detail,
