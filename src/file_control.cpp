@@ -2,6 +2,7 @@
 // socket server on its io_context, and the blocking client the CLI uses.
 #include <taskq/backends/file/control.hpp>
 #include <taskq/backends/file/store.hpp>
+#include <taskq/detail/input_limits.hpp>
 
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
@@ -79,9 +80,13 @@ struct control_server::connection : std::enable_shared_from_this<connection> {
   }
 
   void handle(const std::string& line) {
-    auto req = json::parse(line, nullptr, false);
-    if (req.is_discarded()) {
-      write(admin_error_response(errc::invalid_request, "a request line is not valid JSON"), true);
+    detail::json_text_error bad;  // depth first: nothing recursive may see a deep document
+    auto req = detail::parse_json_text(line, json_depth_ceiling, bad);
+    if (bad != detail::json_text_error::none) {
+      write(admin_error_response(errc::invalid_request, bad == detail::json_text_error::too_deep
+                                                            ? "a request line is nested too deeply"
+                                                            : "a request line is not valid JSON"),
+            true);
       return;
     }
     async_admin(server->request_target(), std::move(req),
@@ -275,9 +280,11 @@ json control_client::call(const json& request, error_code& ec, std::string& deta
     if (n == 0) return fail("the store's owner closed the connection");
     buffer_.append(buf, static_cast<std::size_t>(n));
   }
-  auto resp = json::parse(buffer_.substr(0, nl), nullptr, false);
+  detail::json_text_error bad;
+  auto resp =
+      detail::parse_json_text(std::string_view(buffer_).substr(0, nl), json_depth_ceiling, bad);
   buffer_.erase(0, nl + 1);
-  if (resp.is_discarded()) {
+  if (bad != detail::json_text_error::none) {
     ec = errc::invalid_request;
     detail = "control channel: the owner's response is not valid JSON";
     return {};

@@ -1,6 +1,7 @@
 // The operations server: Boost.Beast on the host's io_context, one coroutine per connection
 // (on its own strand); the router, the JSON admin API, /metrics and the embedded dashboard.
 #include <taskq/client.hpp>
+#include <taskq/detail/input_limits.hpp>
 #include <taskq/duration.hpp>
 #include <taskq/http_server.hpp>
 #include <taskq/prometheus.hpp>
@@ -883,8 +884,12 @@ struct http_server::state : std::enable_shared_from_this<http_server::state> {
   }
 
   awaitable<response> enqueue(const request& req) {
-    auto body = json::parse(req.body(), nullptr, false);
-    if (body.is_discarded() || !body.is_object())
+    detail::json_text_error bad;  // depth first: nothing recursive may see a deep document
+    auto body = detail::parse_json_text(req.body(), json_depth_ceiling, bad);
+    if (bad == detail::json_text_error::too_deep)
+      throw api_error{400, "body",
+                      fmt::format("the body is nested deeper than {} levels", json_depth_ceiling)};
+    if (bad != detail::json_text_error::none || !body.is_object())
       throw api_error{400, "body", "the body must be a JSON object (a task spec)"};
     task_spec s;
     static const std::vector<std::string> known = {

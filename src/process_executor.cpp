@@ -11,6 +11,7 @@
 // and Boost.Process v2's basic_process_handle then owns the child on the host's io_context
 // (a pidfd waited on by the reactor, the reaping waitpid). A start failure (execve's errno)
 // is written by the child into the shared argument block before it exits.
+#include <taskq/detail/input_limits.hpp>
 #include <taskq/process_executor.hpp>
 
 #include <boost/asio/bind_executor.hpp>
@@ -521,8 +522,11 @@ class child_run : public std::enable_shared_from_this<child_run> {
       return;
     }
     if (!overlong && !text.empty() && text.front() == '{') {
-      auto j = json::parse(text, nullptr, false);
-      if (j.is_object() && j.contains("taskq") && j["taskq"].is_string()) {
+      // Depth first: a deep line is not a protocol message (it goes to the run log as text).
+      detail::json_text_error bad;
+      auto j = detail::parse_json_text(text, json_depth_ceiling, bad);
+      if (bad == detail::json_text_error::none && j.is_object() && j.contains("taskq") &&
+          j["taskq"].is_string()) {
         const auto& kind = j["taskq"].get_ref<const std::string&>();
         if (kind == "progress") {
           heartbeat(j.value("progress", json()));
