@@ -4,7 +4,7 @@
 // store directory — locked for writes when no application holds it, else opened read-only
 // (the API then refuses changes) — or a PostgreSQL connection string. Runs until SIGINT or
 // SIGTERM.
-#include "commands.hpp"
+#include "target.hpp"
 
 #include <taskq/backends/file/store.hpp>
 #include <taskq/client.hpp>
@@ -23,15 +23,6 @@
 #include <ostream>
 
 namespace taskq::tool {
-
-namespace {
-
-bool looks_like_conninfo(const std::string& s) {
-  return s.rfind("postgres://", 0) == 0 || s.rfind("postgresql://", 0) == 0 ||
-         s.find('=') != std::string::npos;
-}
-
-}  // namespace
 
 int serve_command(const args& a, std::ostream& out, std::ostream& err) {
   std::string store, listen = "127.0.0.1:8080", token;
@@ -107,7 +98,7 @@ int serve_command(const args& a, std::ostream& out, std::ostream& err) {
   taskq::queue* q = nullptr;
   taskq::store* s = nullptr;
   metrics_registry metrics;
-  if (looks_like_conninfo(store)) {
+  if (is_conninfo(store)) {
 #if TASKQ_TOOL_POSTGRES
     pb = postgres::backend::open(io.get_executor(), {.conninfo = store}, ec, &detail);
     if (ec) {

@@ -1,6 +1,6 @@
 // taskq worker: a long-running worker process whose tasks run as child processes
 // (process_executor), on a file store or on PostgreSQL. Its argument parsing is its own.
-#include "commands.hpp"
+#include "target.hpp"
 
 #include <taskq/backends/file/store.hpp>
 #include <taskq/client.hpp>
@@ -122,11 +122,6 @@ worker_args parse_worker_args(const args& a) {
     throw usage_error("--shell takes one command string after --exec");
   if (w.queues.empty()) w.queues.push_back("default");
   return w;
-}
-
-bool is_conninfo(const std::string& s) {
-  return s.rfind("postgresql://", 0) == 0 || s.rfind("postgres://", 0) == 0 ||
-         s.find('=') != std::string::npos;
 }
 
 /// Prints one line per task start and finish.
