@@ -6,7 +6,7 @@ packages=(
   g++ cmake make ninja-build pkg-config
   libboost1.81-dev libfmt-dev nlohmann-json3-dev catch2 libhowardhinnant-date-dev tzdata
   libpq-dev postgresql libcli11-dev
-  clang libclang-rt-14-dev python3
+  clang libclang-rt-14-dev python3 valgrind
   curl prometheus chromium
 )
 
