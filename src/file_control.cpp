@@ -80,12 +80,13 @@ struct control_server::connection : std::enable_shared_from_this<connection> {
   }
 
   void handle(const std::string& line) {
-    detail::json_text_error bad;  // depth first: nothing recursive may see a deep document
-    auto req = detail::parse_json_text(line, json_depth_ceiling, bad);
-    if (bad != detail::json_text_error::none) {
-      write(admin_error_response(errc::invalid_request, bad == detail::json_text_error::too_deep
-                                                            ? "a request line is nested too deeply"
-                                                            : "a request line is not valid JSON"),
+    taskq::detail::json_text_error bad;  // depth first: nothing recursive may see a deep document
+    auto req = taskq::detail::parse_json_text(line, json_depth_ceiling, bad);
+    if (bad != taskq::detail::json_text_error::none) {
+      write(admin_error_response(errc::invalid_request,
+                                 bad == taskq::detail::json_text_error::too_deep
+                                     ? "a request line is nested too deeply"
+                                     : "a request line is not valid JSON"),
             true);
       return;
     }
@@ -280,11 +281,11 @@ json control_client::call(const json& request, error_code& ec, std::string& deta
     if (n == 0) return fail("the store's owner closed the connection");
     buffer_.append(buf, static_cast<std::size_t>(n));
   }
-  detail::json_text_error bad;
-  auto resp =
-      detail::parse_json_text(std::string_view(buffer_).substr(0, nl), json_depth_ceiling, bad);
+  taskq::detail::json_text_error bad;
+  auto resp = taskq::detail::parse_json_text(std::string_view(buffer_).substr(0, nl),
+                                             json_depth_ceiling, bad);
   buffer_.erase(0, nl + 1);
-  if (bad != detail::json_text_error::none) {
+  if (bad != taskq::detail::json_text_error::none) {
     ec = errc::invalid_request;
     detail = "control channel: the owner's response is not valid JSON";
     return {};

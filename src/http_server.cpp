@@ -884,12 +884,12 @@ struct http_server::state : std::enable_shared_from_this<http_server::state> {
   }
 
   awaitable<response> enqueue(const request& req) {
-    detail::json_text_error bad;  // depth first: nothing recursive may see a deep document
-    auto body = detail::parse_json_text(req.body(), json_depth_ceiling, bad);
-    if (bad == detail::json_text_error::too_deep)
+    taskq::detail::json_text_error bad;  // depth first: nothing recursive may see a deep document
+    auto body = taskq::detail::parse_json_text(req.body(), json_depth_ceiling, bad);
+    if (bad == taskq::detail::json_text_error::too_deep)
       throw api_error{400, "body",
                       fmt::format("the body is nested deeper than {} levels", json_depth_ceiling)};
-    if (bad != detail::json_text_error::none || !body.is_object())
+    if (bad != taskq::detail::json_text_error::none || !body.is_object())
       throw api_error{400, "body", "the body must be a JSON object (a task spec)"};
     task_spec s;
     static const std::vector<std::string> known = {

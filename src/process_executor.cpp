@@ -523,9 +523,9 @@ class child_run : public std::enable_shared_from_this<child_run> {
     }
     if (!overlong && !text.empty() && text.front() == '{') {
       // Depth first: a deep line is not a protocol message (it goes to the run log as text).
-      detail::json_text_error bad;
-      auto j = detail::parse_json_text(text, json_depth_ceiling, bad);
-      if (bad == detail::json_text_error::none && j.is_object() && j.contains("taskq") &&
+      taskq::detail::json_text_error bad;
+      auto j = taskq::detail::parse_json_text(text, json_depth_ceiling, bad);
+      if (bad == taskq::detail::json_text_error::none && j.is_object() && j.contains("taskq") &&
           j["taskq"].is_string()) {
         const auto& kind = j["taskq"].get_ref<const std::string&>();
         if (kind == "progress") {
