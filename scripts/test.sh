@@ -10,8 +10,9 @@ bash "$root/scripts/deps.sh"
 all=(-DTASKQ_BUILD_TESTS=ON -DTASKQ_BUILD_EXAMPLES=ON -DTASKQ_BUILD_TOOL=ON)
 if [ "${1:-}" = "--sanitize" ]; then
   build=$root/build-asan
+  # -O2 with debug info: readable sanitizer reports.
   bash "$root/scripts/build.sh" "$build" "${all[@]}" -DTASKQ_SANITIZE=address,undefined \
-    -DTASKQ_BUILD_BENCHMARKS=OFF
+    -DTASKQ_BUILD_BENCHMARKS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 else
   build=$root/build
