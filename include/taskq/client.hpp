@@ -4,8 +4,8 @@
 
 #include <taskq/clock.hpp>
 #include <taskq/detail/blocking.hpp>
-#include <taskq/log.hpp>
 #include <taskq/detail/input_limits.hpp>
+#include <taskq/log.hpp>
 #include <taskq/metrics.hpp>
 #include <taskq/queue.hpp>
 #include <taskq/store.hpp>
