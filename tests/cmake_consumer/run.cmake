@@ -1,5 +1,6 @@
 # Builds the consumer project twice: against an installed taskq (find_package) and through
-# add_subdirectory, then runs each. Invoked by CTest with -DTASKQ_SOURCE_DIR and -DWORK_DIR.
+# add_subdirectory, then runs each. Invoked by CTest with -DTASKQ_SOURCE_DIR, -DWORK_DIR and, to
+# install the build tree CTest runs in rather than build one, -DTASKQ_BUILD_DIR.
 cmake_minimum_required(VERSION 3.20)
 file(REMOVE_RECURSE ${WORK_DIR})
 set(prefix ${WORK_DIR}/prefix)
@@ -12,12 +13,17 @@ function(step)
   set(last_output "${out}" PARENT_SCOPE)
 endfunction()
 
-# 1. Install taskq (library only) into a private prefix.
-step(${CMAKE_COMMAND} -S ${TASKQ_SOURCE_DIR} -B ${WORK_DIR}/taskq-build -G Ninja
-     -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX=${prefix} -DTASKQ_BUILD_TESTS=OFF
-     -DTASKQ_BUILD_EXAMPLES=OFF -DTASKQ_BUILD_BENCHMARKS=OFF -DTASKQ_BUILD_TOOL=OFF)
-step(${CMAKE_COMMAND} --build ${WORK_DIR}/taskq-build --parallel 2)
-step(${CMAKE_COMMAND} --install ${WORK_DIR}/taskq-build)
+# 1. Install taskq into a private prefix: the build tree CTest runs in, when given (it is built
+#    already), else a library-only build of its own.
+if(TASKQ_BUILD_DIR)
+  step(${CMAKE_COMMAND} --install ${TASKQ_BUILD_DIR} --prefix ${prefix})
+else()
+  step(${CMAKE_COMMAND} -S ${TASKQ_SOURCE_DIR} -B ${WORK_DIR}/taskq-build -G Ninja
+       -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX=${prefix} -DTASKQ_BUILD_TESTS=OFF
+       -DTASKQ_BUILD_EXAMPLES=OFF -DTASKQ_BUILD_BENCHMARKS=OFF -DTASKQ_BUILD_TOOL=OFF)
+  step(${CMAKE_COMMAND} --build ${WORK_DIR}/taskq-build --parallel 2)
+  step(${CMAKE_COMMAND} --install ${WORK_DIR}/taskq-build)
+endif()
 
 # 2. find_package consumer.
 step(${CMAKE_COMMAND} -S ${CMAKE_CURRENT_LIST_DIR}/project -B ${WORK_DIR}/consumer-installed -G Ninja

@@ -90,6 +90,10 @@ TEST_CASE("postgres: three worker processes, one SIGKILLed midway; every task su
           "[postgres][multiprocess]") {
   const int n = task_count();
   const int in_flight = 64;
+  // Long enough that a live worker keeps its leases through the stalls of a loaded 2-core
+  // machine running three sanitizer-built workers and the server (a 1 s lease lapsed there and
+  // the live workers' tasks ran again); the killed worker's tasks come back after it.
+  const int lease_ms = 5000;
   auto schema = fresh_schema("mp");
   auto q = "\"" + schema + "\"";
   enqueue_echo(schema, n);
@@ -98,7 +102,7 @@ TEST_CASE("postgres: three worker processes, one SIGKILLed midway; every task su
   std::vector<pid_t> pids;
   for (int i = 0; i < 3; ++i)
     pids.push_back(spawn_worker(pg_conninfo() + " application_name=taskq_mp_" + std::to_string(i),
-                                schema, 1000, in_flight));
+                                schema, lease_ms, in_flight));
   auto succeeded = [&] { return p.value("SELECT count(*) FROM " + q + ".tasks WHERE status = 2"); };
   REQUIRE(wait_for([&] { return succeeded() >= n / 3; }, std::chrono::seconds(600)));
   REQUIRE(kill(pids[0], SIGKILL) == 0);
@@ -138,7 +142,7 @@ TEST_CASE("postgres: a worker whose connections the server terminates recovers",
   std::vector<pid_t> pids;
   for (int i = 0; i < 2; ++i)
     pids.push_back(spawn_worker(pg_conninfo() + " application_name=taskq_term_" + std::to_string(i),
-                                schema, 1000, 32));
+                                schema, 5000, 32));
   auto succeeded = [&] { return p.value("SELECT count(*) FROM " + q + ".tasks WHERE status = 2"); };
   REQUIRE(wait_for([&] { return succeeded() >= n / 3; }, std::chrono::seconds(300)));
   auto killed = p.value(
