@@ -11,10 +11,10 @@
 #include <boost/asio/execution/outstanding_work.hpp>
 #include <boost/asio/prefer.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/intrusive/set.hpp>
 
 #include <algorithm>
 #include <list>
-#include <set>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -160,7 +160,12 @@ namespace memory {
 
 namespace {
 
+// An item is linked into exactly one of the ready, delayed and leased sets at a time, by its
+// one intrusive hook: moving between them allocates nothing.
+using item_hook = boost::intrusive::set_member_hook<>;
+
 struct item {
+  item_hook link;
   queue_entry entry;
   std::uint64_t seq = 0;
   enum class where { ready, delayed, leased } state = where::ready;
@@ -174,24 +179,29 @@ struct item {
 
 // Ready order: higher priority first, then FIFO by sequence number.
 struct ready_less {
-  bool operator()(const item* a, const item* b) const noexcept {
-    if (a->entry.priority != b->entry.priority) return a->entry.priority > b->entry.priority;
-    return a->seq < b->seq;
+  bool operator()(const item& a, const item& b) const noexcept {
+    if (a.entry.priority != b.entry.priority) return a.entry.priority > b.entry.priority;
+    return a.seq < b.seq;
   }
 };
 struct delayed_less {
-  bool operator()(const item* a, const item* b) const noexcept {
-    if (a->entry.available_at != b->entry.available_at)
-      return a->entry.available_at < b->entry.available_at;
-    return a->seq < b->seq;
+  bool operator()(const item& a, const item& b) const noexcept {
+    if (a.entry.available_at != b.entry.available_at)
+      return a.entry.available_at < b.entry.available_at;
+    return a.seq < b.seq;
   }
 };
 struct lease_less {
-  bool operator()(const item* a, const item* b) const noexcept {
-    if (a->lease_expires != b->lease_expires) return a->lease_expires < b->lease_expires;
-    return a->seq < b->seq;
+  bool operator()(const item& a, const item& b) const noexcept {
+    if (a.lease_expires != b.lease_expires) return a.lease_expires < b.lease_expires;
+    return a.seq < b.seq;
   }
 };
+template <class Less>
+using item_set =
+    boost::intrusive::multiset<item, boost::intrusive::member_hook<item, item_hook, &item::link>,
+                               boost::intrusive::compare<Less>,
+                               boost::intrusive::constant_time_size<true>>;
 
 using completion = std::function<void()>;
 
@@ -202,9 +212,10 @@ struct queue::impl : std::enable_shared_from_this<queue::impl> {
   clock& clk;
   mutable std::mutex mutex;
   std::unordered_map<std::string, item> items;
-  std::unordered_map<std::string, std::set<item*, ready_less>> ready;  // by queue name
-  std::set<item*, delayed_less> delayed;
-  std::set<item*, lease_less> leased;
+  // Declared after `items`, so destroyed first: they unlink every item before it goes.
+  std::unordered_map<std::string, item_set<ready_less>> ready;  // by queue name
+  item_set<delayed_less> delayed;
+  item_set<lease_less> leased;
   std::unordered_set<std::string> paused;
   std::uint64_t next_seq = 0;
   std::uint64_t next_token = 0;
@@ -231,13 +242,13 @@ struct queue::impl : std::enable_shared_from_this<queue::impl> {
     // the end() hint makes that O(1) (a bulk push of a million entries on recovery), and
     // costs one comparison when it is wrong.
     auto& set = ready[it.entry.queue];
-    set.insert(set.end(), &it);
+    set.insert(set.end(), it);
   }
 
   void place(item& it, time_point now) {
     if (it.entry.available_at > now) {
       it.state = item::where::delayed;
-      delayed.insert(&it);
+      delayed.insert(it);
     } else {
       make_ready(it);
     }
@@ -245,13 +256,13 @@ struct queue::impl : std::enable_shared_from_this<queue::impl> {
 
   // Moves what became visible (delays elapsed, leases expired) into the ready sets.
   void promote(time_point now) {
-    while (!delayed.empty() && (*delayed.begin())->entry.available_at <= now) {
-      item* it = *delayed.begin();
+    while (!delayed.empty() && delayed.begin()->entry.available_at <= now) {
+      item* it = &*delayed.begin();
       delayed.erase(delayed.begin());
       make_ready(*it);
     }
-    while (!leased.empty() && (*leased.begin())->lease_expires <= now) {
-      item* it = *leased.begin();
+    while (!leased.empty() && leased.begin()->lease_expires <= now) {
+      item* it = &*leased.begin();
       leased.erase(leased.begin());
       it->token = 0;
       if (it->repushed) {  // pushed again meanwhile: that entry wins
@@ -274,7 +285,7 @@ struct queue::impl : std::enable_shared_from_this<queue::impl> {
               skip_keys.count(it->entry.concurrency_key));
     };
     // One cursor per served queue; the best head across them is taken each round.
-    using set_t = std::set<item*, ready_less>;
+    using set_t = item_set<ready_less>;
     struct cursor {
       set_t* set;
       set_t::iterator it;
@@ -291,17 +302,17 @@ struct queue::impl : std::enable_shared_from_this<queue::impl> {
     while (out.size() < p.max) {
       cursor* best = nullptr;
       for (auto& c : cursors) {
-        while (c.it != c.set->end() && skipped(*c.it)) ++c.it;
+        while (c.it != c.set->end() && skipped(&*c.it)) ++c.it;
         if (c.it == c.set->end()) continue;
         if (!best || ready_less{}(*c.it, *best->it)) best = &c;
       }
       if (!best) break;
-      item* it = *best->it;
+      item* it = &*best->it;
       best->it = best->set->erase(best->it);
       it->state = item::where::leased;
       it->lease_expires = now + p.lease_for;
       it->token = ++next_token;
-      leased.insert(it);
+      leased.insert(*it);
       out.push_back({it->entry.id, it->entry.queue, it->entry.type, it->entry.concurrency_key,
                      it->entry.priority, it->lease_expires, it->token});
     }
@@ -335,9 +346,9 @@ struct queue::impl : std::enable_shared_from_this<queue::impl> {
   void rearm(time_point now) {
     std::optional<time_point> next;
     if (!waiting.empty()) {
-      if (!delayed.empty()) next = (*delayed.begin())->entry.available_at;
+      if (!delayed.empty()) next = delayed.begin()->entry.available_at;
       if (!leased.empty()) {
-        auto l = (*leased.begin())->lease_expires;
+        auto l = leased.begin()->lease_expires;
         next = next ? std::min(*next, l) : l;
       }
     }
@@ -500,7 +511,7 @@ void queue::do_ack(std::vector<lease> leases, handler<void(error_code, std::size
       if (it == impl_->items.end()) continue;
       item& i = it->second;
       if (i.state != item::where::leased || i.token != l.token) continue;
-      impl_->leased.erase(&i);
+      impl_->leased.erase(impl_->leased.iterator_to(i));
       ++removed;
       if (i.repushed) {
         // Pushed again while this lease was held: it is new work, queued behind its peers.
@@ -531,9 +542,9 @@ void queue::do_extend(std::vector<lease> leases, duration lease_for,
       if (it == impl_->items.end()) continue;
       item& i = it->second;
       if (i.state != item::where::leased || i.token != leases[k].token) continue;
-      impl_->leased.erase(&i);
+      impl_->leased.erase(impl_->leased.iterator_to(i));
       i.lease_expires = now + lease_for;
-      impl_->leased.insert(&i);
+      impl_->leased.insert(i);
       kept[k] = true;
     }
   }
@@ -553,7 +564,7 @@ void queue::do_release(release_params p, handler<void(error_code)> h) {
       ec = errc::not_leased;
     } else {
       item& i = it->second;
-      impl_->leased.erase(&i);
+      impl_->leased.erase(impl_->leased.iterator_to(i));
       i.token = 0;
       if (i.repushed) {  // pushed again meanwhile: that entry wins over the holder's release
         i.entry = std::move(*i.repushed);
@@ -578,11 +589,12 @@ void queue::do_remove(std::string id, handler<void(error_code, bool)> h) {
     if (it != impl_->items.end()) {
       item& i = it->second;
       switch (i.state) {
-        case item::where::ready:
-          impl_->ready[i.entry.queue].erase(&i);
-          break;
+        case item::where::ready: {
+          auto& set = impl_->ready[i.entry.queue];
+          set.erase(set.iterator_to(i));
+        } break;
         case item::where::delayed:
-          impl_->delayed.erase(&i);
+          impl_->delayed.erase(impl_->delayed.iterator_to(i));
           break;
         case item::where::leased:
           break;

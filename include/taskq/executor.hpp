@@ -116,7 +116,9 @@ class local_executor final : public executor {
   /// Waits for running plain-function handlers to return, then joins the pool.
   ~local_executor() override;
 
-  /// Registers (or replaces) the handler for `type`.
+  /// Registers (or replaces) the handler for `type`. One handler object serves every run of its
+  /// type, from several pool threads at once: it must be safe to call concurrently. A run
+  /// that started keeps the handler it started with when `type` is registered again.
   template <class F>
   void handle(std::string type, F fn) {
     using R = std::invoke_result_t<F&, task_context&>;
@@ -157,7 +159,9 @@ class local_executor final : public executor {
   std::size_t threads_;
   asio::thread_pool pool_;
   mutable std::shared_mutex handlers_mutex_;
-  std::unordered_map<std::string, std::variant<sync_handler, coro_handler>> handlers_;
+  // Shared, so a run takes a reference count rather than a copy of the handler.
+  std::unordered_map<std::string, std::shared_ptr<const std::variant<sync_handler, coro_handler>>>
+      handlers_;
   std::atomic<std::uint64_t> next_run_id_{0};
 };
 

@@ -41,7 +41,7 @@ struct run_request {
 /// returns (for coroutine handlers: until the coroutine completes). Thread-safe.
 class task_context : public std::enable_shared_from_this<task_context> {
  public:
-  task_context(run_request req, time_point started_at, asio::any_io_executor io_ex);
+  task_context(run_request&& req, time_point started_at, asio::any_io_executor io_ex);
 
   const task_record& task() const noexcept { return req_.task; }
   const std::string& id() const noexcept { return req_.task.id; }

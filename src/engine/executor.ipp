@@ -64,7 +64,8 @@ local_executor::~local_executor() {
 
 void local_executor::add(std::string type, std::variant<sync_handler, coro_handler> h) {
   std::unique_lock lock(handlers_mutex_);
-  handlers_[std::move(type)] = std::move(h);
+  handlers_[std::move(type)] =
+      std::make_shared<const std::variant<sync_handler, coro_handler>>(std::move(h));
 }
 
 bool local_executor::has_handler(const std::string& type) const {
@@ -114,7 +115,7 @@ run_promise local_executor::do_execute(run_request req) {
   req.run.run_id = ++next_run_id_;
   run_completion comp(req.run, get_executor());
   auto promise = comp.get_promise();
-  std::variant<sync_handler, coro_handler> fn;
+  std::shared_ptr<const std::variant<sync_handler, coro_handler>> fn;
   {
     std::shared_lock lock(handlers_mutex_);
     auto it = handlers_.find(req.task.type);
@@ -130,24 +131,23 @@ run_promise local_executor::do_execute(run_request req) {
   auto ctx = std::make_shared<task_context>(std::move(req), clock_.now(), get_executor());
   comp.on_cancel([ctx](error_code reason) { ctx->request_cancel(reason); });
   clock* clk = &clock_;
-  if (auto* sync = std::get_if<sync_handler>(&fn)) {
-    asio::post(pool_, [f = std::move(*sync), ctx, comp, clk]() mutable {
+  if (std::holds_alternative<sync_handler>(*fn)) {
+    asio::post(pool_, [fn = std::move(fn), ctx = std::move(ctx), comp = std::move(comp), clk] {
       if (comp.done()) return;  // cancelled before it started
       json value;
       std::exception_ptr ep;
       try {
-        value = f(*ctx);
+        value = std::get<sync_handler>(*fn)(*ctx);
       } catch (...) {
         ep = std::current_exception();
       }
       comp.complete(finish_result(ep, std::move(value), *ctx, *clk));
     });
   } else {
-    auto& coro = std::get<coro_handler>(fn);
     asio::co_spawn(
         get_executor(),
-        [f = std::move(coro), ctx]() mutable -> asio::awaitable<json> {
-          co_return co_await f(*ctx);
+        [fn, ctx]() -> asio::awaitable<json> {
+          co_return co_await std::get<coro_handler> (*fn)(*ctx);
         },
         asio::bind_cancellation_slot(
             ctx->cancellation_slot(), [ctx, comp, clk](std::exception_ptr ep, json value) {

@@ -3,7 +3,7 @@
 
 namespace taskq {
 
-task_context::task_context(run_request req, time_point started_at, asio::any_io_executor io_ex)
+task_context::task_context(run_request&& req, time_point started_at, asio::any_io_executor io_ex)
     : req_(std::move(req)), started_at_(started_at), io_ex_(std::move(io_ex)) {}
 
 error_code task_context::cancel_reason() const {

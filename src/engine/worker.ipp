@@ -16,6 +16,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     task_record task;
     run_promise promise;
     std::size_t deadline_index = deadline_heap<slot>::npos;  // its timeout, if it has one
+    std::uint64_t claim_batch = 0;  // the claim that asked the store for it
     bool started = false;
     bool cancel_requested = false;
     bool interrupted = false;
@@ -36,9 +37,11 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
   std::uint64_t drain_generation = 0;
   std::optional<asio::any_completion_handler<void(error_code)>> run_handler;
   std::size_t claims_in_flight = 0;
+  std::uint64_t next_claim_batch = 0;
   std::size_t updates_in_flight = 0;
   std::vector<task_update> pending_updates;
   std::vector<run_outcome> pending_outcomes;
+  std::vector<slot*> pending_slots;  // whose outcome each pending update records
   bool flush_posted = false;
   bool retry_armed = false;
   // Runs that finished (on any thread), handed to the strand in batches: one post per batch,
@@ -160,7 +163,8 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
       maybe_finish();
       return;
     }
-    std::vector<std::string> ids;
+    claim_params cp;
+    const auto batch = ++next_claim_batch;
     for (auto& l : leases) {
       if (auto held = slots.find(l.id); held != slots.end()) {
         // Our own lease on it lapsed (a stalled strand, a failed extend) and we reserved it
@@ -172,19 +176,19 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
         give_back(l);  // original position; another worker (or a later round) takes it
         continue;
       }
-      ids.push_back(l.id);
+      cp.ids.push_back(l.id);
       auto& s = slots[l.id];
       count(l, +1);
       s.l = std::move(l);
+      s.claim_batch = batch;
       running_count = slots.size();
     }
-    if (!ids.empty()) {
+    if (!cp.ids.empty()) {
       ++claims_in_flight;
-      claim_params cp{ids, clk().now()};
-      client->s.async_claim(std::move(cp),
-                            on_strand([self = shared_from_this(), ids = std::move(ids)](
-                                          error_code ec, claim_result r) {
-                              self->on_claimed(ec, ids, std::move(r));
+      cp.now = clk().now();
+      client->s.async_claim(std::move(cp), on_strand([self = shared_from_this(), batch](
+                                                         error_code ec, claim_result r) {
+                              self->on_claimed(ec, batch, std::move(r));
                             }));
     }
     pump();
@@ -244,12 +248,17 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     running_count = slots.size();
   }
 
-  void on_claimed(error_code ec, const std::vector<std::string>& ids, claim_result r) {
+  void on_claimed(error_code ec, std::uint64_t batch, claim_result r) {
     --claims_in_flight;
     if (ec) {
-      for (auto& id : ids) {
-        if (auto it = slots.find(id); it != slots.end()) give_back(it->second.l);
-        drop_slot(id);
+      // Give back what this claim asked for: the slots it made, none of which started.
+      for (auto it = slots.begin(); it != slots.end();) {
+        auto next = std::next(it);
+        if (it->second.claim_batch == batch && !it->second.started) {
+          give_back(it->second.l);
+          drop_slot(it);
+        }
+        it = next;
       }
       retry_later();
       maybe_finish();
@@ -304,7 +313,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     return t;
   }
 
-  void start(slot& s, task_record rec) {
+  void start(slot& s, task_record&& rec) {
     auto now = clk().now();
     s.task = stub_of(rec);
     s.started = true;
@@ -417,6 +426,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     // strand goes to the store in one call and to the queue in one ack.
     pending_updates.push_back(std::move(u));
     pending_outcomes.push_back(std::move(o));
+    pending_slots.push_back(&s);
     if (!flush_posted) {
       flush_posted = true;
       asio::post(strand, [self = shared_from_this()] { self->flush_updates(); });
@@ -425,30 +435,25 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
 
   void flush_updates() {
     flush_posted = false;
-    auto updates = std::move(pending_updates);
-    auto outcomes = std::move(pending_outcomes);
-    pending_updates.clear();
-    pending_outcomes.clear();
-    if (updates.empty()) return;
-    std::vector<std::string> ids;
-    ids.reserve(updates.size());
-    for (auto& u : updates) ids.push_back(u.id);
+    if (pending_updates.empty()) return;
     client->s.async_update_batch(
-        std::move(updates),
-        on_strand([self = shared_from_this(), ids = std::move(ids), outcomes = std::move(outcomes)](
+        std::exchange(pending_updates, {}),
+        on_strand([self = shared_from_this(), recorded = std::exchange(pending_slots, {}),
+                   outcomes = std::exchange(pending_outcomes, {})](
                       error_code ec, std::vector<update_result> results) mutable {
-          self->on_recorded(ids, ec, std::move(results), std::move(outcomes));
+          self->on_recorded(recorded, ec, std::move(results), std::move(outcomes));
         }));
   }
 
-  void on_recorded(const std::vector<std::string>& ids, error_code batch_ec,
+  // `recorded` are slots whose run finished: they stay in `slots` until this erases them.
+  void on_recorded(const std::vector<slot*>& recorded, error_code batch_ec,
                    std::vector<update_result> results, std::vector<run_outcome> outcomes) {
     std::vector<lease> acks;
     const bool store_removes_finished = client->q.fed_by(client->s);
-    for (std::size_t i = 0; i < ids.size(); ++i) {
+    for (std::size_t i = 0; i < recorded.size(); ++i) {
       --updates_in_flight;
-      auto it = slots.find(ids[i]);
-      if (it == slots.end()) continue;
+      auto it = slots.find(recorded[i]->task.id);
+      if (it == slots.end() || &it->second != recorded[i]) continue;
       error_code ec =
           batch_ec ? batch_ec : (i < results.size() ? results[i].error : errc::io_error);
       const auto& o = outcomes[i];
@@ -470,7 +475,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
             client->finished(after);
           } else if (client->waiter_count.load() > 0) {
             // A waiter arrived after the update was sent without its record: fetch it.
-            client->s.async_get(ids[i], [c = client](error_code e, task_record rec) {
+            client->s.async_get(it->first, [c = client](error_code e, task_record rec) {
               if (!e) c->finished(rec);
             });
           }
