@@ -99,9 +99,10 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
       n = static_cast<std::size_t>(static_cast<long long>(n) + delta);
       if (n == 0) m.erase(k);
     };
-    add(by_type, l.type);
-    add(by_queue, l.queue);
-    if (!l.concurrency_key.empty()) add(by_key, l.concurrency_key);
+    // Counted only where a limit applies: an unlimited type or queue is never at its limit.
+    if (type_limit(l.type)) add(by_type, l.type);
+    if (queue_limit(l.queue)) add(by_queue, l.queue);
+    if (opts.limits.per_key && !l.concurrency_key.empty()) add(by_key, l.concurrency_key);
   }
 
   void current_skips(std::vector<std::string>& queues, std::vector<std::string>& types,
