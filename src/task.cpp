@@ -255,7 +255,7 @@ error_code validate(const task_spec& spec, const validation_limits& limits) {
   return {};
 }
 
-task_record make_record(task_spec spec, time_point now) {
+task_record make_record(task_spec&& spec, time_point now) {
   task_record r;
   r.id = spec.id.empty() ? make_task_id(now) : std::move(spec.id);
   r.type = std::move(spec.type);

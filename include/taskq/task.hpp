@@ -176,7 +176,7 @@ struct validation_limits {
 error_code validate(const task_spec& spec, const validation_limits& limits = {});
 
 /// Builds the record a spec describes, as of `now`. The spec must be valid.
-task_record make_record(task_spec spec, time_point now);
+task_record make_record(task_spec&& spec, time_point now);
 
 /// A new time-ordered id: UUIDv7 text (36 characters). Ids made in one process sort in
 /// creation order.
