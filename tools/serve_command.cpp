@@ -89,54 +89,17 @@ int serve_command(const args& a, std::ostream& out, std::ostream& err) {
   }
 
   asio::io_context io;
+  owned_store st;
+  if (int rc = open_owned(io.get_executor(), store, "serve", true, st, err)) return rc;
+  read_only = read_only || st.read_only;
+  metrics_registry metrics;
+#if TASKQ_TOOL_POSTGRES
+  if (st.pg) metrics.add_collector(postgres_backend_collector(*st.pg));
+#endif
+  if (st.file) metrics.add_collector(file_backend_collector(*st.file));
   error_code ec;
   std::string detail;
-  std::unique_ptr<file::backend> fb;
-#if TASKQ_TOOL_POSTGRES
-  std::unique_ptr<postgres::backend> pb;
-#endif
-  taskq::queue* q = nullptr;
-  taskq::store* s = nullptr;
-  metrics_registry metrics;
-  if (is_conninfo(store)) {
-#if TASKQ_TOOL_POSTGRES
-    pb = postgres::backend::open(io.get_executor(), {.conninfo = store}, ec, &detail);
-    if (ec) {
-      err << "taskq serve: " << (detail.empty() ? ec.message() : detail) << "\n";
-      return 1;
-    }
-    q = &pb->queue();
-    s = &pb->store();
-    metrics.add_collector(postgres_backend_collector(*pb));
-#else
-    err << "taskq serve: this build has no PostgreSQL backend\n";
-    return 1;
-#endif
-  } else {
-    std::error_code fe;
-    if (!std::filesystem::is_directory(store, fe)) {
-      err << "taskq serve: " << store << ": no such store directory\n";
-      return 1;
-    }
-    fb = file::backend::open(io.get_executor(), store, {}, ec, &detail);
-    if (ec == errc::store_locked) {
-      // Held by a running application: serve what it has written, read-only.
-      fb = file::backend::open_read_only(io.get_executor(), store, ec, &detail);
-      if (!ec) {
-        read_only = true;
-        err << "taskq serve: " << store
-            << " is held by another process; serving it read-only (as of now)\n";
-      }
-    }
-    if (ec) {
-      err << "taskq serve: " << (detail.empty() ? store : detail) << ": " << ec.message() << "\n";
-      return 1;
-    }
-    q = &fb->queue();
-    s = &fb->store();
-    metrics.add_collector(file_backend_collector(*fb));
-  }
-  client c(io.get_executor(), *q, *s, {.metrics = &metrics});
+  client c(io.get_executor(), *st.queue, *st.store, {.metrics = &metrics});
   metrics.attach(c);
   http_server_options o;
   o.address = host;

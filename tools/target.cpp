@@ -127,6 +127,60 @@ int target::open_write(const store_argument& a, bool create, std::ostream& err) 
   return 0;
 }
 
+owned_store::~owned_store() {
+  if (file) file->close();
+#if TASKQ_TOOL_POSTGRES
+  if (pg) pg->close();
+#endif
+}
+
+int open_owned(asio::any_io_executor ex, const std::string& where, const char* command,
+               bool read_only_if_held, owned_store& out, std::ostream& err) {
+  error_code ec;
+  std::string detail;
+  if (is_conninfo(where)) {
+#if TASKQ_TOOL_POSTGRES
+    out.pg = postgres::backend::open(ex, {.conninfo = where}, ec, &detail);
+    if (ec) {
+      err << "taskq " << command << ": PostgreSQL: " << (detail.empty() ? ec.message() : detail)
+          << "\n";
+      return 1;
+    }
+    out.queue = &out.pg->queue();
+    out.store = &out.pg->store();
+    return 0;
+#else
+    err << "taskq " << command << ": '" << where
+        << "' looks like a PostgreSQL connection string, but this taskq was built without "
+           "PostgreSQL support\n";
+    return 1;
+#endif
+  }
+  std::error_code fe;
+  if (!fs::is_directory(where, fe)) {
+    err << "taskq " << command << ": " << where << ": no such store directory\n";
+    return 1;
+  }
+  out.file = file::backend::open(ex, where, {}, ec, &detail);
+  if (ec == errc::store_locked && read_only_if_held) {
+    // Held by a running application: work on what it has written, read-only.
+    out.file = file::backend::open_read_only(ex, where, ec, &detail);
+    if (!ec) {
+      out.read_only = true;
+      err << "taskq " << command << ": " << where
+          << " is held by another process; serving it read-only (as of now)\n";
+    }
+  }
+  if (ec) {
+    err << "taskq " << command << ": " << (detail.empty() ? where : detail) << ": " << ec.message()
+        << "\n";
+    return 1;
+  }
+  out.queue = &out.file->queue();
+  out.store = &out.file->store();
+  return 0;
+}
+
 json target::admin(const json& request, error_code& ec, std::string& detail) {
   if (control_) {
     auto response = control_->call(request, ec, detail);

@@ -80,6 +80,23 @@ class target {
   std::unique_ptr<file::control_client> control_;
 };
 
+/// The store of a long-running command (serve, worker), opened on the command's own
+/// io_context: an existing file store with its lock, or the database.
+struct owned_store {
+  std::unique_ptr<file::backend> file;
+  std::unique_ptr<postgres::backend> pg;
+  taskq::queue* queue = nullptr;
+  taskq::store* store = nullptr;
+  bool read_only = false;  ///< a file store another process holds, opened read-only
+  ~owned_store();          ///< closes what it opened
+};
+
+/// Opens `where` for `command` (named in messages). `read_only_if_held`: a file store another
+/// process holds is opened read-only (and a note printed) instead of refused. Returns 0, or
+/// the exit code after printing why to `err`.
+int open_owned(asio::any_io_executor ex, const std::string& where, const char* command,
+               bool read_only_if_held, owned_store& out, std::ostream& err);
+
 /// A time as ISO 8601 UTC, or "-".
 inline std::string when(const std::optional<time_point>& t) {
   return t ? format_time(*t) : "-";

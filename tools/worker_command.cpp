@@ -174,40 +174,12 @@ int worker_command(const args& a, std::ostream& out, std::ostream& err) {
   }
 
   asio::io_context io;
+  owned_store st;
+  if (int rc = open_owned(io.get_executor(), w.store, "worker", false, st, err)) return rc;
   error_code ec;
   std::string detail;
-  std::unique_ptr<file::backend> fb;
-#if TASKQ_TOOL_POSTGRES
-  std::unique_ptr<postgres::backend> pb;
-#endif
-  queue* q = nullptr;
-  store* s = nullptr;
-  if (is_conninfo(w.store)) {
-#if TASKQ_TOOL_POSTGRES
-    pb = postgres::backend::open(io.get_executor(), {.conninfo = w.store}, ec, &detail);
-    if (pb) {
-      q = &pb->queue();
-      s = &pb->store();
-    }
-#else
-    err << "taskq worker: '" << w.store
-        << "' looks like a PostgreSQL connection string, but this taskq was built without "
-           "PostgreSQL support\n";
-    return 1;
-#endif
-  } else {
-    fb = file::backend::open(io.get_executor(), w.store, {}, ec, &detail);
-    if (fb) {
-      q = &fb->queue();
-      s = &fb->store();
-    }
-  }
-  if (ec) {
-    err << "taskq worker: " << (detail.empty() ? w.store : detail) << ": " << ec.message() << "\n";
-    return 1;
-  }
 
-  client c(io.get_executor(), *q, *s);
+  client c(io.get_executor(), *st.queue, *st.store);
   process_executor ex(io.get_executor());
   process_command cmd{.argv = w.exec,
                       .shell = w.shell,
