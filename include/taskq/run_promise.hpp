@@ -48,6 +48,7 @@ struct run_result {
 
 class run_promise;
 class executor;
+class task_context;
 
 namespace detail {
 struct run_state;
@@ -142,6 +143,9 @@ class run_completion {
   /// Registers what cancellation does to the running work (set a flag, emit a signal).
   /// Called once with the reason, on the cancelling thread; at once if already cancelled.
   void on_cancel(std::function<void(error_code)> fn) const;
+  /// The same for the common case, without a callback allocated: cancellation calls
+  /// `ctx->request_cancel(reason)`. The completion keeps `ctx` alive until the run completes.
+  void on_cancel(std::shared_ptr<task_context> ctx) const;
 
   /// Registers a callback run once, on the completing thread, when a result is set
   /// (by complete() or cancel()). Executors use it for their own bookkeeping.

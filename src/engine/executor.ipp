@@ -129,7 +129,7 @@ run_promise local_executor::do_execute(run_request req) {
     fn = it->second;
   }
   auto ctx = std::make_shared<task_context>(std::move(req), clock_.now(), get_executor());
-  comp.on_cancel([ctx](error_code reason) { ctx->request_cancel(reason); });
+  comp.on_cancel(ctx);
   clock* clk = &clock_;
   if (std::holds_alternative<sync_handler>(*fn)) {
     asio::post(pool_, [fn = std::move(fn), ctx = std::move(ctx), comp = std::move(comp), clk] {

@@ -12,6 +12,7 @@ struct detail::run_state {
   bool cancelled = false;
   error_code cancel_reason;
   std::function<void(error_code)> cancel_hook;
+  std::shared_ptr<task_context> cancel_context;  // the allocation-free form of cancel_hook
   std::vector<std::function<void(const run_result&)>> done_hooks;
   // The fast paths, without a handler or hook allocated per run: the executor that counts
   // this run as outstanding, and the worker collecting it.
@@ -29,6 +30,7 @@ struct detail::run_state {
     std::list<waiter> ws;
     std::vector<std::function<void(const run_result&)>> hooks;
     std::function<void(error_code)> hook;
+    std::shared_ptr<task_context> context;
     executor* counted_by;
     std::weak_ptr<run_sink> collector;
     {
@@ -43,14 +45,17 @@ struct detail::run_state {
         cancelled = true;
         cancel_reason = result->error;
         hook = std::move(cancel_hook);
+        context = std::move(cancel_context);
       }
       cancel_hook = nullptr;
+      cancel_context.reset();
     }
     cv.notify_all();
     // The waiters' cancellation handlers stay installed: clearing a slot here could race
     // with its owner emitting it; the handlers look their waiter up and find nothing.
     for (auto& w : ws) detail::post_completion(std::move(w.handler), io_ex, result->error, *result);
     if (hook) hook(cancel_reason);
+    if (context) context->request_cancel(cancel_reason);
     for (auto& h : hooks) h(*result);
     if (auto s = collector.lock()) s->run_done(sink_cookie);
     if (counted_by) counted_by->finished_one();  // last: wait_idle() means "all of the above ran"
@@ -178,6 +183,19 @@ void run_completion::on_cancel(std::function<void(error_code)> fn) const {
     reason = state_->cancel_reason;
   }
   fn(reason);
+}
+
+void run_completion::on_cancel(std::shared_ptr<task_context> ctx) const {
+  error_code reason;
+  {
+    std::lock_guard lock(state_->mutex);
+    if (!state_->cancelled) {
+      if (!state_->result) state_->cancel_context = std::move(ctx);
+      return;
+    }
+    reason = state_->cancel_reason;
+  }
+  ctx->request_cancel(reason);
 }
 
 void run_completion::on_done(std::function<void(const run_result&)> fn) const {
