@@ -820,7 +820,8 @@ void store::do_update(task_update u, handler<void(error_code, task_record)> h) {
     std::lock_guard lock(impl_->mutex);
     r = impl_->update(u);
   }
-  detail::post_completion(std::move(h), impl_->ex, r.error, std::move(r.record));
+  detail::post_completion(std::move(h), impl_->ex, r.error,
+                          std::move(r.record).value_or(task_record{}));
 }
 
 void store::do_update_batch(std::vector<task_update> updates,

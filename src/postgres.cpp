@@ -1740,7 +1740,8 @@ class pg_store final : public taskq::store {
     one.push_back(std::move(u));
     auto [ec, results] = co_await update_batch(st, std::move(one));
     if (ec) co_return std::make_tuple(ec, task_record{});
-    co_return std::make_tuple(results[0].error, std::move(results[0].record));
+    co_return std::make_tuple(results[0].error,
+                              std::move(results[0].record).value_or(task_record{}));
   }
 
   void do_update_batch(std::vector<task_update> u,
@@ -1778,7 +1779,7 @@ class pg_store final : public taskq::store {
     auto refused = [&](const std::string& id) {
       for (auto i : by_id[id]) {
         results[i].error = errc::duplicate_unique_key;
-        results[i].record = task_record{};
+        results[i].record.reset();
       }
     };
     reply r = co_await rmw(st, std::move(ids), apply, refused);

@@ -58,7 +58,8 @@ struct task_update {
 /// The outcome of one update of a batch.
 struct update_result {
   error_code error{};
-  task_record record{};  ///< the record after the update (empty unless return_record)
+  /// The record after the update: with return_record (none costs nothing to pass around).
+  std::optional<task_record> record{};
 };
 
 struct claim_params {

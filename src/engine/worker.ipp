@@ -461,19 +461,21 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
       lease& l = it->second.l;
       count(l, -1);  // before the lease moves on: the slot is dropped below either way
       if (!ec) {
-        task_record& after = results[i].record;
+        // The record after the update, when the store returned one (only waiters need it).
+        const task_record* after =
+            results[i].record && !results[i].record->id.empty() ? &*results[i].record : nullptr;
         if (o.to == task_status::pending) {
           requeue(l, o);
         } else if (!is_terminal(o.to) || !store_removes_finished) {
           acks.push_back(std::move(l));  // else the store's write took the entry out already
         }
-        if (after.id.empty() && o.attempt) it->second.task.attempt = *o.attempt;  // as recorded
+        if (!after && o.attempt) it->second.task.attempt = *o.attempt;  // as recorded
         client->record_event(
-            o.event, after.id.empty() ? it->second.task : after, o.error,
+            o.event, after ? *after : it->second.task, o.error,
             o.to == task_status::pending ? o.retry_at : std::optional<time_point>{});
         if (is_terminal(o.to)) {
-          if (!after.id.empty()) {
-            client->finished(after);
+          if (after) {
+            client->finished(*after);
           } else if (client->waiter_count.load() > 0) {
             // A waiter arrived after the update was sent without its record: fetch it.
             client->s.async_get(it->first, [c = client](error_code e, task_record rec) {
