@@ -57,8 +57,8 @@ void do_admin(admin_target t, json request, asio::any_completion_handler<void(js
 /// Executes one admin request against `t`. Completion: void(json response), on the token's
 /// associated executor (else t.ex), never inline. Errors are in the response, never thrown.
 /// No per-operation cancellation. Thread-safe.
-template <class CompletionToken>
-auto async_admin(admin_target t, json request, CompletionToken&& token) {
+template <asio::completion_token_for<void(json)> CompletionToken = asio::deferred_t>
+auto async_admin(admin_target t, json request, CompletionToken&& token = {}) {
   return detail::initiate_erased<void(json)>(
       std::forward<CompletionToken>(token),
       [t = std::move(t), r = std::move(request)](auto h) mutable {

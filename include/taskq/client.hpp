@@ -73,8 +73,9 @@ class client {
   /// Validates and enqueues one task. Completion: void(error_code, std::string id).
   /// Errors: a validation error naming the field, errc::duplicate_id,
   /// errc::duplicate_unique_key. On error nothing is written.
-  template <class CompletionToken>
-  auto async_enqueue(task_spec spec, CompletionToken&& token) {
+  template <
+      asio::completion_token_for<void(error_code, std::string)> CompletionToken = asio::deferred_t>
+  auto async_enqueue(task_spec spec, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, std::string)>(
         std::forward<CompletionToken>(token),
         [this, s = std::move(spec)](auto h) mutable { do_enqueue(std::move(s), std::move(h)); });
@@ -85,11 +86,12 @@ class client {
   /// Enqueues several tasks, all or nothing. Completion: void(error_code,
   /// std::vector<std::string>). A validation error names the field; the detail of the thrown form
   /// names the index.
-  template <class CompletionToken>
-  auto async_enqueue_batch(std::vector<task_spec> specs, CompletionToken&& token) {
+  template <asio::completion_token_for<void(error_code, std::vector<std::string>)> CompletionToken =
+                asio::deferred_t>
+  auto async_enqueue_batch(std::vector<task_spec> specs, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, std::vector<std::string>)>(
         std::forward<CompletionToken>(token), [this, s = std::move(specs)](auto h) mutable {
-          do_enqueue_batch(std::move(s), std::move(h));
+          do_enqueue_batch(std::move(s), std::move(h), nullptr);
         });
   }
   std::vector<std::string> enqueue_batch(std::vector<task_spec> specs);
@@ -98,17 +100,23 @@ class client {
   // --- queries --------------------------------------------------------------------------
 
   /// The task's record. Completion: void(error_code, task_record); errc::not_found.
-  template <class CompletionToken>
-  auto async_get(std::string id, CompletionToken&& token) {
-    return get_store().async_get(std::move(id), std::forward<CompletionToken>(token));
+  template <
+      asio::completion_token_for<void(error_code, task_record)> CompletionToken = asio::deferred_t>
+  auto async_get(std::string id, CompletionToken&& token = {}) {
+    return detail::initiate_erased<void(error_code, task_record)>(
+        std::forward<CompletionToken>(token),
+        [this, id = std::move(id)](auto h) mutable { do_get(std::move(id), std::move(h)); });
   }
   task_record get(const std::string& id);
   task_record get(const std::string& id, error_code& ec);
 
   /// One page of tasks matching a filter (admin views). Completion: void(error_code, task_page).
-  template <class CompletionToken>
-  auto async_list(task_filter f, CompletionToken&& token) {
-    return get_store().async_list(std::move(f), std::forward<CompletionToken>(token));
+  template <
+      asio::completion_token_for<void(error_code, task_page)> CompletionToken = asio::deferred_t>
+  auto async_list(task_filter f, CompletionToken&& token = {}) {
+    return detail::initiate_erased<void(error_code, task_page)>(
+        std::forward<CompletionToken>(token),
+        [this, f = std::move(f)](auto h) mutable { do_list(std::move(f), std::move(h)); });
   }
   task_page list(task_filter f);
   task_page list(task_filter f, error_code& ec);
@@ -116,8 +124,9 @@ class client {
   /// Waits until the task is finished (succeeded, failed, cancelled or dropped) and returns
   /// its final record. Completion: void(error_code, task_record). Supports terminal, partial
   /// and total cancellation (operation_aborted; the task is unaffected).
-  template <class CompletionToken>
-  auto async_wait(std::string id, CompletionToken&& token) {
+  template <
+      asio::completion_token_for<void(error_code, task_record)> CompletionToken = asio::deferred_t>
+  auto async_wait(std::string id, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, task_record)>(
         std::forward<CompletionToken>(token),
         [this, id = std::move(id)](auto h) mutable { do_wait(std::move(id), std::move(h)); });
@@ -130,8 +139,9 @@ class client {
   /// Cancels a task: a pending one is cancelled at once; a running one is flagged and its
   /// handler told (co-operative). Completion: void(error_code, task_record after).
   /// errc::illegal_transition if it already finished.
-  template <class CompletionToken>
-  auto async_cancel(std::string id, CompletionToken&& token) {
+  template <
+      asio::completion_token_for<void(error_code, task_record)> CompletionToken = asio::deferred_t>
+  auto async_cancel(std::string id, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, task_record)>(
         std::forward<CompletionToken>(token),
         [this, id = std::move(id)](auto h) mutable { do_cancel(std::move(id), std::move(h)); });
@@ -141,8 +151,9 @@ class client {
 
   /// Runs a failed, cancelled or dropped task again with a fresh set of attempts.
   /// Completion: void(error_code, task_record after). errc::illegal_transition otherwise.
-  template <class CompletionToken>
-  auto async_retry(std::string id, CompletionToken&& token) {
+  template <
+      asio::completion_token_for<void(error_code, task_record)> CompletionToken = asio::deferred_t>
+  auto async_retry(std::string id, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, task_record)>(
         std::forward<CompletionToken>(token),
         [this, id = std::move(id)](auto h) mutable { do_retry(std::move(id), std::move(h)); });
@@ -152,8 +163,9 @@ class client {
 
   /// Deletes tasks matching a filter that are not running (bulk delete by label, say).
   /// Completion: void(error_code, std::vector<std::string> deleted_ids).
-  template <class CompletionToken>
-  auto async_remove(task_filter f, CompletionToken&& token) {
+  template <asio::completion_token_for<void(error_code, std::vector<std::string>)> CompletionToken =
+                asio::deferred_t>
+  auto async_remove(task_filter f, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, std::vector<std::string>)>(
         std::forward<CompletionToken>(token),
         [this, f = std::move(f)](auto h) mutable { do_remove(std::move(f), std::move(h)); });
@@ -164,22 +176,29 @@ class client {
   /// Deletes finished tasks that finished more than `older_than` ago. The cut-off saturates at
   /// the start of time: an `older_than` longer than the clock can count back prunes nothing.
   /// Completion: void(error_code, std::size_t deleted).
-  template <class CompletionToken>
-  auto async_prune(duration older_than, CompletionToken&& token) {
-    return get_store().async_prune(detail::saturating_sub(time().now(), older_than),
-                                   std::forward<CompletionToken>(token));
+  template <
+      asio::completion_token_for<void(error_code, std::size_t)> CompletionToken = asio::deferred_t>
+  auto async_prune(duration older_than, CompletionToken&& token = {}) {
+    return detail::initiate_erased<void(error_code, std::size_t)>(
+        std::forward<CompletionToken>(token),
+        [this, older_than](auto h) mutable { do_prune(older_than, std::move(h)); });
   }
   std::size_t prune(duration older_than);
   std::size_t prune(duration older_than, error_code& ec);
 
   /// Pauses or resumes a named queue for every worker. Completion: void(error_code).
-  template <class CompletionToken>
-  auto async_set_paused(std::string queue_name, bool paused, CompletionToken&& token) {
-    return get_queue().async_set_paused(std::move(queue_name), paused,
-                                        std::forward<CompletionToken>(token));
+  template <asio::completion_token_for<void(error_code)> CompletionToken = asio::deferred_t>
+  auto async_set_paused(std::string queue_name, bool paused, CompletionToken&& token = {}) {
+    return detail::initiate_erased<void(error_code)>(
+        std::forward<CompletionToken>(token),
+        [this, q = std::move(queue_name), paused](auto h) mutable {
+          do_set_paused(std::move(q), paused, std::move(h));
+        });
   }
   void pause_queue(const std::string& queue_name);
+  void pause_queue(const std::string& queue_name, error_code& ec);
   void resume_queue(const std::string& queue_name);
+  void resume_queue(const std::string& queue_name, error_code& ec);
 
   // --- observing ------------------------------------------------------------------------
 
@@ -193,20 +212,30 @@ class client {
 
   /// Counts from the store plus the client's own counters and latency histograms.
   /// Completion: void(error_code, metrics_snapshot).
-  template <class CompletionToken>
-  auto async_metrics(CompletionToken&& token) {
+  template <asio::completion_token_for<void(error_code, metrics_snapshot)> CompletionToken =
+                asio::deferred_t>
+  auto async_metrics(CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, metrics_snapshot)>(
         std::forward<CompletionToken>(token), [this](auto h) mutable { do_metrics(std::move(h)); });
   }
   metrics_snapshot metrics();
+  metrics_snapshot metrics(error_code& ec);
 
   /// For workers and schedulers: the engine state they share with this client.
   const std::shared_ptr<detail::client_core>& core() const noexcept { return core_; }
 
  private:
   void do_enqueue(task_spec s, asio::any_completion_handler<void(error_code, std::string)> h);
+  /// `bad_index`, when set, is told the index of the spec that failed validation (before
+  /// this returns: validation runs in the initiating call).
   void do_enqueue_batch(std::vector<task_spec> s,
-                        asio::any_completion_handler<void(error_code, std::vector<std::string>)> h);
+                        asio::any_completion_handler<void(error_code, std::vector<std::string>)> h,
+                        std::size_t* bad_index);
+  void do_get(std::string id, asio::any_completion_handler<void(error_code, task_record)> h);
+  void do_list(task_filter f, asio::any_completion_handler<void(error_code, task_page)> h);
+  void do_prune(duration older_than, asio::any_completion_handler<void(error_code, std::size_t)> h);
+  void do_set_paused(std::string queue_name, bool paused,
+                     asio::any_completion_handler<void(error_code)> h);
   void do_wait(std::string id, asio::any_completion_handler<void(error_code, task_record)> h);
   void do_cancel(std::string id, asio::any_completion_handler<void(error_code, task_record)> h);
   void do_retry(std::string id, asio::any_completion_handler<void(error_code, task_record)> h);

@@ -60,8 +60,8 @@ class executor {
 
   /// Waits asynchronously until no promise is outstanding. Completion: void(). Completes on
   /// the token's associated executor (else get_executor()), never inline.
-  template <class CompletionToken>
-  auto async_wait_idle(CompletionToken&& token) {
+  template <asio::completion_token_for<void()> CompletionToken = asio::deferred_t>
+  auto async_wait_idle(CompletionToken&& token = {}) {
     return detail::initiate_erased<void()>(std::forward<CompletionToken>(token),
                                            [this](auto h) mutable { do_wait_idle(std::move(h)); });
   }

@@ -31,8 +31,9 @@ class leader_election {
   /// Acquires or renews leadership of `name` for `holder` until now + `ttl` (`ttl` > 0).
   /// Completion: void(error_code, bool leader) — false: another holder's lease is still
   /// running. On an error the caller must consider itself not the leader.
-  template <class CompletionToken>
-  auto async_acquire(std::string name, std::string holder, duration ttl, CompletionToken&& token) {
+  template <asio::completion_token_for<void(error_code, bool)> CompletionToken = asio::deferred_t>
+  auto async_acquire(std::string name, std::string holder, duration ttl,
+                     CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, bool)>(
         std::forward<CompletionToken>(token),
         [this, n = std::move(name), h = std::move(holder), ttl](auto handler) mutable {
@@ -42,8 +43,8 @@ class leader_election {
 
   /// Gives leadership of `name` up if `holder` has it (else does nothing).
   /// Completion: void(error_code).
-  template <class CompletionToken>
-  auto async_release(std::string name, std::string holder, CompletionToken&& token) {
+  template <asio::completion_token_for<void(error_code)> CompletionToken = asio::deferred_t>
+  auto async_release(std::string name, std::string holder, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code)>(
         std::forward<CompletionToken>(token),
         [this, n = std::move(name), h = std::move(holder)](auto handler) mutable {

@@ -173,8 +173,9 @@ class metrics_registry {
 
   /// async_collect, rendered. Completion: void(error_code, std::string) on the token's
   /// associated executor (else `ex`).
-  template <class CompletionToken>
-  auto async_scrape(asio::any_io_executor ex, CompletionToken&& token) {
+  template <
+      asio::completion_token_for<void(error_code, std::string)> CompletionToken = asio::deferred_t>
+  auto async_scrape(asio::any_io_executor ex, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, std::string)>(
         std::forward<CompletionToken>(token), [this, ex](auto h) mutable {
           async_collect(

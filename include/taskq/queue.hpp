@@ -81,8 +81,8 @@ class queue {
 
   /// Adds entries (all or nothing). Completion: void(error_code). Fails with
   /// errc::duplicate_id if an id is already queued.
-  template <class CompletionToken>
-  auto async_push(push_params p, CompletionToken&& token) {
+  template <asio::completion_token_for<void(error_code)> CompletionToken = asio::deferred_t>
+  auto async_push(push_params p, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code)>(
         std::forward<CompletionToken>(token),
         [this, p = std::move(p)](auto h) mutable { do_push(std::move(p), std::move(h)); });
@@ -91,8 +91,9 @@ class queue {
   /// Reserves up to p.max ready tasks. Completion: void(error_code, std::vector<lease>).
   /// With p.wait, supports terminal/partial/total cancellation (completes with
   /// asio::error::operation_aborted and no leases; nothing is reserved).
-  template <class CompletionToken>
-  auto async_reserve(reserve_params p, CompletionToken&& token) {
+  template <asio::completion_token_for<void(error_code, std::vector<lease>)> CompletionToken =
+                asio::deferred_t>
+  auto async_reserve(reserve_params p, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, std::vector<lease>)>(
         std::forward<CompletionToken>(token),
         [this, p = std::move(p)](auto h) mutable { do_reserve(std::move(p), std::move(h)); });
@@ -100,8 +101,9 @@ class queue {
 
   /// Removes leased tasks for good. Completion: void(error_code, std::size_t removed).
   /// A lease whose token is stale (expired and handed to someone else) is not removed.
-  template <class CompletionToken>
-  auto async_ack(std::vector<lease> leases, CompletionToken&& token) {
+  template <
+      asio::completion_token_for<void(error_code, std::size_t)> CompletionToken = asio::deferred_t>
+  auto async_ack(std::vector<lease> leases, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, std::size_t)>(
         std::forward<CompletionToken>(token),
         [this, l = std::move(leases)](auto h) mutable { do_ack(std::move(l), std::move(h)); });
@@ -109,8 +111,9 @@ class queue {
 
   /// Extends leases to now + lease_for. Completion: void(error_code, std::vector<bool> kept)
   /// where kept[i] is false if leases[i] was no longer held.
-  template <class CompletionToken>
-  auto async_extend(std::vector<lease> leases, duration lease_for, CompletionToken&& token) {
+  template <asio::completion_token_for<void(error_code, std::vector<bool>)> CompletionToken =
+                asio::deferred_t>
+  auto async_extend(std::vector<lease> leases, duration lease_for, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, std::vector<bool>)>(
         std::forward<CompletionToken>(token),
         [this, l = std::move(leases), lease_for](auto h) mutable {
@@ -120,8 +123,8 @@ class queue {
 
   /// Gives a leased task back. Completion: void(error_code); errc::not_leased if the lease
   /// is no longer held.
-  template <class CompletionToken>
-  auto async_release(release_params p, CompletionToken&& token) {
+  template <asio::completion_token_for<void(error_code)> CompletionToken = asio::deferred_t>
+  auto async_release(release_params p, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code)>(
         std::forward<CompletionToken>(token),
         [this, p = std::move(p)](auto h) mutable { do_release(std::move(p), std::move(h)); });
@@ -129,8 +132,8 @@ class queue {
 
   /// Removes a task that is not leased (a cancelled or deleted pending task).
   /// Completion: void(error_code, bool removed).
-  template <class CompletionToken>
-  auto async_remove(std::string id, CompletionToken&& token) {
+  template <asio::completion_token_for<void(error_code, bool)> CompletionToken = asio::deferred_t>
+  auto async_remove(std::string id, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, bool)>(
         std::forward<CompletionToken>(token),
         [this, id = std::move(id)](auto h) mutable { do_remove(std::move(id), std::move(h)); });
@@ -138,8 +141,8 @@ class queue {
 
   /// Pauses or resumes a named queue: a paused queue hands out nothing, keeps accepting
   /// pushes, and keeps its order. Completion: void(error_code).
-  template <class CompletionToken>
-  auto async_set_paused(std::string queue_name, bool paused, CompletionToken&& token) {
+  template <asio::completion_token_for<void(error_code)> CompletionToken = asio::deferred_t>
+  auto async_set_paused(std::string queue_name, bool paused, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code)>(
         std::forward<CompletionToken>(token),
         [this, q = std::move(queue_name), paused](auto h) mutable {
@@ -149,8 +152,9 @@ class queue {
 
   /// Counts for one named queue (empty name: all queues). Completion: void(error_code,
   /// queue_stats).
-  template <class CompletionToken>
-  auto async_stats(std::string queue_name, CompletionToken&& token) {
+  template <
+      asio::completion_token_for<void(error_code, queue_stats)> CompletionToken = asio::deferred_t>
+  auto async_stats(std::string queue_name, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, queue_stats)>(
         std::forward<CompletionToken>(token), [this, q = std::move(queue_name)](auto h) mutable {
           do_stats(std::move(q), std::move(h));

@@ -96,8 +96,9 @@ class run_promise {
   /// @code
   /// auto [ec, r] = co_await promise.async_wait(asio::as_tuple(asio::use_awaitable));
   /// @endcode
-  template <class CompletionToken>
-  auto async_wait(CompletionToken&& token) const {
+  template <
+      asio::completion_token_for<void(error_code, run_result)> CompletionToken = asio::deferred_t>
+  auto async_wait(CompletionToken&& token = {}) const {
     return detail::initiate_erased<void(error_code, run_result)>(
         std::forward<CompletionToken>(token),
         [s = state_](auto h) mutable { do_async_wait(s, std::move(h)); });

@@ -77,8 +77,8 @@ class task_context : public std::enable_shared_from_this<task_context> {
   /// A progress nested deeper than the client's validation_limits::max_json_depth is not
   /// recorded: errc::progress_too_deep. (A handler's result nested too deep fails the run,
   /// not retried, with errc::result_too_deep.)
-  template <class CompletionToken>
-  auto async_heartbeat(json progress, CompletionToken&& token) {
+  template <asio::completion_token_for<void(error_code, bool)> CompletionToken = asio::deferred_t>
+  auto async_heartbeat(json progress, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, bool)>(
         std::forward<CompletionToken>(token), [this, p = std::move(progress)](auto h) mutable {
           do_heartbeat(std::move(p), std::move(h));
@@ -89,8 +89,8 @@ class task_context : public std::enable_shared_from_this<task_context> {
   void log(std::string message);
 
   /// Asynchronous log append. Completion: void(error_code).
-  template <class CompletionToken>
-  auto async_log(std::string message, CompletionToken&& token) {
+  template <asio::completion_token_for<void(error_code)> CompletionToken = asio::deferred_t>
+  auto async_log(std::string message, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code)>(
         std::forward<CompletionToken>(token),
         [this, m = std::move(message)](auto h) mutable { do_log(std::move(m), std::move(h)); });
