@@ -175,8 +175,14 @@ class process_executor final : public executor {
   /// timeout that are still being terminated.
   std::size_t children() const;
 
-  /// Waits until children() is zero. Completion: void(). Completes on the token's
-  /// associated executor (else get_executor()), never inline. Not cancellable.
+  /// Waits until children() is zero.
+  ///
+  /// - Completion: `void()`.
+  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Cancellation: none.
+  /// - Errors: none.
+  /// - Lifetimes: the executor must outlive the operation.
+  /// - Thread safety: any thread.
   template <asio::completion_token_for<void()> CompletionToken = asio::deferred_t>
   auto async_wait_children(CompletionToken&& token = {}) {
     return detail::initiate_erased<void()>(

@@ -171,8 +171,14 @@ class metrics_registry {
   void async_collect(asio::any_io_executor ex,
                      asio::any_completion_handler<void(error_code, std::vector<metric_family>)> h);
 
-  /// async_collect, rendered. Completion: void(error_code, std::string) on the token's
-  /// associated executor (else `ex`).
+  /// async_collect, rendered in the Prometheus text format.
+  ///
+  /// - Completion: `void(error_code, std::string)`.
+  /// - Executor: the token's associated executor, else `ex`; never inline.
+  /// - Cancellation: none.
+  /// - Errors: none today (a collector that fails leaves its families out).
+  /// - Lifetimes: the registry must outlive the operation.
+  /// - Thread safety: any thread.
   template <
       asio::completion_token_for<void(error_code, std::string)> CompletionToken = asio::deferred_t>
   auto async_scrape(asio::any_io_executor ex, CompletionToken&& token = {}) {

@@ -128,7 +128,13 @@ class scheduler {
   /// updated in place: a changed timing rule restarts from now (next due recomputed, missed
   /// occurrences of the new rule are not run), running runs are untouched. A schedule found
   /// in the store resumes from its stored progress (the catch-up policy then applies).
-  /// Completion: void(error_code, ensure_result). Errors: see validate(const schedule&, ...).
+  ///
+  /// - Completion: `void(error_code, ensure_result)`.
+  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Cancellation: none.
+  /// - Errors: see validate(const schedule&, ...); the schedule store's errors.
+  /// - Lifetimes: arguments are moved into the operation; the scheduler must outlive it.
+  /// - Thread safety: any thread.
   template <asio::completion_token_for<void(error_code, ensure_result)> CompletionToken =
                 asio::deferred_t>
   auto async_ensure_schedule(schedule def, CompletionToken&& token = {}) {
@@ -139,8 +145,14 @@ class scheduler {
   ensure_result ensure_schedule(schedule def);
   ensure_result ensure_schedule(schedule def, error_code& ec);
 
-  /// Pauses a schedule: it fires nothing until resumed. Completion: void(error_code);
-  /// errc::schedule_not_found.
+  /// Pauses a schedule: it fires nothing until resumed.
+  ///
+  /// - Completion: `void(error_code)`.
+  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Cancellation: none.
+  /// - Errors: errc::schedule_not_found; the schedule store's errors.
+  /// - Lifetimes: arguments are moved into the operation; the scheduler must outlive it.
+  /// - Thread safety: any thread.
   template <asio::completion_token_for<void(error_code)> CompletionToken = asio::deferred_t>
   auto async_pause(std::string name, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code)>(
@@ -152,7 +164,14 @@ class scheduler {
   void pause(const std::string& name, error_code& ec);
 
   /// Resumes a paused schedule from now: occurrences that fell while it was paused are not
-  /// run. Completion: void(error_code); errc::schedule_not_found.
+  /// run.
+  ///
+  /// - Completion: `void(error_code)`.
+  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Cancellation: none.
+  /// - Errors: errc::schedule_not_found; the schedule store's errors.
+  /// - Lifetimes: arguments are moved into the operation; the scheduler must outlive it.
+  /// - Thread safety: any thread.
   template <asio::completion_token_for<void(error_code)> CompletionToken = asio::deferred_t>
   auto async_resume(std::string name, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code)>(
@@ -165,8 +184,14 @@ class scheduler {
 
   /// Removes a schedule from this scheduler and the store. With `cancel_runs`, also cancels
   /// its runs that are pending or running (found by label, whoever enqueued them), like
-  /// InfluxDB's ReleaseTask. Completion: void(error_code, std::size_t cancelled);
-  /// errc::schedule_not_found.
+  /// InfluxDB's ReleaseTask.
+  ///
+  /// - Completion: `void(error_code, std::size_t cancelled)`.
+  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Cancellation: none.
+  /// - Errors: errc::schedule_not_found; the stores' errors.
+  /// - Lifetimes: arguments are moved into the operation; the scheduler must outlive it.
+  /// - Thread safety: any thread.
   template <
       asio::completion_token_for<void(error_code, std::size_t)> CompletionToken = asio::deferred_t>
   auto async_remove(std::string name, bool cancel_runs, CompletionToken&& token = {}) {
@@ -180,7 +205,14 @@ class scheduler {
   std::size_t remove(const std::string& name, bool cancel_runs, error_code& ec);
 
   /// Enqueues one run now, outside the timing rule and the overlap policy, with
-  /// scheduled_for = now and no dedupe key. Completion: void(error_code, std::string id).
+  /// scheduled_for = now and no dedupe key.
+  ///
+  /// - Completion: `void(error_code, std::string id)`.
+  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Cancellation: none.
+  /// - Errors: errc::schedule_not_found; the client's enqueue errors.
+  /// - Lifetimes: arguments are moved into the operation; the scheduler must outlive it.
+  /// - Thread safety: any thread.
   template <
       asio::completion_token_for<void(error_code, std::string)> CompletionToken = asio::deferred_t>
   auto async_run_now(std::string name, CompletionToken&& token = {}) {
@@ -193,8 +225,15 @@ class scheduler {
 
   /// Enqueues one run per occurrence t with from <= t < to, each with scheduled_for = t and
   /// the occurrence's dedupe key (an occurrence already enqueued is not enqueued again), in
-  /// spite of the overlap policy. Completion: void(error_code, backfill_result).
-  /// errc::invalid_schedule when the range holds more than options.max_backfill occurrences.
+  /// spite of the overlap policy.
+  ///
+  /// - Completion: `void(error_code, backfill_result)`.
+  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Cancellation: none.
+  /// - Errors: errc::schedule_not_found; errc::invalid_schedule when the range holds
+  ///   more than options.max_backfill occurrences; the client's enqueue errors.
+  /// - Lifetimes: arguments are moved into the operation; the scheduler must outlive it.
+  /// - Thread safety: any thread.
   template <asio::completion_token_for<void(error_code, backfill_result)> CompletionToken =
                 asio::deferred_t>
   auto async_backfill(std::string name, time_point from, time_point to,
@@ -214,9 +253,15 @@ class scheduler {
   /// One schedule, if known.
   std::optional<schedule_info> info(const std::string& name) const;
 
-  /// Fires due schedules until stop(). Completion: void(error_code) — success after stop()
-  /// (also when stop() came first); errc::shutting_down when already running. Supports
-  /// terminal cancellation (same as stop()).
+  /// Fires due schedules until stop().
+  ///
+  /// - Completion: `void(error_code)`.
+  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Cancellation: terminal (same as stop()).
+  /// - Errors: none after stop() (also when stop() came first); errc::shutting_down
+  ///   when already running.
+  /// - Lifetimes: the scheduler must outlive the operation.
+  /// - Thread safety: any thread.
   ///
   /// With options.leader, it first competes for leadership and fires only while it leads:
   /// it renews every leader_renew on the client's clock and stops firing as soon as a renewal
