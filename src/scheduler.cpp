@@ -1260,7 +1260,9 @@ void scheduler::do_set_paused(std::string name, bool paused,
   }
   core->request_arm();
   if (!save) return detail::post_completion(std::move(h), core->io_ex, error_code{});
-  core->store.async_save(std::move(*save), std::move(h));
+  // Bound here so that it completes on the scheduler's side, not the schedule store's.
+  auto ex = asio::get_associated_executor(h, core->io_ex);
+  core->store.async_save(std::move(*save), asio::bind_executor(std::move(ex), std::move(h)));
 }
 
 void scheduler::pause(const std::string& name, error_code& ec) {

@@ -94,10 +94,11 @@ struct scheduler_core;
 
 /// Fires schedules into a client.
 ///
-/// All members are thread-safe. Async members take any completion token and complete on
-/// its associated executor (else get_executor()), never inline; blocking forms (throwing
-/// taskq::error with a detail, or setting an error_code) need the io_context to be run by
-/// another thread (errc::blocking_on_io_thread otherwise). None of the operations supports
+/// All members are thread-safe. Async members take any completion token (default
+/// `asio::deferred`) and complete on its associated executor (else the client's executor),
+/// never inline. Every blocking form comes twice, throwing taskq::error (its detail names
+/// the schedule) and setting an error_code; they need the io_context to be run by another
+/// thread (errc::blocking_on_io_thread otherwise). None of the operations supports
 /// per-operation cancellation except async_run.
 ///
 /// Lifetimes: the client (and options.store) must outlive the scheduler. Destroying the
@@ -130,7 +131,7 @@ class scheduler {
   /// in the store resumes from its stored progress (the catch-up policy then applies).
   ///
   /// - Completion: `void(error_code, ensure_result)`.
-  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Executor: the token's associated executor, else the client's executor; never inline.
   /// - Cancellation: none.
   /// - Errors: see validate(const schedule&, ...); the schedule store's errors.
   /// - Lifetimes: arguments are moved into the operation; the scheduler must outlive it.
@@ -148,7 +149,7 @@ class scheduler {
   /// Pauses a schedule: it fires nothing until resumed.
   ///
   /// - Completion: `void(error_code)`.
-  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Executor: the token's associated executor, else the client's executor; never inline.
   /// - Cancellation: none.
   /// - Errors: errc::schedule_not_found; the schedule store's errors.
   /// - Lifetimes: arguments are moved into the operation; the scheduler must outlive it.
@@ -167,7 +168,7 @@ class scheduler {
   /// run.
   ///
   /// - Completion: `void(error_code)`.
-  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Executor: the token's associated executor, else the client's executor; never inline.
   /// - Cancellation: none.
   /// - Errors: errc::schedule_not_found; the schedule store's errors.
   /// - Lifetimes: arguments are moved into the operation; the scheduler must outlive it.
@@ -187,7 +188,7 @@ class scheduler {
   /// InfluxDB's ReleaseTask.
   ///
   /// - Completion: `void(error_code, std::size_t cancelled)`.
-  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Executor: the token's associated executor, else the client's executor; never inline.
   /// - Cancellation: none.
   /// - Errors: errc::schedule_not_found; the stores' errors.
   /// - Lifetimes: arguments are moved into the operation; the scheduler must outlive it.
@@ -208,7 +209,7 @@ class scheduler {
   /// scheduled_for = now and no dedupe key.
   ///
   /// - Completion: `void(error_code, std::string id)`.
-  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Executor: the token's associated executor, else the client's executor; never inline.
   /// - Cancellation: none.
   /// - Errors: errc::schedule_not_found; the client's enqueue errors.
   /// - Lifetimes: arguments are moved into the operation; the scheduler must outlive it.
@@ -228,7 +229,7 @@ class scheduler {
   /// spite of the overlap policy.
   ///
   /// - Completion: `void(error_code, backfill_result)`.
-  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Executor: the token's associated executor, else the client's executor; never inline.
   /// - Cancellation: none.
   /// - Errors: errc::schedule_not_found; errc::invalid_schedule when the range holds
   ///   more than options.max_backfill occurrences; the client's enqueue errors.
@@ -256,7 +257,7 @@ class scheduler {
   /// Fires due schedules until stop().
   ///
   /// - Completion: `void(error_code)`.
-  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Executor: the token's associated executor, else the client's executor; never inline.
   /// - Cancellation: terminal (same as stop()).
   /// - Errors: none after stop() (also when stop() came first); errc::shutting_down
   ///   when already running.

@@ -839,6 +839,44 @@ TEST_CASE("scheduler: every blocking form has an error_code twin reporting what 
   io_thread.join();
 }
 
+TEST_CASE("scheduler: pause and resume complete on the client's executor, not the store's",
+          "[scheduler][contract][executor]") {
+  // The schedule store completes on its own io_context, run by another thread.
+  asio::io_context io, store_io;
+  manual_clock clk(t0);
+  memory::queue q{io.get_executor(), clk};
+  memory::store s{io.get_executor()};
+  client c{io.get_executor(), q, s, {.time = &clk}};
+  memory::schedule_store store{store_io.get_executor()};
+  std::optional<scheduler> sched;
+  sched.emplace(c, scheduler_options{.store = &store});
+  std::thread store_thread([&] {
+    auto guard = asio::make_work_guard(store_io);
+    store_io.run_for(10s);
+  });
+  std::optional<error_code> ensured;
+  sched->async_ensure_schedule(every_minute(), [&](error_code ec, ensure_result) { ensured = ec; });
+  REQUIRE(run_until(io, [&] { return ensured.has_value(); }));
+  REQUIRE_FALSE(*ensured);
+  int done = 0;
+  sched->async_pause("m", [&](error_code ec) {
+    CHECK_FALSE(ec);
+    CHECK(io.get_executor().running_in_this_thread());
+    ++done;
+  });
+  REQUIRE(run_until(io, [&] { return done == 1; }));
+  sched->async_resume("m", [&](error_code ec) {
+    CHECK_FALSE(ec);
+    CHECK(io.get_executor().running_in_this_thread());
+    ++done;
+  });
+  REQUIRE(run_until(io, [&] { return done == 2; }));
+  sched.reset();
+  drain(io);
+  store_io.stop();
+  store_thread.join();
+}
+
 TEST_CASE("scheduler: blocking forms work from another thread", "[scheduler][blocking]") {
   sched_fixture f;
   auto guard = asio::make_work_guard(f.io);
