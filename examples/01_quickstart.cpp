@@ -56,10 +56,10 @@ int main(int argc, char** argv) {
         // braced initializer inside a co_await expression.)
         taskq::task_spec spec{.type = "thumbnail",
                               .payload = {{"file", "report.pdf"}, {"pages", 3}}};
-        auto id = co_await client.async_enqueue(std::move(spec), asio::use_awaitable);
+        auto id = co_await client.async_enqueue(std::move(spec));  // default token: deferred
         fmt::print("enqueued task {}\n", id);
 
-        taskq::task_record done = co_await client.async_wait(id, asio::use_awaitable);
+        taskq::task_record done = co_await client.async_wait(id);
         fmt::print("task {} {} after {} attempt(s): {}\n", done.id, taskq::to_string(done.status),
                    done.attempt, done.result.dump());
         worker.stop();  // drains, then the io_context runs out of work

@@ -27,7 +27,7 @@ asio::awaitable<taskq::json> create_report(taskq::client& client, const taskq::j
                         .timeout = 30s,
                         .labels = {{"customer", customer}},
                         .concurrency_key = customer};
-  auto token = co_await client.async_enqueue(std::move(spec), asio::use_awaitable);
+  auto token = co_await client.async_enqueue(std::move(spec));
   taskq::json response{{"status", 202}, {"token", token}};
   co_return response;
 }
@@ -57,7 +57,7 @@ int main() {
       step.expires_after(30ms);
       co_await step.async_wait(asio::use_awaitable);
       taskq::json progress{{"percent", percent}};
-      bool keep_going = co_await ctx.async_heartbeat(std::move(progress), asio::use_awaitable);
+      bool keep_going = co_await ctx.async_heartbeat(std::move(progress));
       if (!keep_going) co_return taskq::json();
     }
     taskq::json result{{"rows", 1234}, {"customer", ctx.payload().at("customer")}};

@@ -1260,18 +1260,30 @@ void scheduler::do_set_paused(std::string name, bool paused,
   }
   core->request_arm();
   if (!save) return detail::post_completion(std::move(h), core->io_ex, error_code{});
-  core->store.async_save(std::move(*save), std::move(h));
+  // Bound here so that it completes on the scheduler's side, not the schedule store's.
+  auto ex = asio::get_associated_executor(h, core->io_ex);
+  core->store.async_save(std::move(*save), asio::bind_executor(std::move(ex), std::move(h)));
+}
+
+void scheduler::pause(const std::string& name, error_code& ec) {
+  std::tie(ec) =
+      detail::blocking_call<>(core_->io_ex, [&](auto h) { async_pause(name, std::move(h)); });
 }
 
 void scheduler::pause(const std::string& name) {
-  auto [ec] =
-      detail::blocking_call<>(core_->io_ex, [&](auto h) { async_pause(name, std::move(h)); });
+  error_code ec;
+  pause(name, ec);
   throw_if(ec, name);
 }
 
-void scheduler::resume(const std::string& name) {
-  auto [ec] =
+void scheduler::resume(const std::string& name, error_code& ec) {
+  std::tie(ec) =
       detail::blocking_call<>(core_->io_ex, [&](auto h) { async_resume(name, std::move(h)); });
+}
+
+void scheduler::resume(const std::string& name) {
+  error_code ec;
+  resume(name, ec);
   throw_if(ec, name);
 }
 
@@ -1328,9 +1340,14 @@ void scheduler::do_remove(std::string name, bool cancel_runs,
   });
 }
 
+std::size_t scheduler::remove(const std::string& name, bool cancel_runs, error_code& ec) {
+  return detail::blocking_value<std::size_t>(
+      core_->io_ex, ec, [&](auto h) { async_remove(name, cancel_runs, std::move(h)); });
+}
+
 std::size_t scheduler::remove(const std::string& name, bool cancel_runs) {
-  auto [ec, n] = detail::blocking_call<std::size_t>(
-      core_->io_ex, [&](auto h) { async_remove(name, cancel_runs, std::move(h)); });
+  error_code ec;
+  auto n = remove(name, cancel_runs, ec);
   throw_if(ec, name);
   return n;
 }
@@ -1355,9 +1372,14 @@ void scheduler::do_run_now(std::string name,
   });
 }
 
+std::string scheduler::run_now(const std::string& name, error_code& ec) {
+  return detail::blocking_value<std::string>(core_->io_ex, ec,
+                                             [&](auto h) { async_run_now(name, std::move(h)); });
+}
+
 std::string scheduler::run_now(const std::string& name) {
-  auto [ec, id] = detail::blocking_call<std::string>(
-      core_->io_ex, [&](auto h) { async_run_now(name, std::move(h)); });
+  error_code ec;
+  auto id = run_now(name, ec);
   throw_if(ec, name);
   return id;
 }
@@ -1416,9 +1438,15 @@ void scheduler::do_backfill(std::string name, time_point from, time_point to,
   }
 }
 
+backfill_result scheduler::backfill(const std::string& name, time_point from, time_point to,
+                                    error_code& ec) {
+  return detail::blocking_value<backfill_result>(
+      core_->io_ex, ec, [&](auto h) { async_backfill(name, from, to, std::move(h)); });
+}
+
 backfill_result scheduler::backfill(const std::string& name, time_point from, time_point to) {
-  auto [ec, r] = detail::blocking_call<backfill_result>(
-      core_->io_ex, [&](auto h) { async_backfill(name, from, to, std::move(h)); });
+  error_code ec;
+  auto r = backfill(name, from, to, ec);
   throw_if(ec, name);
   return r;
 }

@@ -54,11 +54,17 @@ struct admin_target {
 
 void do_admin(admin_target t, json request, asio::any_completion_handler<void(json)> h);
 
-/// Executes one admin request against `t`. Completion: void(json response), on the token's
-/// associated executor (else t.ex), never inline. Errors are in the response, never thrown.
-/// No per-operation cancellation. Thread-safe.
-template <class CompletionToken>
-auto async_admin(admin_target t, json request, CompletionToken&& token) {
+/// Executes one admin request against `t`.
+///
+/// - Completion: `void(json response)`.
+/// - Executor: the token's associated executor, else t.ex; never inline.
+/// - Cancellation: none.
+/// - Errors: in the response (see admin_error_response), never thrown.
+/// - Lifetimes: `t` is moved into the operation; what it points to must outlive it
+///   (t.keep_alive may hold it).
+/// - Thread safety: any thread.
+template <asio::completion_token_for<void(json)> CompletionToken = asio::deferred_t>
+auto async_admin(admin_target t, json request, CompletionToken&& token = {}) {
   return detail::initiate_erased<void(json)>(
       std::forward<CompletionToken>(token),
       [t = std::move(t), r = std::move(request)](auto h) mutable {

@@ -37,18 +37,18 @@ struct client_options {
 
 /// The host's handle on a queue + store pair. All members are thread-safe.
 ///
-/// Every operation comes as `async_x(..., token)` taking any completion token, completing on
-/// the token's associated executor (else get_executor()), never inline; and as blocking
-/// `x(...)` (throws taskq::error) and `x(..., error_code&)` forms. A blocking form needs the
-/// io_context to be run by another thread; on a thread running it, it fails with
-/// errc::blocking_on_io_thread rather than deadlock.
+/// Every operation comes as `async_x(..., token)` taking any completion token whose
+/// signature fits (default `asio::deferred`, so `co_await client.async_x(...)` works in a
+/// coroutine), completing on the token's associated executor (else get_executor()), never
+/// inline; and as blocking `x(...)` (throws taskq::error) and `x(..., error_code&)` forms. A
+/// blocking form needs the io_context to be run by another thread; on a thread running it,
+/// it fails with errc::blocking_on_io_thread rather than deadlock.
 ///
 /// @code
 /// taskq::memory::queue q(io.get_executor());
 /// taskq::memory::store s(io.get_executor());
 /// taskq::client client(io.get_executor(), q, s);
-/// auto id = co_await client.async_enqueue({.type = "report", .payload = {{"month", 11}}},
-///                                         asio::use_awaitable);
+/// auto id = co_await client.async_enqueue({.type = "report", .payload = {{"month", 11}}});
 /// @endcode
 class client {
  public:
@@ -70,11 +70,17 @@ class client {
 
   // --- enqueue --------------------------------------------------------------------------
 
-  /// Validates and enqueues one task. Completion: void(error_code, std::string id).
-  /// Errors: a validation error naming the field, errc::duplicate_id,
-  /// errc::duplicate_unique_key. On error nothing is written.
-  template <class CompletionToken>
-  auto async_enqueue(task_spec spec, CompletionToken&& token) {
+  /// Validates and enqueues one task. On an error nothing is written.
+  ///
+  /// - Completion: `void(error_code, std::string id)`.
+  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Cancellation: none.
+  /// - Errors: a validation error naming the field; errc::duplicate_id, errc::duplicate_unique_key.
+  /// - Lifetimes: arguments are moved into the operation; the client must outlive it.
+  /// - Thread safety: any thread, concurrently with other members.
+  template <
+      asio::completion_token_for<void(error_code, std::string)> CompletionToken = asio::deferred_t>
+  auto async_enqueue(task_spec spec, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, std::string)>(
         std::forward<CompletionToken>(token),
         [this, s = std::move(spec)](auto h) mutable { do_enqueue(std::move(s), std::move(h)); });
@@ -82,14 +88,21 @@ class client {
   std::string enqueue(task_spec spec);
   std::string enqueue(task_spec spec, error_code& ec);
 
-  /// Enqueues several tasks, all or nothing. Completion: void(error_code,
-  /// std::vector<std::string>). A validation error names the field; the detail of the thrown form
-  /// names the index.
-  template <class CompletionToken>
-  auto async_enqueue_batch(std::vector<task_spec> specs, CompletionToken&& token) {
+  /// Validates and enqueues several tasks, all or nothing. An empty batch succeeds.
+  ///
+  /// - Completion: `void(error_code, std::vector<std::string> ids)`.
+  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Cancellation: none.
+  /// - Errors: as async_enqueue, for the first spec that fails; the thrown form's
+  ///   message also names its index ("task_spec at batch index 2: ...").
+  /// - Lifetimes: arguments are moved into the operation; the client must outlive it.
+  /// - Thread safety: any thread, concurrently with other members.
+  template <asio::completion_token_for<void(error_code, std::vector<std::string>)> CompletionToken =
+                asio::deferred_t>
+  auto async_enqueue_batch(std::vector<task_spec> specs, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, std::vector<std::string>)>(
         std::forward<CompletionToken>(token), [this, s = std::move(specs)](auto h) mutable {
-          do_enqueue_batch(std::move(s), std::move(h));
+          do_enqueue_batch(std::move(s), std::move(h), nullptr);
         });
   }
   std::vector<std::string> enqueue_batch(std::vector<task_spec> specs);
@@ -97,27 +110,55 @@ class client {
 
   // --- queries --------------------------------------------------------------------------
 
-  /// The task's record. Completion: void(error_code, task_record); errc::not_found.
-  template <class CompletionToken>
-  auto async_get(std::string id, CompletionToken&& token) {
-    return get_store().async_get(std::move(id), std::forward<CompletionToken>(token));
+  /// The task's record.
+  ///
+  /// - Completion: `void(error_code, task_record)`.
+  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Cancellation: none.
+  /// - Errors: errc::not_found; the store's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the client must outlive it.
+  /// - Thread safety: any thread, concurrently with other members.
+  template <
+      asio::completion_token_for<void(error_code, task_record)> CompletionToken = asio::deferred_t>
+  auto async_get(std::string id, CompletionToken&& token = {}) {
+    return detail::initiate_erased<void(error_code, task_record)>(
+        std::forward<CompletionToken>(token),
+        [this, id = std::move(id)](auto h) mutable { do_get(std::move(id), std::move(h)); });
   }
   task_record get(const std::string& id);
   task_record get(const std::string& id, error_code& ec);
 
-  /// One page of tasks matching a filter (admin views). Completion: void(error_code, task_page).
-  template <class CompletionToken>
-  auto async_list(task_filter f, CompletionToken&& token) {
-    return get_store().async_list(std::move(f), std::forward<CompletionToken>(token));
+  /// One page of tasks matching a filter (admin views).
+  ///
+  /// - Completion: `void(error_code, task_page)`.
+  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Cancellation: none.
+  /// - Errors: the store's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the client must outlive it.
+  /// - Thread safety: any thread, concurrently with other members.
+  template <
+      asio::completion_token_for<void(error_code, task_page)> CompletionToken = asio::deferred_t>
+  auto async_list(task_filter f, CompletionToken&& token = {}) {
+    return detail::initiate_erased<void(error_code, task_page)>(
+        std::forward<CompletionToken>(token),
+        [this, f = std::move(f)](auto h) mutable { do_list(std::move(f), std::move(h)); });
   }
   task_page list(task_filter f);
   task_page list(task_filter f, error_code& ec);
 
   /// Waits until the task is finished (succeeded, failed, cancelled or dropped) and returns
-  /// its final record. Completion: void(error_code, task_record). Supports terminal, partial
-  /// and total cancellation (operation_aborted; the task is unaffected).
-  template <class CompletionToken>
-  auto async_wait(std::string id, CompletionToken&& token) {
+  /// its final record.
+  ///
+  /// - Completion: `void(error_code, task_record)`.
+  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Cancellation: terminal, partial and total: the wait ends with
+  ///   asio::error::operation_aborted; the task is unaffected (async_cancel cancels it).
+  /// - Errors: errc::not_found; the store's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the client must outlive it.
+  /// - Thread safety: any thread, concurrently with other members.
+  template <
+      asio::completion_token_for<void(error_code, task_record)> CompletionToken = asio::deferred_t>
+  auto async_wait(std::string id, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, task_record)>(
         std::forward<CompletionToken>(token),
         [this, id = std::move(id)](auto h) mutable { do_wait(std::move(id), std::move(h)); });
@@ -128,10 +169,17 @@ class client {
   // --- control --------------------------------------------------------------------------
 
   /// Cancels a task: a pending one is cancelled at once; a running one is flagged and its
-  /// handler told (co-operative). Completion: void(error_code, task_record after).
-  /// errc::illegal_transition if it already finished.
-  template <class CompletionToken>
-  auto async_cancel(std::string id, CompletionToken&& token) {
+  /// handler told (co-operative).
+  ///
+  /// - Completion: `void(error_code, task_record after)`.
+  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Cancellation: none.
+  /// - Errors: errc::not_found; errc::illegal_transition if it already finished.
+  /// - Lifetimes: arguments are moved into the operation; the client must outlive it.
+  /// - Thread safety: any thread, concurrently with other members.
+  template <
+      asio::completion_token_for<void(error_code, task_record)> CompletionToken = asio::deferred_t>
+  auto async_cancel(std::string id, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, task_record)>(
         std::forward<CompletionToken>(token),
         [this, id = std::move(id)](auto h) mutable { do_cancel(std::move(id), std::move(h)); });
@@ -140,9 +188,16 @@ class client {
   task_record cancel(const std::string& id, error_code& ec);
 
   /// Runs a failed, cancelled or dropped task again with a fresh set of attempts.
-  /// Completion: void(error_code, task_record after). errc::illegal_transition otherwise.
-  template <class CompletionToken>
-  auto async_retry(std::string id, CompletionToken&& token) {
+  ///
+  /// - Completion: `void(error_code, task_record after)`.
+  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Cancellation: none.
+  /// - Errors: errc::not_found; errc::illegal_transition for a task in another status.
+  /// - Lifetimes: arguments are moved into the operation; the client must outlive it.
+  /// - Thread safety: any thread, concurrently with other members.
+  template <
+      asio::completion_token_for<void(error_code, task_record)> CompletionToken = asio::deferred_t>
+  auto async_retry(std::string id, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, task_record)>(
         std::forward<CompletionToken>(token),
         [this, id = std::move(id)](auto h) mutable { do_retry(std::move(id), std::move(h)); });
@@ -151,9 +206,16 @@ class client {
   task_record retry(const std::string& id, error_code& ec);
 
   /// Deletes tasks matching a filter that are not running (bulk delete by label, say).
-  /// Completion: void(error_code, std::vector<std::string> deleted_ids).
-  template <class CompletionToken>
-  auto async_remove(task_filter f, CompletionToken&& token) {
+  ///
+  /// - Completion: `void(error_code, std::vector<std::string> deleted_ids)`.
+  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Cancellation: none.
+  /// - Errors: the store's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the client must outlive it.
+  /// - Thread safety: any thread, concurrently with other members.
+  template <asio::completion_token_for<void(error_code, std::vector<std::string>)> CompletionToken =
+                asio::deferred_t>
+  auto async_remove(task_filter f, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, std::vector<std::string>)>(
         std::forward<CompletionToken>(token),
         [this, f = std::move(f)](auto h) mutable { do_remove(std::move(f), std::move(h)); });
@@ -163,23 +225,44 @@ class client {
 
   /// Deletes finished tasks that finished more than `older_than` ago. The cut-off saturates at
   /// the start of time: an `older_than` longer than the clock can count back prunes nothing.
-  /// Completion: void(error_code, std::size_t deleted).
-  template <class CompletionToken>
-  auto async_prune(duration older_than, CompletionToken&& token) {
-    return get_store().async_prune(detail::saturating_sub(time().now(), older_than),
-                                   std::forward<CompletionToken>(token));
+  ///
+  /// - Completion: `void(error_code, std::size_t deleted)`.
+  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Cancellation: none.
+  /// - Errors: the store's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the client must outlive it.
+  /// - Thread safety: any thread, concurrently with other members.
+  template <
+      asio::completion_token_for<void(error_code, std::size_t)> CompletionToken = asio::deferred_t>
+  auto async_prune(duration older_than, CompletionToken&& token = {}) {
+    return detail::initiate_erased<void(error_code, std::size_t)>(
+        std::forward<CompletionToken>(token),
+        [this, older_than](auto h) mutable { do_prune(older_than, std::move(h)); });
   }
   std::size_t prune(duration older_than);
   std::size_t prune(duration older_than, error_code& ec);
 
-  /// Pauses or resumes a named queue for every worker. Completion: void(error_code).
-  template <class CompletionToken>
-  auto async_set_paused(std::string queue_name, bool paused, CompletionToken&& token) {
-    return get_queue().async_set_paused(std::move(queue_name), paused,
-                                        std::forward<CompletionToken>(token));
+  /// Pauses or resumes a named queue for every worker (blocking forms: pause_queue and
+  /// resume_queue; the thrown error's detail names the queue).
+  ///
+  /// - Completion: `void(error_code)`.
+  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Cancellation: none.
+  /// - Errors: the queue's errors (a paused queue keeps accepting pushes).
+  /// - Lifetimes: arguments are moved into the operation; the client must outlive it.
+  /// - Thread safety: any thread, concurrently with other members.
+  template <asio::completion_token_for<void(error_code)> CompletionToken = asio::deferred_t>
+  auto async_set_paused(std::string queue_name, bool paused, CompletionToken&& token = {}) {
+    return detail::initiate_erased<void(error_code)>(
+        std::forward<CompletionToken>(token),
+        [this, q = std::move(queue_name), paused](auto h) mutable {
+          do_set_paused(std::move(q), paused, std::move(h));
+        });
   }
   void pause_queue(const std::string& queue_name);
+  void pause_queue(const std::string& queue_name, error_code& ec);
   void resume_queue(const std::string& queue_name);
+  void resume_queue(const std::string& queue_name, error_code& ec);
 
   // --- observing ------------------------------------------------------------------------
 
@@ -192,21 +275,37 @@ class client {
   void unsubscribe(std::uint64_t id);
 
   /// Counts from the store plus the client's own counters and latency histograms.
-  /// Completion: void(error_code, metrics_snapshot).
-  template <class CompletionToken>
-  auto async_metrics(CompletionToken&& token) {
+  ///
+  /// - Completion: `void(error_code, metrics_snapshot)`.
+  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Cancellation: none.
+  /// - Errors: the store's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the client must outlive it.
+  /// - Thread safety: any thread, concurrently with other members.
+  template <asio::completion_token_for<void(error_code, metrics_snapshot)> CompletionToken =
+                asio::deferred_t>
+  auto async_metrics(CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, metrics_snapshot)>(
         std::forward<CompletionToken>(token), [this](auto h) mutable { do_metrics(std::move(h)); });
   }
   metrics_snapshot metrics();
+  metrics_snapshot metrics(error_code& ec);
 
   /// For workers and schedulers: the engine state they share with this client.
   const std::shared_ptr<detail::client_core>& core() const noexcept { return core_; }
 
  private:
   void do_enqueue(task_spec s, asio::any_completion_handler<void(error_code, std::string)> h);
+  /// `bad_index`, when set, is told the index of the spec that failed validation (before
+  /// this returns: validation runs in the initiating call).
   void do_enqueue_batch(std::vector<task_spec> s,
-                        asio::any_completion_handler<void(error_code, std::vector<std::string>)> h);
+                        asio::any_completion_handler<void(error_code, std::vector<std::string>)> h,
+                        std::size_t* bad_index);
+  void do_get(std::string id, asio::any_completion_handler<void(error_code, task_record)> h);
+  void do_list(task_filter f, asio::any_completion_handler<void(error_code, task_page)> h);
+  void do_prune(duration older_than, asio::any_completion_handler<void(error_code, std::size_t)> h);
+  void do_set_paused(std::string queue_name, bool paused,
+                     asio::any_completion_handler<void(error_code)> h);
   void do_wait(std::string id, asio::any_completion_handler<void(error_code, task_record)> h);
   void do_cancel(std::string id, asio::any_completion_handler<void(error_code, task_record)> h);
   void do_retry(std::string id, asio::any_completion_handler<void(error_code, task_record)> h);

@@ -5,6 +5,7 @@
 // instead of sleeping.
 #pragma once
 
+#include <taskq/detail/initiate.hpp>
 #include <taskq/task.hpp>
 
 #include <boost/asio/any_completion_handler.hpp>
@@ -27,14 +28,16 @@ class clock {
   /// The current time.
   virtual time_point now() const noexcept = 0;
 
-  /// Waits until now() >= `at`.
+  /// Waits until now() >= `at`. `ex`: an I/O executor the wait may use for its timer.
   ///
-  /// @param ex  an I/O executor the wait may use for its timer.
-  /// Completion signature: void(error_code). Completes on the token's associated executor
-  /// (else `ex`), never inline. Supports terminal, partial and total cancellation through the
-  /// token's cancellation slot; a cancelled wait completes with asio::error::operation_aborted.
-  template <class CompletionToken>
-  auto async_wait_until(asio::any_io_executor ex, time_point at, CompletionToken&& token) {
+  /// - Completion: `void(error_code)`.
+  /// - Executor: the token's associated executor, else `ex`; never inline.
+  /// - Cancellation: terminal, partial and total, through the token's cancellation slot.
+  /// - Errors: asio::error::operation_aborted when cancelled.
+  /// - Lifetimes: the clock must outlive the operation.
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void(error_code)> CompletionToken = asio::deferred_t>
+  auto async_wait_until(asio::any_io_executor ex, time_point at, CompletionToken&& token = {}) {
     return asio::async_initiate<CompletionToken, void(error_code)>(
         [this](auto handler, asio::any_io_executor ex, time_point at) {
           do_wait_until(std::move(ex), at,

@@ -58,10 +58,16 @@ class executor {
   /// Blocks until every promise created through execute() has completed.
   void wait_idle();
 
-  /// Waits asynchronously until no promise is outstanding. Completion: void(). Completes on
-  /// the token's associated executor (else get_executor()), never inline.
-  template <class CompletionToken>
-  auto async_wait_idle(CompletionToken&& token) {
+  /// Waits asynchronously until no promise is outstanding.
+  ///
+  /// - Completion: `void()`.
+  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Cancellation: none.
+  /// - Errors: none.
+  /// - Lifetimes: the executor must outlive the operation.
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void()> CompletionToken = asio::deferred_t>
+  auto async_wait_idle(CompletionToken&& token = {}) {
     return detail::initiate_erased<void()>(std::forward<CompletionToken>(token),
                                            [this](auto h) mutable { do_wait_idle(std::move(h)); });
   }

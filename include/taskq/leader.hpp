@@ -29,10 +29,17 @@ class leader_election {
   virtual ~leader_election() = default;
 
   /// Acquires or renews leadership of `name` for `holder` until now + `ttl` (`ttl` > 0).
-  /// Completion: void(error_code, bool leader) — false: another holder's lease is still
-  /// running. On an error the caller must consider itself not the leader.
-  template <class CompletionToken>
-  auto async_acquire(std::string name, std::string holder, duration ttl, CompletionToken&& token) {
+  ///
+  /// - Completion: `void(error_code, bool leader)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: none.
+  /// - Errors: none when another holder's lease is still running (leader is false);
+  ///   the backend's I/O errors. On an error the caller must consider itself not the leader.
+  /// - Lifetimes: arguments are moved into the operation; the election must outlive it.
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void(error_code, bool)> CompletionToken = asio::deferred_t>
+  auto async_acquire(std::string name, std::string holder, duration ttl,
+                     CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, bool)>(
         std::forward<CompletionToken>(token),
         [this, n = std::move(name), h = std::move(holder), ttl](auto handler) mutable {
@@ -41,9 +48,15 @@ class leader_election {
   }
 
   /// Gives leadership of `name` up if `holder` has it (else does nothing).
-  /// Completion: void(error_code).
-  template <class CompletionToken>
-  auto async_release(std::string name, std::string holder, CompletionToken&& token) {
+  ///
+  /// - Completion: `void(error_code)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: none.
+  /// - Errors: the backend's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the election must outlive it.
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void(error_code)> CompletionToken = asio::deferred_t>
+  auto async_release(std::string name, std::string holder, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code)>(
         std::forward<CompletionToken>(token),
         [this, n = std::move(name), h = std::move(holder)](auto handler) mutable {

@@ -175,10 +175,16 @@ class process_executor final : public executor {
   /// timeout that are still being terminated.
   std::size_t children() const;
 
-  /// Waits until children() is zero. Completion: void(). Completes on the token's
-  /// associated executor (else get_executor()), never inline. Not cancellable.
-  template <class CompletionToken>
-  auto async_wait_children(CompletionToken&& token) {
+  /// Waits until children() is zero.
+  ///
+  /// - Completion: `void()`.
+  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Cancellation: none.
+  /// - Errors: none.
+  /// - Lifetimes: the executor must outlive the operation.
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void()> CompletionToken = asio::deferred_t>
+  auto async_wait_children(CompletionToken&& token = {}) {
     return detail::initiate_erased<void()>(
         std::forward<CompletionToken>(token),
         [this](auto h) mutable { do_wait_children(std::move(h)); });

@@ -171,10 +171,17 @@ class metrics_registry {
   void async_collect(asio::any_io_executor ex,
                      asio::any_completion_handler<void(error_code, std::vector<metric_family>)> h);
 
-  /// async_collect, rendered. Completion: void(error_code, std::string) on the token's
-  /// associated executor (else `ex`).
-  template <class CompletionToken>
-  auto async_scrape(asio::any_io_executor ex, CompletionToken&& token) {
+  /// async_collect, rendered in the Prometheus text format.
+  ///
+  /// - Completion: `void(error_code, std::string)`.
+  /// - Executor: the token's associated executor, else `ex`; never inline.
+  /// - Cancellation: none.
+  /// - Errors: none today (a collector that fails leaves its families out).
+  /// - Lifetimes: the registry must outlive the operation.
+  /// - Thread safety: any thread.
+  template <
+      asio::completion_token_for<void(error_code, std::string)> CompletionToken = asio::deferred_t>
+  auto async_scrape(asio::any_io_executor ex, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, std::string)>(
         std::forward<CompletionToken>(token), [this, ex](auto h) mutable {
           async_collect(

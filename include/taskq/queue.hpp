@@ -79,38 +79,68 @@ class queue {
  public:
   virtual ~queue() = default;
 
-  /// Adds entries (all or nothing). Completion: void(error_code). Fails with
-  /// errc::duplicate_id if an id is already queued.
-  template <class CompletionToken>
-  auto async_push(push_params p, CompletionToken&& token) {
+  /// Adds entries (all or nothing).
+  ///
+  /// - Completion: `void(error_code)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: none.
+  /// - Errors: errc::duplicate_id if an id is already queued; the backend's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the queue must outlive it.
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void(error_code)> CompletionToken = asio::deferred_t>
+  auto async_push(push_params p, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code)>(
         std::forward<CompletionToken>(token),
         [this, p = std::move(p)](auto h) mutable { do_push(std::move(p), std::move(h)); });
   }
 
-  /// Reserves up to p.max ready tasks. Completion: void(error_code, std::vector<lease>).
-  /// With p.wait, supports terminal/partial/total cancellation (completes with
-  /// asio::error::operation_aborted and no leases; nothing is reserved).
-  template <class CompletionToken>
-  auto async_reserve(reserve_params p, CompletionToken&& token) {
+  /// Reserves up to p.max ready tasks.
+  ///
+  /// - Completion: `void(error_code, std::vector<lease>)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: with p.wait, terminal, partial and total: completes with
+  ///   asio::error::operation_aborted and no leases; nothing is reserved.
+  /// - Errors: errc::invalid_option (p.max 0, p.lease_for not positive); the backend's
+  ///   I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the queue must outlive it.
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void(error_code, std::vector<lease>)> CompletionToken =
+                asio::deferred_t>
+  auto async_reserve(reserve_params p, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, std::vector<lease>)>(
         std::forward<CompletionToken>(token),
         [this, p = std::move(p)](auto h) mutable { do_reserve(std::move(p), std::move(h)); });
   }
 
-  /// Removes leased tasks for good. Completion: void(error_code, std::size_t removed).
-  /// A lease whose token is stale (expired and handed to someone else) is not removed.
-  template <class CompletionToken>
-  auto async_ack(std::vector<lease> leases, CompletionToken&& token) {
+  /// Removes leased tasks for good. A lease whose token is stale (expired and handed to
+  /// someone else) is not removed.
+  ///
+  /// - Completion: `void(error_code, std::size_t removed)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: none.
+  /// - Errors: the backend's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the queue must outlive it.
+  /// - Thread safety: any thread.
+  template <
+      asio::completion_token_for<void(error_code, std::size_t)> CompletionToken = asio::deferred_t>
+  auto async_ack(std::vector<lease> leases, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, std::size_t)>(
         std::forward<CompletionToken>(token),
         [this, l = std::move(leases)](auto h) mutable { do_ack(std::move(l), std::move(h)); });
   }
 
-  /// Extends leases to now + lease_for. Completion: void(error_code, std::vector<bool> kept)
-  /// where kept[i] is false if leases[i] was no longer held.
-  template <class CompletionToken>
-  auto async_extend(std::vector<lease> leases, duration lease_for, CompletionToken&& token) {
+  /// Extends leases to now + lease_for.
+  ///
+  /// - Completion: `void(error_code, std::vector<bool> kept)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: none.
+  /// - Errors: none per lease (kept[i] is false if leases[i] was no longer held); the
+  ///   backend's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the queue must outlive it.
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void(error_code, std::vector<bool>)> CompletionToken =
+                asio::deferred_t>
+  auto async_extend(std::vector<lease> leases, duration lease_for, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, std::vector<bool>)>(
         std::forward<CompletionToken>(token),
         [this, l = std::move(leases), lease_for](auto h) mutable {
@@ -118,28 +148,47 @@ class queue {
         });
   }
 
-  /// Gives a leased task back. Completion: void(error_code); errc::not_leased if the lease
-  /// is no longer held.
-  template <class CompletionToken>
-  auto async_release(release_params p, CompletionToken&& token) {
+  /// Gives a leased task back.
+  ///
+  /// - Completion: `void(error_code)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: none.
+  /// - Errors: errc::not_leased if the lease is no longer held; the backend's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the queue must outlive it.
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void(error_code)> CompletionToken = asio::deferred_t>
+  auto async_release(release_params p, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code)>(
         std::forward<CompletionToken>(token),
         [this, p = std::move(p)](auto h) mutable { do_release(std::move(p), std::move(h)); });
   }
 
   /// Removes a task that is not leased (a cancelled or deleted pending task).
-  /// Completion: void(error_code, bool removed).
-  template <class CompletionToken>
-  auto async_remove(std::string id, CompletionToken&& token) {
+  ///
+  /// - Completion: `void(error_code, bool removed)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: none.
+  /// - Errors: the backend's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the queue must outlive it.
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void(error_code, bool)> CompletionToken = asio::deferred_t>
+  auto async_remove(std::string id, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, bool)>(
         std::forward<CompletionToken>(token),
         [this, id = std::move(id)](auto h) mutable { do_remove(std::move(id), std::move(h)); });
   }
 
   /// Pauses or resumes a named queue: a paused queue hands out nothing, keeps accepting
-  /// pushes, and keeps its order. Completion: void(error_code).
-  template <class CompletionToken>
-  auto async_set_paused(std::string queue_name, bool paused, CompletionToken&& token) {
+  /// pushes, and keeps its order.
+  ///
+  /// - Completion: `void(error_code)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: none.
+  /// - Errors: the backend's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the queue must outlive it.
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void(error_code)> CompletionToken = asio::deferred_t>
+  auto async_set_paused(std::string queue_name, bool paused, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code)>(
         std::forward<CompletionToken>(token),
         [this, q = std::move(queue_name), paused](auto h) mutable {
@@ -147,10 +196,17 @@ class queue {
         });
   }
 
-  /// Counts for one named queue (empty name: all queues). Completion: void(error_code,
-  /// queue_stats).
-  template <class CompletionToken>
-  auto async_stats(std::string queue_name, CompletionToken&& token) {
+  /// Counts for one named queue (empty name: all queues).
+  ///
+  /// - Completion: `void(error_code, queue_stats)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: none.
+  /// - Errors: the backend's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the queue must outlive it.
+  /// - Thread safety: any thread.
+  template <
+      asio::completion_token_for<void(error_code, queue_stats)> CompletionToken = asio::deferred_t>
+  auto async_stats(std::string queue_name, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, queue_stats)>(
         std::forward<CompletionToken>(token), [this, q = std::move(queue_name)](auto h) mutable {
           do_stats(std::move(q), std::move(h));

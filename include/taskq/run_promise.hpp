@@ -86,19 +86,24 @@ class run_promise {
   /// coroutine handler: a thread running its io_context).
   run_result wait() const;
 
-  /// Waits asynchronously.
+  /// Waits asynchronously for the run's result (any number of waiters, each sees it).
   ///
-  /// Completion signature: void(error_code, run_result), where the error_code is the run's
-  /// error (result.error), or asio::error::operation_aborted if this wait was cancelled.
-  /// Completes on the token's associated executor (else the executor's I/O executor), never
-  /// inline. Cancellation (terminal, partial, total) ends only this wait; the run goes on.
-  /// Use cancel() to cancel the run.
+  /// - Completion: `void(error_code, run_result)`.
+  /// - Executor: the token's associated executor, else the executor's I/O executor; never
+  ///   inline.
+  /// - Cancellation: terminal, partial and total: ends only this wait
+  ///   (asio::error::operation_aborted); the run goes on. cancel() cancels the run.
+  /// - Errors: the run's error (result.error), e.g. errc::run_cancelled, errc::run_timed_out.
+  /// - Lifetimes: the wait holds the run's shared state; the promise may be destroyed meanwhile.
+  /// - Thread safety: any thread, concurrently with other waits and cancel().
   ///
   /// @code
-  /// auto [ec, r] = co_await promise.async_wait(asio::as_tuple(asio::use_awaitable));
+  /// auto r = co_await promise.async_wait();  // throws on the run's error
+  /// auto [ec, r2] = co_await promise.async_wait(asio::as_tuple(asio::use_awaitable));
   /// @endcode
-  template <class CompletionToken>
-  auto async_wait(CompletionToken&& token) const {
+  template <
+      asio::completion_token_for<void(error_code, run_result)> CompletionToken = asio::deferred_t>
+  auto async_wait(CompletionToken&& token = {}) const {
     return detail::initiate_erased<void(error_code, run_result)>(
         std::forward<CompletionToken>(token),
         [s = state_](auto h) mutable { do_async_wait(s, std::move(h)); });

@@ -63,34 +63,64 @@ class schedule_store {
  public:
   virtual ~schedule_store() = default;
 
-  /// One schedule by name. Completion: void(error_code, std::optional<schedule_record>).
-  template <class CompletionToken>
-  auto async_load(std::string name, CompletionToken&& token) {
+  /// One schedule by name (empty when there is none).
+  ///
+  /// - Completion: `void(error_code, std::optional<schedule_record>)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: none.
+  /// - Errors: errc::invalid_record (undecodable); the backend's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the store must outlive it.
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void(error_code, std::optional<schedule_record>)>
+                CompletionToken = asio::deferred_t>
+  auto async_load(std::string name, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, std::optional<schedule_record>)>(
         std::forward<CompletionToken>(token),
         [this, n = std::move(name)](auto h) mutable { do_load(std::move(n), std::move(h)); });
   }
 
-  /// Every schedule, ordered by name. Completion: void(error_code, std::vector<schedule_record>).
-  template <class CompletionToken>
-  auto async_load_all(CompletionToken&& token) {
+  /// Every schedule, ordered by name.
+  ///
+  /// - Completion: `void(error_code, std::vector<schedule_record>)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: none.
+  /// - Errors: errc::invalid_record (undecodable); the backend's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the store must outlive it.
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void(error_code, std::vector<schedule_record>)>
+                CompletionToken = asio::deferred_t>
+  auto async_load_all(CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, std::vector<schedule_record>)>(
         std::forward<CompletionToken>(token),
         [this](auto h) mutable { do_load_all(std::move(h)); });
   }
 
   /// Inserts or replaces a schedule. A stored cursor later than `r.state.cursor` is kept (a
-  /// second scheduler got further). Completion: void(error_code).
-  template <class CompletionToken>
-  auto async_save(schedule_record r, CompletionToken&& token) {
+  /// second scheduler got further).
+  ///
+  /// - Completion: `void(error_code)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: none.
+  /// - Errors: the backend's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the store must outlive it.
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void(error_code)> CompletionToken = asio::deferred_t>
+  auto async_save(schedule_record r, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code)>(
         std::forward<CompletionToken>(token),
         [this, r = std::move(r)](auto h) mutable { do_save(std::move(r), std::move(h)); });
   }
 
-  /// Deletes a schedule. Completion: void(error_code, bool removed).
-  template <class CompletionToken>
-  auto async_remove(std::string name, CompletionToken&& token) {
+  /// Deletes a schedule.
+  ///
+  /// - Completion: `void(error_code, bool removed)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: none.
+  /// - Errors: the backend's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the store must outlive it.
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void(error_code, bool)> CompletionToken = asio::deferred_t>
+  auto async_remove(std::string name, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, bool)>(
         std::forward<CompletionToken>(token),
         [this, n = std::move(name)](auto h) mutable { do_remove(std::move(n), std::move(h)); });

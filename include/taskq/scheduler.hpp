@@ -94,10 +94,11 @@ struct scheduler_core;
 
 /// Fires schedules into a client.
 ///
-/// All members are thread-safe. Async members take any completion token and complete on
-/// its associated executor (else get_executor()), never inline; blocking forms (throwing
-/// taskq::error with a detail, or setting an error_code) need the io_context to be run by
-/// another thread (errc::blocking_on_io_thread otherwise). None of the operations supports
+/// All members are thread-safe. Async members take any completion token (default
+/// `asio::deferred`) and complete on its associated executor (else the client's executor),
+/// never inline. Every blocking form comes twice, throwing taskq::error (its detail names
+/// the schedule) and setting an error_code; they need the io_context to be run by another
+/// thread (errc::blocking_on_io_thread otherwise). None of the operations supports
 /// per-operation cancellation except async_run.
 ///
 /// Lifetimes: the client (and options.store) must outlive the scheduler. Destroying the
@@ -128,9 +129,16 @@ class scheduler {
   /// updated in place: a changed timing rule restarts from now (next due recomputed, missed
   /// occurrences of the new rule are not run), running runs are untouched. A schedule found
   /// in the store resumes from its stored progress (the catch-up policy then applies).
-  /// Completion: void(error_code, ensure_result). Errors: see validate(const schedule&, ...).
-  template <class CompletionToken>
-  auto async_ensure_schedule(schedule def, CompletionToken&& token) {
+  ///
+  /// - Completion: `void(error_code, ensure_result)`.
+  /// - Executor: the token's associated executor, else the client's executor; never inline.
+  /// - Cancellation: none.
+  /// - Errors: see validate(const schedule&, ...); the schedule store's errors.
+  /// - Lifetimes: arguments are moved into the operation; the scheduler must outlive it.
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void(error_code, ensure_result)> CompletionToken =
+                asio::deferred_t>
+  auto async_ensure_schedule(schedule def, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, ensure_result)>(
         std::forward<CompletionToken>(token),
         [this, d = std::move(def)](auto h) mutable { do_ensure(std::move(d), std::move(h)); });
@@ -138,34 +146,56 @@ class scheduler {
   ensure_result ensure_schedule(schedule def);
   ensure_result ensure_schedule(schedule def, error_code& ec);
 
-  /// Pauses a schedule: it fires nothing until resumed. Completion: void(error_code);
-  /// errc::schedule_not_found.
-  template <class CompletionToken>
-  auto async_pause(std::string name, CompletionToken&& token) {
+  /// Pauses a schedule: it fires nothing until resumed.
+  ///
+  /// - Completion: `void(error_code)`.
+  /// - Executor: the token's associated executor, else the client's executor; never inline.
+  /// - Cancellation: none.
+  /// - Errors: errc::schedule_not_found; the schedule store's errors.
+  /// - Lifetimes: arguments are moved into the operation; the scheduler must outlive it.
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void(error_code)> CompletionToken = asio::deferred_t>
+  auto async_pause(std::string name, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code)>(
         std::forward<CompletionToken>(token), [this, n = std::move(name)](auto h) mutable {
           do_set_paused(std::move(n), true, std::move(h));
         });
   }
   void pause(const std::string& name);
+  void pause(const std::string& name, error_code& ec);
 
   /// Resumes a paused schedule from now: occurrences that fell while it was paused are not
-  /// run. Completion: void(error_code); errc::schedule_not_found.
-  template <class CompletionToken>
-  auto async_resume(std::string name, CompletionToken&& token) {
+  /// run.
+  ///
+  /// - Completion: `void(error_code)`.
+  /// - Executor: the token's associated executor, else the client's executor; never inline.
+  /// - Cancellation: none.
+  /// - Errors: errc::schedule_not_found; the schedule store's errors.
+  /// - Lifetimes: arguments are moved into the operation; the scheduler must outlive it.
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void(error_code)> CompletionToken = asio::deferred_t>
+  auto async_resume(std::string name, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code)>(
         std::forward<CompletionToken>(token), [this, n = std::move(name)](auto h) mutable {
           do_set_paused(std::move(n), false, std::move(h));
         });
   }
   void resume(const std::string& name);
+  void resume(const std::string& name, error_code& ec);
 
   /// Removes a schedule from this scheduler and the store. With `cancel_runs`, also cancels
   /// its runs that are pending or running (found by label, whoever enqueued them), like
-  /// InfluxDB's ReleaseTask. Completion: void(error_code, std::size_t cancelled);
-  /// errc::schedule_not_found.
-  template <class CompletionToken>
-  auto async_remove(std::string name, bool cancel_runs, CompletionToken&& token) {
+  /// InfluxDB's ReleaseTask.
+  ///
+  /// - Completion: `void(error_code, std::size_t cancelled)`.
+  /// - Executor: the token's associated executor, else the client's executor; never inline.
+  /// - Cancellation: none.
+  /// - Errors: errc::schedule_not_found; the stores' errors.
+  /// - Lifetimes: arguments are moved into the operation; the scheduler must outlive it.
+  /// - Thread safety: any thread.
+  template <
+      asio::completion_token_for<void(error_code, std::size_t)> CompletionToken = asio::deferred_t>
+  auto async_remove(std::string name, bool cancel_runs, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, std::size_t)>(
         std::forward<CompletionToken>(token),
         [this, n = std::move(name), cancel_runs](auto h) mutable {
@@ -173,23 +203,42 @@ class scheduler {
         });
   }
   std::size_t remove(const std::string& name, bool cancel_runs = false);
+  std::size_t remove(const std::string& name, bool cancel_runs, error_code& ec);
 
   /// Enqueues one run now, outside the timing rule and the overlap policy, with
-  /// scheduled_for = now and no dedupe key. Completion: void(error_code, std::string id).
-  template <class CompletionToken>
-  auto async_run_now(std::string name, CompletionToken&& token) {
+  /// scheduled_for = now and no dedupe key.
+  ///
+  /// - Completion: `void(error_code, std::string id)`.
+  /// - Executor: the token's associated executor, else the client's executor; never inline.
+  /// - Cancellation: none.
+  /// - Errors: errc::schedule_not_found; the client's enqueue errors.
+  /// - Lifetimes: arguments are moved into the operation; the scheduler must outlive it.
+  /// - Thread safety: any thread.
+  template <
+      asio::completion_token_for<void(error_code, std::string)> CompletionToken = asio::deferred_t>
+  auto async_run_now(std::string name, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, std::string)>(
         std::forward<CompletionToken>(token),
         [this, n = std::move(name)](auto h) mutable { do_run_now(std::move(n), std::move(h)); });
   }
   std::string run_now(const std::string& name);
+  std::string run_now(const std::string& name, error_code& ec);
 
   /// Enqueues one run per occurrence t with from <= t < to, each with scheduled_for = t and
   /// the occurrence's dedupe key (an occurrence already enqueued is not enqueued again), in
-  /// spite of the overlap policy. Completion: void(error_code, backfill_result).
-  /// errc::invalid_schedule when the range holds more than options.max_backfill occurrences.
-  template <class CompletionToken>
-  auto async_backfill(std::string name, time_point from, time_point to, CompletionToken&& token) {
+  /// spite of the overlap policy.
+  ///
+  /// - Completion: `void(error_code, backfill_result)`.
+  /// - Executor: the token's associated executor, else the client's executor; never inline.
+  /// - Cancellation: none.
+  /// - Errors: errc::schedule_not_found; errc::invalid_schedule when the range holds
+  ///   more than options.max_backfill occurrences; the client's enqueue errors.
+  /// - Lifetimes: arguments are moved into the operation; the scheduler must outlive it.
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void(error_code, backfill_result)> CompletionToken =
+                asio::deferred_t>
+  auto async_backfill(std::string name, time_point from, time_point to,
+                      CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, backfill_result)>(
         std::forward<CompletionToken>(token),
         [this, n = std::move(name), from, to](auto h) mutable {
@@ -197,6 +246,7 @@ class scheduler {
         });
   }
   backfill_result backfill(const std::string& name, time_point from, time_point to);
+  backfill_result backfill(const std::string& name, time_point from, time_point to, error_code& ec);
 
   /// Every schedule this instance knows, ordered by name (a snapshot; never blocks on I/O).
   std::vector<schedule_info> list() const;
@@ -204,9 +254,15 @@ class scheduler {
   /// One schedule, if known.
   std::optional<schedule_info> info(const std::string& name) const;
 
-  /// Fires due schedules until stop(). Completion: void(error_code) — success after stop()
-  /// (also when stop() came first); errc::shutting_down when already running. Supports
-  /// terminal cancellation (same as stop()).
+  /// Fires due schedules until stop().
+  ///
+  /// - Completion: `void(error_code)`.
+  /// - Executor: the token's associated executor, else the client's executor; never inline.
+  /// - Cancellation: terminal (same as stop()).
+  /// - Errors: none after stop() (also when stop() came first); errc::shutting_down
+  ///   when already running.
+  /// - Lifetimes: the scheduler must outlive the operation.
+  /// - Thread safety: any thread.
   ///
   /// With options.leader, it first competes for leadership and fires only while it leads:
   /// it renews every leader_renew on the client's clock and stops firing as soon as a renewal
@@ -217,8 +273,8 @@ class scheduler {
   /// renewal. Enqueues it already decided are still retried after leadership is lost (the
   /// dedupe key covers the new leader enqueueing them too). stop() gives the leadership up.
   /// Manual runs (run_now, backfill) work on every instance.
-  template <class CompletionToken>
-  auto async_run(CompletionToken&& token) {
+  template <asio::completion_token_for<void(error_code)> CompletionToken = asio::deferred_t>
+  auto async_run(CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code)>(
         std::forward<CompletionToken>(token), [this](auto h) mutable { do_run(std::move(h)); });
   }

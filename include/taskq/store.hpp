@@ -108,63 +108,116 @@ class store {
  public:
   virtual ~store() = default;
 
-  /// Inserts new records, all or nothing. Completion: void(error_code). Errors:
-  /// errc::duplicate_id, errc::duplicate_unique_key (another task holds the key; see
-  /// task_spec::unique_for).
-  template <class CompletionToken>
-  auto async_insert(std::vector<task_record> records, CompletionToken&& token) {
+  /// Inserts new records, all or nothing.
+  ///
+  /// - Completion: `void(error_code)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: none.
+  /// - Errors: errc::duplicate_id; errc::duplicate_unique_key (another task holds the key;
+  ///   see task_spec::unique_for); the backend's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the store must outlive it.
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void(error_code)> CompletionToken = asio::deferred_t>
+  auto async_insert(std::vector<task_record> records, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code)>(
         std::forward<CompletionToken>(token),
         [this, r = std::move(records)](auto h) mutable { do_insert(std::move(r), std::move(h)); });
   }
 
-  /// Looks a record up. Completion: void(error_code, task_record); errc::not_found.
-  template <class CompletionToken>
-  auto async_get(std::string id, CompletionToken&& token) {
+  /// Looks a record up.
+  ///
+  /// - Completion: `void(error_code, task_record)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: none.
+  /// - Errors: errc::not_found; the backend's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the store must outlive it.
+  /// - Thread safety: any thread.
+  template <
+      asio::completion_token_for<void(error_code, task_record)> CompletionToken = asio::deferred_t>
+  auto async_get(std::string id, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, task_record)>(
         std::forward<CompletionToken>(token),
         [this, id = std::move(id)](auto h) mutable { do_get(std::move(id), std::move(h)); });
   }
 
-  /// Moves leased tasks to running (see claim_result). Completion: void(error_code, claim_result).
-  template <class CompletionToken>
-  auto async_claim(claim_params p, CompletionToken&& token) {
+  /// Moves leased tasks to running (see claim_result).
+  ///
+  /// - Completion: `void(error_code, claim_result)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: none.
+  /// - Errors: the backend's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the store must outlive it.
+  /// - Thread safety: any thread.
+  template <
+      asio::completion_token_for<void(error_code, claim_result)> CompletionToken = asio::deferred_t>
+  auto async_claim(claim_params p, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, claim_result)>(
         std::forward<CompletionToken>(token),
         [this, p = std::move(p)](auto h) mutable { do_claim(std::move(p), std::move(h)); });
   }
 
-  /// Compare-and-set update. Completion: void(error_code, task_record after).
-  template <class CompletionToken>
-  auto async_update(task_update u, CompletionToken&& token) {
+  /// Compare-and-set update.
+  ///
+  /// - Completion: `void(error_code, task_record after)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: none.
+  /// - Errors: errc::not_found, errc::status_conflict, errc::illegal_transition; the backend's I/O
+  /// errors.
+  /// - Lifetimes: arguments are moved into the operation; the store must outlive it.
+  /// - Thread safety: any thread.
+  template <
+      asio::completion_token_for<void(error_code, task_record)> CompletionToken = asio::deferred_t>
+  auto async_update(task_update u, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, task_record)>(
         std::forward<CompletionToken>(token),
         [this, u = std::move(u)](auto h) mutable { do_update(std::move(u), std::move(h)); });
   }
 
   /// Applies several compare-and-set updates, each on its own (one failing does not stop
-  /// the others). Completion: void(error_code, std::vector<update_result>) — the error_code is
-  /// for the batch as a whole (an I/O error), per-update errors are in the results.
-  template <class CompletionToken>
-  auto async_update_batch(std::vector<task_update> updates, CompletionToken&& token) {
+  /// the others).
+  ///
+  /// - Completion: `void(error_code, std::vector<update_result>)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: none.
+  /// - Errors: the error_code is for the batch as a whole (an I/O error); per-update
+  ///   errors (as async_update) are in the results.
+  /// - Lifetimes: arguments are moved into the operation; the store must outlive it.
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void(error_code, std::vector<update_result>)>
+                CompletionToken = asio::deferred_t>
+  auto async_update_batch(std::vector<task_update> updates, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, std::vector<update_result>)>(
         std::forward<CompletionToken>(token), [this, u = std::move(updates)](auto h) mutable {
           do_update_batch(std::move(u), std::move(h));
         });
   }
 
-  /// Records a heartbeat of a running attempt. Completion: void(error_code, bool
-  /// cancel_requested). errc::status_conflict if the task is no longer running that attempt.
-  template <class CompletionToken>
-  auto async_heartbeat(heartbeat_params p, CompletionToken&& token) {
+  /// Records a heartbeat of a running attempt.
+  ///
+  /// - Completion: `void(error_code, bool cancel_requested)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: none.
+  /// - Errors: errc::status_conflict if the task is no longer running that attempt;
+  ///   errc::not_found; the backend's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the store must outlive it.
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void(error_code, bool)> CompletionToken = asio::deferred_t>
+  auto async_heartbeat(heartbeat_params p, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, bool)>(
         std::forward<CompletionToken>(token),
         [this, p = std::move(p)](auto h) mutable { do_heartbeat(std::move(p), std::move(h)); });
   }
 
-  /// Appends a line to a task's run log. Completion: void(error_code).
-  template <class CompletionToken>
-  auto async_append_log(std::string id, log_entry e, CompletionToken&& token) {
+  /// Appends a line to a task's run log.
+  ///
+  /// - Completion: `void(error_code)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: none.
+  /// - Errors: errc::not_found; the backend's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the store must outlive it.
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void(error_code)> CompletionToken = asio::deferred_t>
+  auto async_append_log(std::string id, log_entry e, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code)>(
         std::forward<CompletionToken>(token),
         [this, id = std::move(id), e = std::move(e)](auto h) mutable {
@@ -173,45 +226,84 @@ class store {
   }
 
   /// Requests cancellation: a pending task becomes cancelled at once; a running one gets
-  /// cancel_requested set (its handler is told). Completion: void(error_code, task_record
-  /// after). errc::illegal_transition for a task already finished.
-  template <class CompletionToken>
-  auto async_request_cancel(std::string id, time_point now, CompletionToken&& token) {
+  /// cancel_requested set (its handler is told).
+  ///
+  /// - Completion: `void(error_code, task_record after)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: none.
+  /// - Errors: errc::not_found; errc::illegal_transition for a task already finished;
+  ///   the backend's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the store must outlive it.
+  /// - Thread safety: any thread.
+  template <
+      asio::completion_token_for<void(error_code, task_record)> CompletionToken = asio::deferred_t>
+  auto async_request_cancel(std::string id, time_point now, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, task_record)>(
         std::forward<CompletionToken>(token), [this, id = std::move(id), now](auto h) mutable {
           do_request_cancel(std::move(id), now, std::move(h));
         });
   }
 
-  /// Lists records matching a filter, one page at a time. Completion: void(error_code, task_page).
-  template <class CompletionToken>
-  auto async_list(task_filter f, CompletionToken&& token) {
+  /// Lists records matching a filter, one page at a time.
+  ///
+  /// - Completion: `void(error_code, task_page)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: none.
+  /// - Errors: the backend's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the store must outlive it.
+  /// - Thread safety: any thread.
+  template <
+      asio::completion_token_for<void(error_code, task_page)> CompletionToken = asio::deferred_t>
+  auto async_list(task_filter f, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, task_page)>(
         std::forward<CompletionToken>(token),
         [this, f = std::move(f)](auto h) mutable { do_list(std::move(f), std::move(h)); });
   }
 
   /// Deletes matching records that are not running (running ones are left in place).
-  /// Completion: void(error_code, std::vector<std::string> deleted_ids).
-  template <class CompletionToken>
-  auto async_remove(task_filter f, CompletionToken&& token) {
+  ///
+  /// - Completion: `void(error_code, std::vector<std::string> deleted_ids)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: none.
+  /// - Errors: the backend's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the store must outlive it.
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void(error_code, std::vector<std::string>)> CompletionToken =
+                asio::deferred_t>
+  auto async_remove(task_filter f, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, std::vector<std::string>)>(
         std::forward<CompletionToken>(token),
         [this, f = std::move(f)](auto h) mutable { do_remove(std::move(f), std::move(h)); });
   }
 
   /// Deletes finished records (succeeded, failed, cancelled, dropped) whose finished_at is
-  /// before `finished_before`. Completion: void(error_code, std::size_t deleted).
-  template <class CompletionToken>
-  auto async_prune(time_point finished_before, CompletionToken&& token) {
+  /// before `finished_before`.
+  ///
+  /// - Completion: `void(error_code, std::size_t deleted)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: none.
+  /// - Errors: the backend's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the store must outlive it.
+  /// - Thread safety: any thread.
+  template <
+      asio::completion_token_for<void(error_code, std::size_t)> CompletionToken = asio::deferred_t>
+  auto async_prune(time_point finished_before, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, std::size_t)>(
         std::forward<CompletionToken>(token),
         [this, finished_before](auto h) mutable { do_prune(finished_before, std::move(h)); });
   }
 
-  /// Counts by status, type and queue. Completion: void(error_code, task_counts).
-  template <class CompletionToken>
-  auto async_counts(CompletionToken&& token) {
+  /// Counts by status, type and queue.
+  ///
+  /// - Completion: `void(error_code, task_counts)`.
+  /// - Executor: the token's associated executor, else the backend's; never inline.
+  /// - Cancellation: none.
+  /// - Errors: the backend's I/O errors.
+  /// - Lifetimes: arguments are moved into the operation; the store must outlive it.
+  /// - Thread safety: any thread.
+  template <
+      asio::completion_token_for<void(error_code, task_counts)> CompletionToken = asio::deferred_t>
+  auto async_counts(CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, task_counts)>(
         std::forward<CompletionToken>(token), [this](auto h) mutable { do_counts(std::move(h)); });
   }

@@ -72,13 +72,19 @@ class task_context : public std::enable_shared_from_this<task_context> {
   /// false when the handler should stop. Blocking: for plain-function handlers.
   bool heartbeat(json progress = nullptr);
 
-  /// Asynchronous heartbeat for coroutine handlers. Completion: void(error_code, bool
-  /// keep_going). Completes on the token's associated executor (else the run's I/O executor).
-  /// A progress nested deeper than the client's validation_limits::max_json_depth is not
-  /// recorded: errc::progress_too_deep. (A handler's result nested too deep fails the run,
-  /// not retried, with errc::result_too_deep.)
-  template <class CompletionToken>
-  auto async_heartbeat(json progress, CompletionToken&& token) {
+  /// Asynchronous heartbeat for coroutine handlers. (A handler's result nested too deep fails
+  /// the run, not retried, with errc::result_too_deep.)
+  ///
+  /// - Completion: `void(error_code, bool keep_going)`.
+  /// - Executor: the token's associated executor, else the run's I/O executor; never inline.
+  /// - Cancellation: none.
+  /// - Errors: errc::progress_too_deep (nested deeper than the client's
+  ///   validation_limits::max_json_depth: not recorded); errc::status_conflict when the run
+  ///   lost its task; the store's errors.
+  /// - Lifetimes: the context must outlive the operation (it does while the handler runs).
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void(error_code, bool)> CompletionToken = asio::deferred_t>
+  auto async_heartbeat(json progress, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code, bool)>(
         std::forward<CompletionToken>(token), [this, p = std::move(progress)](auto h) mutable {
           do_heartbeat(std::move(p), std::move(h));
@@ -88,9 +94,16 @@ class task_context : public std::enable_shared_from_this<task_context> {
   /// Appends a line to the task's run log. Blocking: for plain-function handlers.
   void log(std::string message);
 
-  /// Asynchronous log append. Completion: void(error_code).
-  template <class CompletionToken>
-  auto async_log(std::string message, CompletionToken&& token) {
+  /// Asynchronous log append, for coroutine handlers.
+  ///
+  /// - Completion: `void(error_code)`.
+  /// - Executor: the token's associated executor, else the run's I/O executor; never inline.
+  /// - Cancellation: none.
+  /// - Errors: the store's errors.
+  /// - Lifetimes: the context must outlive the operation (it does while the handler runs).
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void(error_code)> CompletionToken = asio::deferred_t>
+  auto async_log(std::string message, CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code)>(
         std::forward<CompletionToken>(token),
         [this, m = std::move(message)](auto h) mutable { do_log(std::move(m), std::move(h)); });

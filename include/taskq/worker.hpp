@@ -63,11 +63,16 @@ class worker {
   /// The worker's strand (on the client's executor).
   executor_type get_executor() const noexcept;
 
-  /// Runs until stop() and the drain that follows. Completion: void(error_code) — success
-  /// after a stop, errc::shutting_down if started twice. Supports terminal cancellation
-  /// (same as stop()). Completes on the token's associated executor, else get_executor().
-  template <class CompletionToken>
-  auto async_run(CompletionToken&& token) {
+  /// Runs until stop() and the drain that follows.
+  ///
+  /// - Completion: `void(error_code)`.
+  /// - Executor: the token's associated executor, else get_executor(); never inline.
+  /// - Cancellation: terminal (same as stop()).
+  /// - Errors: none after a stop; errc::shutting_down if started twice.
+  /// - Lifetimes: the worker, its client and executor must outlive the operation.
+  /// - Thread safety: any thread.
+  template <asio::completion_token_for<void(error_code)> CompletionToken = asio::deferred_t>
+  auto async_run(CompletionToken&& token = {}) {
     return detail::initiate_erased<void(error_code)>(
         std::forward<CompletionToken>(token), [this](auto h) mutable { do_run(std::move(h)); });
   }

@@ -173,17 +173,48 @@ queue_entry entry_of(const task_record& r) {
 
 }  // namespace
 
+namespace {
+/// `h` bound to its associated executor, else `fallback`: for forwarding a completion handler
+/// to the queue or store so that it completes where the client's contract says.
+template <class Handler>
+auto on_executor_or(Handler h, const asio::any_io_executor& fallback) {
+  auto ex = asio::get_associated_executor(h, fallback);
+  return asio::bind_executor(std::move(ex), std::move(h));
+}
+}  // namespace
+
+void client::do_get(std::string id, asio::any_completion_handler<void(error_code, task_record)> h) {
+  core_->s.async_get(std::move(id), on_executor_or(std::move(h), core_->ex));
+}
+
+void client::do_list(task_filter f, asio::any_completion_handler<void(error_code, task_page)> h) {
+  core_->s.async_list(std::move(f), on_executor_or(std::move(h), core_->ex));
+}
+
+void client::do_prune(duration older_than,
+                      asio::any_completion_handler<void(error_code, std::size_t)> h) {
+  core_->s.async_prune(detail::saturating_sub(core_->clk.now(), older_than),
+                       on_executor_or(std::move(h), core_->ex));
+}
+
+void client::do_set_paused(std::string queue_name, bool paused,
+                           asio::any_completion_handler<void(error_code)> h) {
+  core_->q.async_set_paused(std::move(queue_name), paused, on_executor_or(std::move(h), core_->ex));
+}
+
 void client::do_enqueue(task_spec spec,
                         asio::any_completion_handler<void(error_code, std::string)> h) {
   std::vector<task_spec> one;
   one.push_back(std::move(spec));
   // The adapter runs on the caller's executor, so calling `h` from it keeps the contract.
   auto ex = asio::get_associated_executor(h, core_->ex);
-  do_enqueue_batch(std::move(one),
-                   asio::bind_executor(
-                       ex, [h = std::move(h)](error_code ec, std::vector<std::string> ids) mutable {
-                         std::move(h)(ec, ec ? std::string() : std::move(ids.front()));
-                       }));
+  do_enqueue_batch(
+      std::move(one),
+      asio::bind_executor(ex,
+                          [h = std::move(h)](error_code ec, std::vector<std::string> ids) mutable {
+                            std::move(h)(ec, ec ? std::string() : std::move(ids.front()));
+                          }),
+      nullptr);
 }
 
 namespace {
@@ -202,10 +233,12 @@ void enqueued(const std::shared_ptr<detail::client_core>& core, std::vector<std:
 
 void client::do_enqueue_batch(
     std::vector<task_spec> specs,
-    asio::any_completion_handler<void(error_code, std::vector<std::string>)> h) {
+    asio::any_completion_handler<void(error_code, std::vector<std::string>)> h,
+    std::size_t* bad_index) {
   auto core = core_;
-  for (const auto& s : specs) {
-    if (auto ec = validate(s, core->opts.limits)) {
+  for (std::size_t i = 0; i < specs.size(); ++i) {
+    if (auto ec = validate(specs[i], core->opts.limits)) {
+      if (bad_index) *bad_index = i;
       detail::post_completion(std::move(h), core->ex, ec, std::vector<std::string>{});
       return;
     }
@@ -452,8 +485,14 @@ std::vector<std::string> client::enqueue_batch(std::vector<task_spec> specs, err
       core_->ex, ec, [&](auto cb) { async_enqueue_batch(std::move(specs), std::move(cb)); });
 }
 std::vector<std::string> client::enqueue_batch(std::vector<task_spec> specs) {
-  return value_or_throw(TASKQ_BLOCKING(std::vector<std::string>,
-                                       async_enqueue_batch(std::move(specs), std::move(cb))));
+  // Validation runs inside the initiating call, so the index is set before this thread waits.
+  constexpr auto none = static_cast<std::size_t>(-1);
+  std::size_t bad = none;
+  auto [ec, ids] = TASKQ_BLOCKING(std::vector<std::string>,
+                                  do_enqueue_batch(std::move(specs), std::move(cb), &bad));
+  if (ec && bad != none) throw error(ec, fmt::format("task_spec at batch index {}", bad));
+  throw_if(ec);
+  return std::move(ids);
 }
 task_record client::get(const std::string& id, error_code& ec) {
   return detail::blocking_value<task_record>(core_->ex, ec,
@@ -505,15 +544,27 @@ std::size_t client::prune(duration older_than, error_code& ec) {
 std::size_t client::prune(duration older_than) {
   return value_or_throw(TASKQ_BLOCKING(std::size_t, async_prune(older_than, std::move(cb))));
 }
-void client::pause_queue(const std::string& queue_name) {
-  auto [ec] = detail::blocking_call<>(
+void client::pause_queue(const std::string& queue_name, error_code& ec) {
+  std::tie(ec) = detail::blocking_call<>(
       core_->ex, [&](auto cb) { async_set_paused(queue_name, true, std::move(cb)); });
-  throw_if(ec);
+}
+void client::pause_queue(const std::string& queue_name) {
+  error_code ec;
+  pause_queue(queue_name, ec);
+  throw_if(ec, queue_name);
+}
+void client::resume_queue(const std::string& queue_name, error_code& ec) {
+  std::tie(ec) = detail::blocking_call<>(
+      core_->ex, [&](auto cb) { async_set_paused(queue_name, false, std::move(cb)); });
 }
 void client::resume_queue(const std::string& queue_name) {
-  auto [ec] = detail::blocking_call<>(
-      core_->ex, [&](auto cb) { async_set_paused(queue_name, false, std::move(cb)); });
-  throw_if(ec);
+  error_code ec;
+  resume_queue(queue_name, ec);
+  throw_if(ec, queue_name);
+}
+metrics_snapshot client::metrics(error_code& ec) {
+  return detail::blocking_value<metrics_snapshot>(core_->ex, ec,
+                                                  [&](auto cb) { async_metrics(std::move(cb)); });
 }
 metrics_snapshot client::metrics() {
   return value_or_throw(TASKQ_BLOCKING(metrics_snapshot, async_metrics(std::move(cb))));

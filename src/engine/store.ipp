@@ -21,10 +21,21 @@ struct sequential_updates : std::enable_shared_from_this<sequential_updates> {
   }
 
   void next() {
-    if (updates.empty()) {  // nothing to do: still never complete inside the initiating call
-      asio::post(asio::system_executor(),
-                 asio::append(std::move(handler), error_code{}, std::move(results)));
-      return;
+    if (updates.empty()) {
+      // Nothing to do: still never complete inside the initiating call. Posted straight to
+      // the handler's associated executor when it is an io_context, thread_pool or strand of
+      // one (the seam has no executor of its own); otherwise through asio's system executor,
+      // which then dispatches to the handler's associated executor.
+      auto assoc = asio::get_associated_executor(handler);
+      auto done = asio::append(std::move(handler), error_code{}, std::move(results));
+      using io_ex = asio::io_context::executor_type;
+      using pool_ex = asio::thread_pool::executor_type;
+      if (auto* e = assoc.target<io_ex>()) return asio::post(*e, std::move(done));
+      if (auto* e = assoc.target<asio::strand<io_ex>>()) return asio::post(*e, std::move(done));
+      if (auto* e = assoc.target<pool_ex>()) return asio::post(*e, std::move(done));
+      if (auto* e = assoc.target<asio::strand<pool_ex>>()) return asio::post(*e, std::move(done));
+      if (auto* e = assoc.target<asio::any_io_executor>()) return asio::post(*e, std::move(done));
+      return asio::post(asio::system_executor(), std::move(done));
     }
     if (results.size() == updates.size()) {
       asio::dispatch(asio::append(std::move(handler), error_code{}, std::move(results)));

@@ -8,11 +8,13 @@
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/bind_executor.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/deferred.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 
@@ -988,4 +990,310 @@ TEST_CASE("logger: levels below the minimum are not formatted or delivered", "[l
   log.error("task {}: {}", "x", "boom");
   CHECK(got == std::vector<std::string>{"warning shown 2", "error task x: boom"});
   CHECK_FALSE(logger().enabled(log_level::error));
+}
+
+// --- the public contract: default tokens, both blocking forms, completion executors -------
+
+TEST_CASE("every async member defaults to asio::deferred: co_await with no token",
+          "[client][contract]") {
+  engine_fixture f;
+  f.exec.handle("echo", [](task_context& c) { return c.payload(); });
+  worker w(f.c, f.exec);
+  w.async_run(asio::detached);
+  std::optional<task_record> got, stored, done;
+  std::optional<run_result> run;
+  std::optional<error_code> unknown;
+  std::optional<std::vector<std::string>> batch;
+  bool finished = false;
+  std::exception_ptr failure;
+  run_completion comp({.task_id = "r1", .attempt = 1}, f.io.get_executor());
+  auto promise = comp.get_promise();
+  run_result answer;
+  answer.result = json{{"answer", 42}};
+  task_spec spec{.type = "echo", .payload = {{"n", 7}}};
+  std::vector<task_spec> no_specs;
+  asio::co_spawn(
+      f.io,
+      [&]() -> asio::awaitable<void> {
+        auto id = co_await f.c.async_enqueue(std::move(spec));
+        got = co_await f.c.async_get(id);
+        stored = co_await f.s.async_get(id);  // the Store seam's templates default too
+        done = co_await f.c.async_wait(id);
+        batch = co_await f.c.async_enqueue_batch(std::move(no_specs));
+        try {
+          co_await f.c.async_get(std::string("no-such-task"));
+        } catch (const boost::system::system_error& e) {
+          unknown = e.code();
+        }
+        comp.complete(answer);
+        run = co_await promise.async_wait();
+      },
+      [&](std::exception_ptr e) {
+        failure = e;
+        finished = true;
+      });
+  REQUIRE(run_until(f.io, [&] { return finished; }));
+  REQUIRE_FALSE(failure);
+  REQUIRE(got);
+  CHECK(got->payload["n"] == 7);
+  REQUIRE(stored);
+  CHECK(stored->id == got->id);
+  REQUIRE(done);
+  CHECK(done->status == task_status::succeeded);
+  CHECK(done->result["n"] == 7);
+  REQUIRE(batch);
+  CHECK(batch->empty());
+  REQUIRE(unknown);
+  CHECK(*unknown == errc::not_found);
+  REQUIRE(run);
+  CHECK(run->result["answer"] == 42);
+  w.stop();
+}
+
+TEST_CASE("the throwing batch enqueue names the index and the field of the first bad spec",
+          "[client][contract][batch]") {
+  engine_fixture f;
+  std::thread io_thread([&] {
+    auto guard = asio::make_work_guard(f.io);
+    f.io.run_for(10s);
+  });
+  std::vector<task_spec> specs{
+      {.type = "a"}, {.type = "b"}, {.type = ""}, {.type = "d", .queue = ""}};
+  try {
+    f.c.enqueue_batch(specs);
+    FAIL("enqueue_batch accepted a blank type");
+  } catch (const taskq::error& e) {
+    CHECK(e.code() == errc::blank_type);
+    std::string what = e.what();
+    CHECK_THAT(what, Catch::Contains("batch index 2"));
+    CHECK_THAT(what, Catch::Contains("'type'"));
+  }
+  specs[2].type = "c";
+  try {
+    f.c.enqueue_batch(specs);
+    FAIL("enqueue_batch accepted a blank queue");
+  } catch (const taskq::error& e) {
+    CHECK(e.code() == errc::blank_queue);
+    CHECK_THAT(std::string(e.what()), Catch::Contains("batch index 3"));
+    CHECK_THAT(std::string(e.what()), Catch::Contains("'queue'"));
+  }
+  // The error_code form reports the same code; nothing was written by either.
+  specs[2].type = "";
+  error_code ec;
+  CHECK(f.c.enqueue_batch(specs, ec).empty());
+  CHECK(ec == errc::blank_type);
+  CHECK(f.c.list({}).records.empty());
+  // Errors that are not about one spec carry no index.
+  std::optional<std::string> inside;
+  asio::post(f.io, [&] {
+    try {
+      f.c.enqueue_batch({{.type = "x"}});
+      inside = "no error";
+    } catch (const taskq::error& e) {
+      inside = e.what();
+      CHECK(e.code() == errc::blocking_on_io_thread);
+    }
+  });
+  while (!inside) std::this_thread::yield();
+  CHECK_THAT(*inside, !Catch::Contains("batch index"));
+  f.io.stop();
+  io_thread.join();
+}
+
+TEST_CASE("the error_code forms of pause_queue, resume_queue and metrics match the throwing ones",
+          "[client][contract][blocking]") {
+  engine_fixture f;
+  std::thread io_thread([&] {
+    auto guard = asio::make_work_guard(f.io);
+    f.io.run_for(10s);
+  });
+  error_code ec = errc::io_error;
+  f.c.pause_queue("default", ec);
+  CHECK_FALSE(ec);
+  CHECK(f.q.is_paused("default"));
+  ec = errc::io_error;
+  f.c.resume_queue("default", ec);
+  CHECK_FALSE(ec);
+  CHECK_FALSE(f.q.is_paused("default"));
+  f.c.enqueue({.type = "t"});
+  ec = errc::io_error;
+  auto m = f.c.metrics(ec);
+  CHECK_FALSE(ec);
+  CHECK(m.enqueued == 1);
+  CHECK(m.counts.total[static_cast<std::size_t>(task_status::pending)] == 1);
+  CHECK(f.c.metrics().enqueued == 1);
+
+  // On the io thread both forms refuse with the same code.
+  std::optional<std::vector<std::pair<error_code, error_code>>> inside;
+  asio::post(f.io, [&] {
+    std::vector<std::pair<error_code, error_code>> out;
+    auto thrown = [](auto fn) {
+      try {
+        fn();
+      } catch (const taskq::error& e) {
+        return e.code();
+      }
+      return error_code{};
+    };
+    error_code e;
+    f.c.pause_queue("default", e);
+    out.emplace_back(e, thrown([&] { f.c.pause_queue("default"); }));
+    f.c.resume_queue("default", e);
+    out.emplace_back(e, thrown([&] { f.c.resume_queue("default"); }));
+    f.c.metrics(e);
+    out.emplace_back(e, thrown([&] { f.c.metrics(); }));
+    inside = std::move(out);
+  });
+  while (!inside) std::this_thread::yield();
+  REQUIRE(inside->size() == 3);
+  for (auto& [by_code, by_throw] : *inside) {
+    CHECK(by_code == errc::blocking_on_io_thread);
+    CHECK(by_throw == by_code);
+  }
+  f.io.stop();
+  io_thread.join();
+}
+
+TEST_CASE("forwarded client operations complete on the client's executor, not the backend's",
+          "[client][contract][executor]") {
+  // The queue and store complete on their own io_context, run by another thread; the client
+  // is on `io`, run by this one.
+  asio::io_context io, backend_io;
+  manual_clock clk;
+  memory::queue q{backend_io.get_executor(), clk};
+  memory::store s{backend_io.get_executor()};
+  client c{io.get_executor(), q, s, {.time = &clk}};
+  std::thread backend_thread([&] {
+    auto guard = asio::make_work_guard(backend_io);
+    backend_io.run_for(10s);
+  });
+  auto on_client = [&] { return io.get_executor().running_in_this_thread(); };
+
+  std::optional<std::string> id;
+  c.async_enqueue({.type = "t"}, [&](error_code ec, std::string i) {
+    CHECK_FALSE(ec);
+    CHECK(on_client());
+    id = i;
+  });
+  REQUIRE(run_until(io, [&] { return id.has_value(); }));
+
+  int done = 0;
+  bool returned = false;
+  c.async_get(*id, [&](error_code ec, task_record r) {
+    CHECK_FALSE(ec);
+    CHECK(r.id == *id);
+    CHECK(on_client());
+    ++done;
+  });
+  c.async_list({}, [&](error_code ec, task_page p) {
+    CHECK_FALSE(ec);
+    CHECK(p.records.size() == 1);
+    CHECK(on_client());
+    ++done;
+  });
+  c.async_prune(1h, [&](error_code ec, std::size_t n) {
+    CHECK_FALSE(ec);
+    CHECK(n == 0);
+    CHECK(on_client());
+    ++done;
+  });
+  c.async_set_paused("default", true, [&](error_code ec) {
+    CHECK_FALSE(ec);
+    CHECK(on_client());
+    CHECK(returned);  // never inline
+    ++done;
+  });
+  returned = true;
+  REQUIRE(run_until(io, [&] { return done == 4; }));
+  CHECK(q.is_paused("default"));
+
+  // A token's own associated executor still wins over the client's.
+  auto strand = asio::make_strand(io);
+  bool on_strand = false;
+  c.async_get(*id, asio::bind_executor(strand, [&](error_code, task_record) {
+    on_strand = strand.running_in_this_thread();
+    ++done;
+  }));
+  REQUIRE(run_until(io, [&] { return done == 5; }));
+  CHECK(on_strand);
+  backend_io.stop();
+  backend_thread.join();
+}
+
+namespace {
+/// A Store without a batch update of its own (the seam's default applies), over a memory store.
+class store_without_batch final : public store {
+ public:
+  explicit store_without_batch(asio::any_io_executor ex) : inner_(std::move(ex)) {}
+  bool durable() const noexcept override { return false; }
+
+ protected:
+  void do_insert(std::vector<task_record> r, handler<void(error_code)> h) override {
+    inner_.async_insert(std::move(r), std::move(h));
+  }
+  void do_get(std::string id, handler<void(error_code, task_record)> h) override {
+    inner_.async_get(std::move(id), std::move(h));
+  }
+  void do_claim(claim_params p, handler<void(error_code, claim_result)> h) override {
+    inner_.async_claim(std::move(p), std::move(h));
+  }
+  void do_update(task_update u, handler<void(error_code, task_record)> h) override {
+    inner_.async_update(std::move(u), std::move(h));
+  }
+  void do_heartbeat(heartbeat_params p, handler<void(error_code, bool)> h) override {
+    inner_.async_heartbeat(std::move(p), std::move(h));
+  }
+  void do_append_log(std::string id, log_entry e, handler<void(error_code)> h) override {
+    inner_.async_append_log(std::move(id), std::move(e), std::move(h));
+  }
+  void do_request_cancel(std::string id, time_point now,
+                         handler<void(error_code, task_record)> h) override {
+    inner_.async_request_cancel(std::move(id), now, std::move(h));
+  }
+  void do_list(task_filter f, handler<void(error_code, task_page)> h) override {
+    inner_.async_list(std::move(f), std::move(h));
+  }
+  void do_remove(task_filter f, handler<void(error_code, std::vector<std::string>)> h) override {
+    inner_.async_remove(std::move(f), std::move(h));
+  }
+  void do_prune(time_point before, handler<void(error_code, std::size_t)> h) override {
+    inner_.async_prune(before, std::move(h));
+  }
+  void do_counts(handler<void(error_code, task_counts)> h) override {
+    inner_.async_counts(std::move(h));
+  }
+
+ private:
+  memory::store inner_;
+};
+}  // namespace
+
+TEST_CASE("the default batch update completes on the handler's executor, empty or not",
+          "[store][contract][executor]") {
+  asio::io_context io;
+  auto strand = asio::make_strand(io);
+  store_without_batch s(io.get_executor());
+  std::thread::id test_thread = std::this_thread::get_id();
+  for (std::size_t n : {0u, 2u}) {
+    std::vector<task_update> updates;
+    for (std::size_t i = 0; i < n; ++i) updates.push_back({.id = "missing-" + std::to_string(i)});
+    std::optional<std::vector<update_result>> results;
+    bool returned = false, on_strand = false;
+    std::thread::id ran_on;
+    s.async_update_batch(
+        std::move(updates),
+        asio::bind_executor(strand, [&](error_code ec, std::vector<update_result> r) {
+          CHECK_FALSE(ec);
+          CHECK(returned);  // never inline
+          on_strand = strand.running_in_this_thread();
+          ran_on = std::this_thread::get_id();
+          results = std::move(r);
+        }));
+    returned = true;
+    REQUIRE(run_until(io, [&] { return results.has_value(); }));
+    CHECK(on_strand);
+    CHECK(ran_on == test_thread);  // this thread runs io: no hop to another thread
+    REQUIRE(results->size() == n);
+    for (auto& r : *results) CHECK(r.error == errc::not_found);
+  }
 }

@@ -779,6 +779,104 @@ TEST_CASE("scheduler: cron in a DST zone, through the client", "[scheduler][dst]
         times({utc(2021, 11, 6, 5, 30), utc(2021, 11, 7, 5, 30), utc(2021, 11, 8, 6, 30)}));
 }
 
+TEST_CASE("scheduler: every blocking form has an error_code twin reporting what the other throws",
+          "[scheduler][blocking][contract]") {
+  sched_fixture f;
+  auto guard = asio::make_work_guard(f.io);
+  std::thread io_thread([&] { f.io.run(); });
+  auto thrown = [](auto fn) {
+    try {
+      fn();
+    } catch (const taskq::error& e) {
+      CHECK_THAT(std::string(e.what()), Catch::Contains("nope"));  // the detail names it
+      return e.code();
+    }
+    return error_code{};
+  };
+  // An unknown schedule: the same code both ways.
+  error_code ec;
+  f.sched->pause("nope", ec);
+  CHECK(ec == errc::schedule_not_found);
+  CHECK(thrown([&] { f.sched->pause("nope"); }) == ec);
+  ec = {};
+  f.sched->resume("nope", ec);
+  CHECK(ec == errc::schedule_not_found);
+  CHECK(thrown([&] { f.sched->resume("nope"); }) == ec);
+  ec = {};
+  CHECK(f.sched->remove("nope", true, ec) == 0);
+  CHECK(ec == errc::schedule_not_found);
+  CHECK(thrown([&] { f.sched->remove("nope", true); }) == ec);
+  ec = {};
+  CHECK(f.sched->run_now("nope", ec).empty());
+  CHECK(ec == errc::schedule_not_found);
+  CHECK(thrown([&] { f.sched->run_now("nope"); }) == ec);
+  ec = {};
+  CHECK(f.sched->backfill("nope", t0 - 2min, t0, ec).ids.empty());
+  CHECK(ec == errc::schedule_not_found);
+  CHECK(thrown([&] { f.sched->backfill("nope", t0 - 2min, t0); }) == ec);
+  // A known one: the error_code forms succeed and clear the code.
+  REQUIRE(f.sched->ensure_schedule(every_minute()) == ensure_result::created);
+  ec = errc::io_error;
+  CHECK_FALSE(f.sched->run_now("m", ec).empty());
+  CHECK_FALSE(ec);
+  ec = errc::io_error;
+  CHECK(f.sched->backfill("m", t0 - 2min, t0, ec).ids.size() == 2);
+  CHECK_FALSE(ec);
+  ec = errc::io_error;
+  f.sched->pause("m", ec);
+  CHECK_FALSE(ec);
+  CHECK(f.sched->info("m")->definition.paused);
+  ec = errc::io_error;
+  f.sched->resume("m", ec);
+  CHECK_FALSE(ec);
+  CHECK_FALSE(f.sched->info("m")->definition.paused);
+  ec = errc::io_error;
+  CHECK(f.sched->remove("m", true, ec) == 3);
+  CHECK_FALSE(ec);
+  f.sched.reset();
+  guard.reset();
+  f.io.stop();
+  io_thread.join();
+}
+
+TEST_CASE("scheduler: pause and resume complete on the client's executor, not the store's",
+          "[scheduler][contract][executor]") {
+  // The schedule store completes on its own io_context, run by another thread.
+  asio::io_context io, store_io;
+  manual_clock clk(t0);
+  memory::queue q{io.get_executor(), clk};
+  memory::store s{io.get_executor()};
+  client c{io.get_executor(), q, s, {.time = &clk}};
+  memory::schedule_store store{store_io.get_executor()};
+  std::optional<scheduler> sched;
+  sched.emplace(c, scheduler_options{.store = &store});
+  std::thread store_thread([&] {
+    auto guard = asio::make_work_guard(store_io);
+    store_io.run_for(10s);
+  });
+  std::optional<error_code> ensured;
+  sched->async_ensure_schedule(every_minute(), [&](error_code ec, ensure_result) { ensured = ec; });
+  REQUIRE(run_until(io, [&] { return ensured.has_value(); }));
+  REQUIRE_FALSE(*ensured);
+  int done = 0;
+  sched->async_pause("m", [&](error_code ec) {
+    CHECK_FALSE(ec);
+    CHECK(io.get_executor().running_in_this_thread());
+    ++done;
+  });
+  REQUIRE(run_until(io, [&] { return done == 1; }));
+  sched->async_resume("m", [&](error_code ec) {
+    CHECK_FALSE(ec);
+    CHECK(io.get_executor().running_in_this_thread());
+    ++done;
+  });
+  REQUIRE(run_until(io, [&] { return done == 2; }));
+  sched.reset();
+  drain(io);
+  store_io.stop();
+  store_thread.join();
+}
+
 TEST_CASE("scheduler: blocking forms work from another thread", "[scheduler][blocking]") {
   sched_fixture f;
   auto guard = asio::make_work_guard(f.io);

@@ -1,5 +1,13 @@
 // Internal: the bridge from a templated async member (any completion token) to a virtual or
 // compiled function taking an asio::any_completion_handler.
+//
+// Every public async member of taskq has the same shape:
+//
+//   template <asio::completion_token_for<Signature> CompletionToken = asio::deferred_t>
+//   auto async_x(args..., CompletionToken&& token = {});
+//
+// so `co_await obj.async_x(args...)` works in a coroutine with no token, and a token that
+// cannot take the completion signature is rejected where it is passed.
 #pragma once
 
 #include <taskq/error.hpp>
@@ -8,6 +16,7 @@
 #include <boost/asio/append.hpp>
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/deferred.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
 
