@@ -23,9 +23,9 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
   };
   // All state below is touched only on the strand.
   std::unordered_map<std::string, slot> slots;
-  std::unordered_map<std::string, std::size_t> by_type, by_queue, by_key;
+  worker_admission admission;  // limits, running counts and refill decisions (pure)
   bool reserving = false;
-  std::vector<std::string> reserve_skip_types, reserve_skip_keys, reserve_queues;
+  reserve_filters reserved_with;  // the filters of the reservation in flight
   asio::cancellation_signal reserve_cancel;
   asio::cancellation_signal renew_cancel;
   asio::cancellation_signal drain_cancel;
@@ -64,6 +64,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
         exec(e),
         opts(std::move(o)),
         strand(asio::make_strand(client->ex)),
+        admission(opts),
         rng(opts.jitter_seed ? opts.jitter_seed : std::random_device{}()) {}
 
   clock& clk() { return client->clk; }
@@ -73,78 +74,26 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     return asio::bind_executor(strand, std::forward<F>(f));
   }
 
-  // --- limits ---
-  static bool at_limit(const std::unordered_map<std::string, std::size_t>& counts,
-                       const std::string& key, std::size_t limit) {
-    if (limit == 0) return false;
-    auto it = counts.find(key);
-    return it != counts.end() && it->second >= limit;
-  }
-  std::size_t type_limit(const std::string& t) const {
-    auto it = opts.limits.per_type.find(t);
-    return it == opts.limits.per_type.end() ? 0 : it->second;
-  }
-  std::size_t queue_limit(const std::string& q) const {
-    auto it = opts.limits.per_queue.find(q);
-    return it == opts.limits.per_queue.end() ? 0 : it->second;
-  }
-  bool admits(const lease& l) const {
-    return !at_limit(by_type, l.type, type_limit(l.type)) &&
-           !at_limit(by_queue, l.queue, queue_limit(l.queue)) &&
-           (l.concurrency_key.empty() || !at_limit(by_key, l.concurrency_key, opts.limits.per_key));
-  }
-  void count(const lease& l, int delta) {
-    auto add = [delta](std::unordered_map<std::string, std::size_t>& m, const std::string& k) {
-      auto& n = m[k];
-      n = static_cast<std::size_t>(static_cast<long long>(n) + delta);
-      if (n == 0) m.erase(k);
-    };
-    // Counted only where a limit applies: an unlimited type or queue is never at its limit.
-    if (type_limit(l.type)) add(by_type, l.type);
-    if (queue_limit(l.queue)) add(by_queue, l.queue);
-    if (opts.limits.per_key && !l.concurrency_key.empty()) add(by_key, l.concurrency_key);
-  }
-
-  void current_skips(std::vector<std::string>& queues, std::vector<std::string>& types,
-                     std::vector<std::string>& keys) const {
-    for (const auto& q : opts.queues)
-      if (!at_limit(by_queue, q, queue_limit(q))) queues.push_back(q);
-    for (const auto& [t, n] : by_type)
-      if (at_limit(by_type, t, type_limit(t))) types.push_back(t);
-    if (opts.limits.per_key)
-      for (const auto& [k, n] : by_key)
-        if (n >= opts.limits.per_key) keys.push_back(k);
-  }
-
   // --- the loop ---
   void pump() {
     if (stopping || !run_started) return;
-    std::vector<std::string> queues, types, keys;
-    current_skips(queues, types, keys);
+    auto filters = admission.filters();
     if (reserving) {
       // A parked reservation with stale filters would hold back work a freed slot allows.
-      if (types != reserve_skip_types || keys != reserve_skip_keys || queues != reserve_queues)
-        reserve_cancel.emit(asio::cancellation_type::terminal);
+      if (filters != reserved_with) reserve_cancel.emit(asio::cancellation_type::terminal);
       return;
     }
-    if (slots.size() >= opts.max_in_flight || queues.empty()) return;
-    // Refill in batches: while work is running, wait until a quarter of a batch is free, so
-    // a busy worker makes one reserve round trip per many tasks instead of one per task.
-    const auto free_slots = opts.max_in_flight - slots.size();
-    const auto refill_at =
-        std::max<std::size_t>(1, std::min(opts.reserve_batch, opts.max_in_flight) / 4);
-    if (!slots.empty() && free_slots < refill_at) return;
+    const auto n = admission.refill(slots.size(), filters);
+    if (n == 0) return;
     reserve_params p;
-    p.queues = queues;
-    p.max = std::min(opts.max_in_flight - slots.size(), opts.reserve_batch);
+    p.queues = filters.queues;
+    p.max = n;
     p.lease_for = opts.lease;
     p.wait = true;
-    p.skip_types = types;
-    p.skip_keys = keys;
+    p.skip_types = filters.skip_types;
+    p.skip_keys = filters.skip_keys;
     reserving = true;
-    reserve_queues = std::move(queues);
-    reserve_skip_types = std::move(types);
-    reserve_skip_keys = std::move(keys);
+    reserved_with = std::move(filters);
     client->q.async_reserve(
         std::move(p),
         asio::bind_cancellation_slot(
@@ -173,13 +122,13 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
         held->second.l = l;
         continue;
       }
-      if (stopping || slots.size() >= opts.max_in_flight || !admits(l)) {
+      if (stopping || !admission.has_room(slots.size()) || !admission.admits(l)) {
         give_back(l);  // original position; another worker (or a later round) takes it
         continue;
       }
       cp.ids.push_back(l.id);
       auto& s = slots[l.id];
-      count(l, +1);
+      admission.count(l, +1);
       s.l = std::move(l);
       s.claim_batch = batch;
       running_count = slots.size();
@@ -244,7 +193,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     if (auto it = slots.find(id); it != slots.end()) drop_slot(it);
   }
   void drop_slot(std::unordered_map<std::string, slot>::iterator it) {
-    count(it->second.l, -1);
+    admission.count(it->second.l, -1);
     slots.erase(it);
     running_count = slots.size();
   }
@@ -459,7 +408,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
           batch_ec ? batch_ec : (i < results.size() ? results[i].error : errc::io_error);
       const auto& o = outcomes[i];
       lease& l = it->second.l;
-      count(l, -1);  // before the lease moves on: the slot is dropped below either way
+      admission.count(l, -1);  // before the lease moves on: the slot is dropped below either way
       if (!ec) {
         // The record after the update, when the store returned one (only waiters need it).
         const task_record* after =

@@ -11,8 +11,6 @@
 
 #include <fmt/format.h>
 
-#include <fmt/format.h>
-
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -21,6 +19,7 @@
 #include <atomic>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <mutex>
 #include <random>
 #include <set>
@@ -957,6 +956,7 @@ TEST_CASE("file: kill test — SIGKILL at random moments loses nothing acknowled
   std::mt19937 rng(20240607);
   const int kills = 220;
   int killed_alive = 0;
+  std::map<int, int> exited_before_kill;  // exit status -> children that ended on their own
   std::set<std::string> finished;  // succeeded as of the last check
   std::size_t exec_lines_at_check = 0;
   std::size_t reruns_of_finished = 0;
@@ -1011,7 +1011,10 @@ TEST_CASE("file: kill test — SIGKILL at random moments loses nothing acknowled
     ::kill(pid, SIGKILL);
     int status = 0;
     ::waitpid(pid, &status, 0);
-    if (WIFSIGNALED(status)) ++killed_alive;
+    if (WIFSIGNALED(status))
+      ++killed_alive;
+    else
+      ++exited_before_kill[WIFEXITED(status) ? WEXITSTATUS(status) : -1];
     check(false);
   }
   // Let a last child finish everything.
@@ -1043,5 +1046,8 @@ TEST_CASE("file: kill test — SIGKILL at random moments loses nothing acknowled
   CHECK(never_ran == 0);
   CHECK(runs.size() >= acked.size());
   CHECK(reruns_of_finished == 0);
+  std::string exits;
+  for (auto [code, n] : exited_before_kill) exits += fmt::format(" {}x exit {}", n, code);
+  INFO("children that ended before their kill:" << exits);
   CHECK(killed_alive >= 200);
 }

@@ -5,6 +5,7 @@
 
 #include <taskq/detail/deadline_heap.hpp>
 #include <taskq/detail/outcome.hpp>
+#include <taskq/detail/worker_admission.hpp>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
@@ -176,6 +177,94 @@ TEST_CASE("a custom executor is one small class", "[executor][custom]") {
   CHECK(f.get(id).result == 42);
   w.stop();
   drain(f.io);
+}
+
+// --- worker admission and refill (pure) --------------------------------------------------
+
+namespace {
+lease lease_of(std::string type, std::string queue = "default", std::string key = "") {
+  lease l;
+  l.id = type + "-" + queue + "-" + key;
+  l.type = std::move(type);
+  l.queue = std::move(queue);
+  l.concurrency_key = std::move(key);
+  return l;
+}
+}  // namespace
+
+TEST_CASE("worker admission: per-type, per-queue and per-key limits", "[worker][admission]") {
+  worker_options o;
+  o.queues = {"default", "mail"};
+  o.limits.per_type = {{"resize", 2}};
+  o.limits.per_queue = {{"mail", 1}};
+  o.limits.per_key = 1;
+  detail::worker_admission a(o);
+  CHECK(a.filters() == detail::reserve_filters{{"default", "mail"}, {}, {}});
+
+  auto r1 = lease_of("resize"), r2 = lease_of("resize"), r3 = lease_of("resize");
+  REQUIRE(a.admits(r1));
+  a.count(r1, +1);
+  REQUIRE(a.admits(r2));
+  a.count(r2, +1);
+  CHECK_FALSE(a.admits(r3));  // the type is at its limit
+  CHECK(a.filters().skip_types == std::vector<std::string>{"resize"});
+  CHECK(a.admits(lease_of("other")));  // held back by a limit, it does not block other work
+
+  auto m1 = lease_of("send", "mail"), m2 = lease_of("send", "mail");
+  REQUIRE(a.admits(m1));
+  a.count(m1, +1);
+  CHECK_FALSE(a.admits(m2));
+  CHECK(a.filters().queues == std::vector<std::string>{"default"});  // mail is at its limit
+
+  auto k1 = lease_of("t", "default", "customer-1"), k2 = lease_of("u", "default", "customer-1");
+  REQUIRE(a.admits(k1));
+  a.count(k1, +1);
+  CHECK_FALSE(a.admits(k2));
+  CHECK(a.admits(lease_of("u", "default", "customer-2")));
+  CHECK(a.filters().skip_keys == std::vector<std::string>{"customer-1"});
+
+  // Counting out frees each limit again, and the filters with it.
+  a.count(r1, -1);
+  a.count(m1, -1);
+  a.count(k1, -1);
+  CHECK(a.admits(r3));
+  CHECK(a.admits(m2));
+  CHECK(a.admits(k2));
+  CHECK(a.filters() == detail::reserve_filters{{"default", "mail"}, {}, {}});
+}
+
+TEST_CASE("worker admission: unlimited types and queues are never held back",
+          "[worker][admission]") {
+  worker_options o;  // no limits
+  detail::worker_admission a(o);
+  for (int i = 0; i < 1000; ++i) {
+    auto l = lease_of("t", "default", "k");
+    REQUIRE(a.admits(l));
+    a.count(l, +1);
+  }
+  CHECK(a.filters() == detail::reserve_filters{{"default"}, {}, {}});
+}
+
+TEST_CASE("worker admission: refills in batches of at least a quarter", "[worker][admission]") {
+  worker_options o;
+  o.max_in_flight = 64;
+  o.reserve_batch = 32;
+  detail::worker_admission a(o);
+  auto f = a.filters();
+  CHECK(a.refill(0, f) == 32);   // idle: a full batch
+  CHECK(a.refill(40, f) == 24);  // room for 24, above the refill mark (32 / 4 = 8)
+  CHECK(a.refill(56, f) == 8);   // exactly the mark
+  CHECK(a.refill(57, f) == 0);   // 7 free: wait for more to finish
+  CHECK(a.refill(64, f) == 0);   // full
+  CHECK_FALSE(a.has_room(64));
+  CHECK(a.has_room(63));
+  // Nothing to reserve from when every served queue is at its limit.
+  CHECK(a.refill(0, detail::reserve_filters{}) == 0);
+  // A batch smaller than four still refills one at a time.
+  o.max_in_flight = 2;
+  o.reserve_batch = 2;
+  detail::worker_admission small(o);
+  CHECK(small.refill(1, small.filters()) == 1);
 }
 
 // --- outcome rules (pure) -----------------------------------------------------------------
