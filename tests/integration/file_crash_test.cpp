@@ -957,7 +957,7 @@ TEST_CASE("file: kill test — SIGKILL at random moments loses nothing acknowled
   const int kills = 220;
   int killed_alive = 0;
   std::map<int, int> exited_before_kill;  // exit status -> children that ended on their own
-  std::set<std::string> finished;  // succeeded as of the last check
+  std::set<std::string> finished;         // succeeded as of the last check
   std::size_t exec_lines_at_check = 0;
   std::size_t reruns_of_finished = 0;
   auto start = std::chrono::steady_clock::now();
