@@ -47,6 +47,53 @@ std::tuple<error_code, Ts...> call(asio::io_context& io, Start start) {
   return std::move(*out);
 }
 
+/// A Store that forwards every operation to `inner` except the batch update (the seam's
+/// default applies). Tests derive from it and override what they change.
+class forwarding_store : public store {
+ public:
+  explicit forwarding_store(store& inner) : inner_(inner) {}
+  bool durable() const noexcept override { return false; }
+
+ protected:
+  void do_insert(std::vector<task_record> r, handler<void(error_code)> h) override {
+    inner_.async_insert(std::move(r), std::move(h));
+  }
+  void do_get(std::string id, handler<void(error_code, task_record)> h) override {
+    inner_.async_get(std::move(id), std::move(h));
+  }
+  void do_claim(claim_params p, handler<void(error_code, claim_result)> h) override {
+    inner_.async_claim(std::move(p), std::move(h));
+  }
+  void do_update(task_update u, handler<void(error_code, task_record)> h) override {
+    inner_.async_update(std::move(u), std::move(h));
+  }
+  void do_heartbeat(heartbeat_params p, handler<void(error_code, bool)> h) override {
+    inner_.async_heartbeat(std::move(p), std::move(h));
+  }
+  void do_append_log(std::string id, log_entry e, handler<void(error_code)> h) override {
+    inner_.async_append_log(std::move(id), std::move(e), std::move(h));
+  }
+  void do_request_cancel(std::string id, time_point now,
+                         handler<void(error_code, task_record)> h) override {
+    inner_.async_request_cancel(std::move(id), now, std::move(h));
+  }
+  void do_list(task_filter f, handler<void(error_code, task_page)> h) override {
+    inner_.async_list(std::move(f), std::move(h));
+  }
+  void do_remove(task_filter f, handler<void(error_code, std::vector<std::string>)> h) override {
+    inner_.async_remove(std::move(f), std::move(h));
+  }
+  void do_prune(time_point before, handler<void(error_code, std::size_t)> h) override {
+    inner_.async_prune(before, std::move(h));
+  }
+  void do_counts(handler<void(error_code, task_counts)> h) override {
+    inner_.async_counts(std::move(h));
+  }
+
+ private:
+  store& inner_;
+};
+
 /// Runs ready handlers until none is left (for state that depends only on posted work).
 inline void drain(asio::io_context& io) {
   for (int i = 0; i < 1000; ++i) {

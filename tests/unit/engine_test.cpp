@@ -1311,49 +1311,14 @@ TEST_CASE("forwarded client operations complete on the client's executor, not th
 
 namespace {
 /// A Store without a batch update of its own (the seam's default applies), over a memory store.
-class store_without_batch final : public store {
+struct memory_inner {
+  explicit memory_inner(asio::any_io_executor ex) : mem(std::move(ex)) {}
+  memory::store mem;
+};
+class store_without_batch final : private memory_inner, public forwarding_store {
  public:
-  explicit store_without_batch(asio::any_io_executor ex) : inner_(std::move(ex)) {}
-  bool durable() const noexcept override { return false; }
-
- protected:
-  void do_insert(std::vector<task_record> r, handler<void(error_code)> h) override {
-    inner_.async_insert(std::move(r), std::move(h));
-  }
-  void do_get(std::string id, handler<void(error_code, task_record)> h) override {
-    inner_.async_get(std::move(id), std::move(h));
-  }
-  void do_claim(claim_params p, handler<void(error_code, claim_result)> h) override {
-    inner_.async_claim(std::move(p), std::move(h));
-  }
-  void do_update(task_update u, handler<void(error_code, task_record)> h) override {
-    inner_.async_update(std::move(u), std::move(h));
-  }
-  void do_heartbeat(heartbeat_params p, handler<void(error_code, bool)> h) override {
-    inner_.async_heartbeat(std::move(p), std::move(h));
-  }
-  void do_append_log(std::string id, log_entry e, handler<void(error_code)> h) override {
-    inner_.async_append_log(std::move(id), std::move(e), std::move(h));
-  }
-  void do_request_cancel(std::string id, time_point now,
-                         handler<void(error_code, task_record)> h) override {
-    inner_.async_request_cancel(std::move(id), now, std::move(h));
-  }
-  void do_list(task_filter f, handler<void(error_code, task_page)> h) override {
-    inner_.async_list(std::move(f), std::move(h));
-  }
-  void do_remove(task_filter f, handler<void(error_code, std::vector<std::string>)> h) override {
-    inner_.async_remove(std::move(f), std::move(h));
-  }
-  void do_prune(time_point before, handler<void(error_code, std::size_t)> h) override {
-    inner_.async_prune(before, std::move(h));
-  }
-  void do_counts(handler<void(error_code, task_counts)> h) override {
-    inner_.async_counts(std::move(h));
-  }
-
- private:
-  memory::store inner_;
+  explicit store_without_batch(asio::any_io_executor ex)
+      : memory_inner(std::move(ex)), forwarding_store(mem) {}
 };
 }  // namespace
 

@@ -902,11 +902,11 @@ TEST_CASE("scheduler: blocking forms work from another thread", "[scheduler][blo
 namespace {
 
 // A store that fails the next `fail_inserts` inserts with an I/O error, else forwards.
-class flaky_store final : public taskq::store {
+class flaky_store final : public forwarding_store {
  public:
-  flaky_store(asio::any_io_executor ex, taskq::store& inner) : ex_(std::move(ex)), inner_(inner) {}
+  flaky_store(asio::any_io_executor ex, taskq::store& inner)
+      : forwarding_store(inner), ex_(std::move(ex)), inner_(inner) {}
   std::atomic<int> fail_inserts{0};
-  bool durable() const noexcept override { return false; }
 
  protected:
   void do_insert(std::vector<task_record> r, handler<void(error_code)> h) override {
@@ -916,43 +916,11 @@ class flaky_store final : public taskq::store {
     }
     inner_.async_insert(std::move(r), std::move(h));
   }
-  void do_get(std::string id, handler<void(error_code, task_record)> h) override {
-    inner_.async_get(std::move(id), std::move(h));
-  }
-  void do_claim(claim_params p, handler<void(error_code, claim_result)> h) override {
-    inner_.async_claim(std::move(p), std::move(h));
-  }
-  void do_update(task_update u, handler<void(error_code, task_record)> h) override {
-    inner_.async_update(std::move(u), std::move(h));
-  }
-  void do_heartbeat(heartbeat_params p, handler<void(error_code, bool)> h) override {
-    inner_.async_heartbeat(std::move(p), std::move(h));
-  }
-  void do_append_log(std::string id, log_entry e, handler<void(error_code)> h) override {
-    inner_.async_append_log(std::move(id), std::move(e), std::move(h));
-  }
-  void do_request_cancel(std::string id, time_point now,
-                         handler<void(error_code, task_record)> h) override {
-    inner_.async_request_cancel(std::move(id), now, std::move(h));
-  }
-  void do_list(task_filter f, handler<void(error_code, task_page)> h) override {
-    inner_.async_list(std::move(f), std::move(h));
-  }
-  void do_remove(task_filter f, handler<void(error_code, std::vector<std::string>)> h) override {
-    inner_.async_remove(std::move(f), std::move(h));
-  }
-  void do_prune(time_point before, handler<void(error_code, std::size_t)> h) override {
-    inner_.async_prune(before, std::move(h));
-  }
-  void do_counts(handler<void(error_code, task_counts)> h) override {
-    inner_.async_counts(std::move(h));
-  }
 
  private:
   asio::any_io_executor ex_;
   taskq::store& inner_;
 };
-
 }  // namespace
 
 TEST_CASE("scheduler: an occurrence whose enqueue fails transiently is retried, not lost",
