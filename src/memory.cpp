@@ -11,6 +11,7 @@
 #include <boost/asio/execution/outstanding_work.hpp>
 #include <boost/asio/prefer.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
 #include <boost/intrusive/set.hpp>
 
 #include <algorithm>
@@ -229,12 +230,14 @@ struct queue::impl : std::enable_shared_from_this<queue::impl> {
   };
   std::list<parked> waiting;
   std::uint64_t next_parked_id = 0;
-  // The single timer that wakes parked reservations for a delay or lease running out.
+  // The single timer that wakes parked reservations for a delay or lease running out. Its
+  // wait and its cancellation signal live on alarm_strand (see rearm).
   std::optional<time_point> alarm_at;
+  asio::strand<asio::any_io_executor> alarm_strand;
   asio::cancellation_signal alarm_cancel;
   std::uint64_t alarm_generation = 0;
 
-  impl(asio::any_io_executor e, clock& c) : ex(std::move(e)), clk(c) {}
+  impl(asio::any_io_executor e, clock& c) : ex(e), clk(c), alarm_strand(asio::make_strand(e)) {}
 
   void make_ready(item& it) {
     it.state = item::where::ready;
@@ -353,29 +356,38 @@ struct queue::impl : std::enable_shared_from_this<queue::impl> {
       }
     }
     if (next == alarm_at) return;
-    if (alarm_at) {
-      alarm_at.reset();
-      ++alarm_generation;
-      alarm_cancel.emit(asio::cancellation_type::terminal);
-    }
-    if (!next) return;
+    const bool cancel_previous = alarm_at.has_value();
     alarm_at = next;
     auto gen = ++alarm_generation;
     (void)now;
-    std::weak_ptr<impl> weak = shared_from_this();
-    clk.async_wait_until(
-        ex, *next, asio::bind_cancellation_slot(alarm_cancel.slot(), [weak, gen](error_code ec) {
-          auto self = weak.lock();
-          if (!self || ec) return;
-          std::vector<completion> done;
-          {
-            std::lock_guard lock(self->mutex);
-            if (gen != self->alarm_generation) return;
-            self->alarm_at.reset();
-            self->serve_parked(self->clk.now(), done);
-          }
-          for (auto& d : done) d();
-        }));
+    // The alarm's cancellation signal is touched only on alarm_strand: this runs under the
+    // mutex on any thread, and the clock clears the slot on the wait handler's executor, so
+    // emitting here could race that clear.
+    asio::post(alarm_strand, [weak = weak_from_this(), gen, next, cancel_previous] {
+      auto self = weak.lock();
+      if (!self) return;
+      if (cancel_previous) self->alarm_cancel.emit(asio::cancellation_type::terminal);
+      {
+        std::lock_guard lock(self->mutex);
+        if (!next || gen != self->alarm_generation) return;  // superseded meanwhile
+      }
+      self->clk.async_wait_until(
+          self->alarm_strand, *next,
+          asio::bind_cancellation_slot(
+              self->alarm_cancel.slot(),
+              asio::bind_executor(self->alarm_strand, [weak, gen](error_code ec) {
+                auto self = weak.lock();
+                if (!self || ec) return;
+                std::vector<completion> done;
+                {
+                  std::lock_guard lock(self->mutex);
+                  if (gen != self->alarm_generation) return;
+                  self->alarm_at.reset();
+                  self->serve_parked(self->clk.now(), done);
+                }
+                for (auto& d : done) d();
+              })));
+    });
   }
 };
 
@@ -387,7 +399,12 @@ queue::~queue() {
   // object; detach the alarm first so it cannot touch freed state.
   std::lock_guard lock(impl_->mutex);
   ++impl_->alarm_generation;
-  if (impl_->alarm_at) impl_->alarm_cancel.emit(asio::cancellation_type::terminal);
+  if (impl_->alarm_at) {
+    // On the alarm's strand (see rearm); the posted function keeps the state alive until then.
+    impl_->alarm_at.reset();
+    asio::post(impl_->alarm_strand,
+               [impl = impl_] { impl->alarm_cancel.emit(asio::cancellation_type::terminal); });
+  }
   impl_->waiting.clear();
 }
 

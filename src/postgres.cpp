@@ -8,6 +8,7 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/bind_executor.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -16,6 +17,7 @@
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/prefer.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <libpq-fe.h>
@@ -776,6 +778,9 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
   std::uint64_t next_waiter = 0;
   std::uint64_t wake_gen = 0;
   std::optional<time_point> alarm_at;
+  // The alarm's wait and cancellation signal live on alarm_strand: rearm runs under the mutex
+  // on any thread, and the clock clears the slot on the wait handler's executor.
+  asio::strand<asio::any_io_executor> alarm_strand;
   asio::cancellation_signal alarm_cancel;
   std::uint64_t alarm_gen = 0;
   // listener and fallback poll
@@ -801,6 +806,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
         clk(opts.time ? *opts.time : default_clock()),
         sql(quote_ident(opts.schema)),
         channel(channel_for(opts.schema)),
+        alarm_strand(asio::make_strand(ex)),
         poll_timer(ex),
         listen_backoff(ex),
         rescue_timer(ex) {}
@@ -1184,24 +1190,32 @@ void backend::state::wake(const std::string* queue_name) {
 
 void backend::state::rearm(time_point at) {
   if (closed || (alarm_at && *alarm_at <= at)) return;
-  if (alarm_at) {
-    ++alarm_gen;
-    alarm_cancel.emit(asio::cancellation_type::terminal);
-  }
+  const bool cancel_previous = alarm_at.has_value();
   alarm_at = at;
   auto gen = ++alarm_gen;
-  std::weak_ptr<state> weak = shared_from_this();
-  clk.async_wait_until(
-      ex, at, asio::bind_cancellation_slot(alarm_cancel.slot(), [weak, gen](error_code ec) {
-        auto self = weak.lock();
-        if (!self || ec) return;
-        {
-          std::lock_guard lock(self->mutex);
-          if (gen != self->alarm_gen) return;
-          self->alarm_at.reset();
-        }
-        self->wake(nullptr);
-      }));
+  asio::post(alarm_strand, [weak = weak_from_this(), gen, at, cancel_previous] {
+    auto self = weak.lock();
+    if (!self) return;
+    if (cancel_previous) self->alarm_cancel.emit(asio::cancellation_type::terminal);
+    {
+      std::lock_guard lock(self->mutex);
+      if (self->closed || gen != self->alarm_gen) return;  // superseded meanwhile
+    }
+    self->clk.async_wait_until(
+        self->alarm_strand, at,
+        asio::bind_cancellation_slot(
+            self->alarm_cancel.slot(),
+            asio::bind_executor(self->alarm_strand, [weak, gen](error_code ec) {
+              auto self = weak.lock();
+              if (!self || ec) return;
+              {
+                std::lock_guard lock(self->mutex);
+                if (gen != self->alarm_gen) return;
+                self->alarm_at.reset();
+              }
+              self->wake(nullptr);
+            })));
+  });
 }
 
 void backend::state::on_pushed(const std::string& queue_name, time_point at) {
@@ -2242,7 +2256,9 @@ void backend::close() noexcept {
     idle.swap(st->idle);
     st->open_conns -= idle.size();
     ++st->alarm_gen;
-    if (st->alarm_at) st->alarm_cancel.emit(asio::cancellation_type::terminal);
+    if (st->alarm_at)  // on the alarm's strand (see rearm)
+      asio::post(st->alarm_strand,
+                 [st] { st->alarm_cancel.emit(asio::cancellation_type::terminal); });
     st->alarm_at.reset();
     // Parked reservations are abandoned with the backend, like operations of a destroyed I/O
     // object (their handlers are destroyed unrun).
