@@ -9,7 +9,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 build=$root/build-fuzz
 seconds=${1:-60}
 
+# -O1 with line tables, as libFuzzer recommends: quick to compile, readable crash reports.
 CC=clang CXX=clang++ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g1" \
   -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
   -DTASKQ_BUILD_FUZZERS=ON -DTASKQ_BUILD_TESTS=OFF -DTASKQ_BUILD_EXAMPLES=OFF \
   -DTASKQ_BUILD_BENCHMARKS=OFF -DTASKQ_BUILD_TOOL=OFF -DTASKQ_WITH_POSTGRES=OFF >/dev/null

@@ -1076,8 +1076,8 @@ void http_server::stop() noexcept {
     s->acceptor.close(ignored);
     s->history_cancel.emit(asio::cancellation_type::terminal);
   });
-  for (auto& [strand, weak] : conns)
-    asio::post(strand, [weak] {
+  for (auto& conn : conns)
+    asio::post(conn.first, [weak = conn.second] {
       if (auto stream = weak.lock()) {
         boost::system::error_code ignored;
         stream->socket().close(ignored);

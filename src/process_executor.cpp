@@ -386,7 +386,9 @@ process_limits limits_for(const process_command& c, const json& metadata, std::s
                                      {"cpu_seconds", &process_limits::cpu_seconds},
                                      {"open_files", &process_limits::open_files},
                                      {"processes", &process_limits::processes}};
-  for (auto& [key, value] : it->items()) {
+  for (auto& item : it->items()) {
+    const std::string& key = item.key();
+    const auto& value = item.value();
     auto f = std::find_if(std::begin(fields), std::end(fields),
                           [&](const field& x) { return key == x.name; });
     if (f == std::end(fields)) {

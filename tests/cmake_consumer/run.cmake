@@ -1,6 +1,7 @@
-# Builds the consumer project twice: against an installed taskq (find_package) and through
-# add_subdirectory, then runs each. Invoked by CTest with -DTASKQ_SOURCE_DIR, -DWORK_DIR and, to
-# install the build tree CTest runs in rather than build one, -DTASKQ_BUILD_DIR.
+# Builds the consumer project twice: against an installed taskq (find_package), linked and run,
+# and through add_subdirectory, configured and compiled. Invoked by CTest with
+# -DTASKQ_SOURCE_DIR, -DWORK_DIR and, to install the build tree CTest runs in rather than build
+# one, -DTASKQ_BUILD_DIR.
 cmake_minimum_required(VERSION 3.20)
 file(REMOVE_RECURSE ${WORK_DIR})
 set(prefix ${WORK_DIR}/prefix)
@@ -34,12 +35,12 @@ if(NOT last_output MATCHES "succeeded \"pong\"")
   message(FATAL_ERROR "installed consumer printed: ${last_output}")
 endif()
 
-# 3. add_subdirectory consumer.
+# 3. add_subdirectory consumer: taskq configures as a subproject, its generated source builds and
+#    the consumer compiles against taskq::taskq's usage requirements. It is not linked: that
+#    would compile the whole library a second time (four of CI's minutes on 2 cores), and the
+#    library's sources and link are the ones the installed package above links and runs.
 step(${CMAKE_COMMAND} -S ${CMAKE_CURRENT_LIST_DIR}/project -B ${WORK_DIR}/consumer-subdir -G Ninja
      -DTASKQ_CONSUMER_MODE=subdirectory -DTASKQ_SOURCE_DIR=${TASKQ_SOURCE_DIR})
-step(${CMAKE_COMMAND} --build ${WORK_DIR}/consumer-subdir --parallel 2)
-step(${WORK_DIR}/consumer-subdir/consumer)
-if(NOT last_output MATCHES "succeeded \"pong\"")
-  message(FATAL_ERROR "subdirectory consumer printed: ${last_output}")
-endif()
-message(STATUS "consumer builds and runs: installed package and add_subdirectory")
+step(${CMAKE_COMMAND} --build ${WORK_DIR}/consumer-subdir --parallel 2
+     --target CMakeFiles/consumer.dir/main.cpp.o taskq/src/dashboard_files.cpp)
+message(STATUS "consumer builds and runs against the installed package; compiles via add_subdirectory")

@@ -1,5 +1,5 @@
-// The PostgreSQL backend for the conformance suite (conformance/backend_suite.cpp, built a
-// second time with TASKQ_CONFORMANCE_POSTGRES): each test gets a fresh schema in the test
+// The PostgreSQL backend for the conformance suite (conformance/backend_suite.cpp, which
+// includes it with TASKQ_CONFORMANCE_POSTGRES): each test gets a fresh schema in the test
 // cluster, dropped afterwards.
 #pragma once
 
