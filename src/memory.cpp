@@ -780,6 +780,7 @@ void store::do_get(std::string id, handler<void(error_code, task_record)> h) {
 
 void store::do_claim(claim_params p, handler<void(error_code, claim_result)> h) {
   claim_result out;
+  out.claimed.reserve(p.ids.size());  // the usual case: every id is claimed
   {
     std::lock_guard lock(impl_->mutex);
     for (auto& id : p.ids) {

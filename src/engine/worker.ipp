@@ -115,6 +115,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     }
     claim_params cp;
     const auto batch = ++next_claim_batch;
+    cp.ids.reserve(leases.size());
     for (auto& l : leases) {
       if (auto held = slots.find(l.id); held != slots.end()) {
         // Our own lease on it lapsed (a stalled strand, a failed extend) and we reserved it
@@ -127,7 +128,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
         continue;
       }
       cp.ids.push_back(l.id);
-      auto& s = slots[l.id];
+      auto& s = slots.try_emplace(cp.ids.back()).first->second;
       admission.count(l, +1);
       s.l = std::move(l);
       s.claim_batch = batch;
@@ -246,9 +247,9 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     maybe_finish();
   }
 
-  // The fields of a record the worker itself needs after handing the record to the executor.
-  static task_record stub_of(const task_record& r) {
-    task_record t;
+  // The fields of a record the worker itself needs after handing the record to the executor
+  // (assigned in place: the slot's record keeps its buffers).
+  static void copy_stub(task_record& t, const task_record& r) {
     t.id = r.id;
     t.type = r.type;
     t.queue = r.queue;
@@ -260,12 +261,11 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     t.available_at = r.available_at;
     t.scheduled_for = r.scheduled_for;
     t.status = r.status;
-    return t;
   }
 
   void start(slot& s, task_record&& rec) {
     auto now = clk().now();
-    s.task = stub_of(rec);
+    copy_stub(s.task, rec);
     s.started = true;
     const auto& t = s.task;
     client->enqueue_to_start.record(now - std::max(t.available_at, t.created_at));
