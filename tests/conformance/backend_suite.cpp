@@ -1,5 +1,6 @@
 // One behavioural suite for every Queue/Store backend (memory, file and, when built with it,
-// PostgreSQL). Each test runs once per backend (Catch2 TEMPLATE_TEST_CASE over the types in conformance/backends.hpp).
+// PostgreSQL). Each test runs once per backend (Catch2 TEMPLATE_TEST_CASE over the types in
+// conformance/backends.hpp).
 #include "conformance/backends.hpp"
 #include "engine_fixture.hpp"
 
