@@ -6,6 +6,7 @@
 #include <taskq/detail/input_limits.hpp>
 #include <taskq/detail/outcome.hpp>
 #include <taskq/detail/worker_admission.hpp>
+#include <taskq/detail/worker_drain.hpp>
 #include <taskq/executor.hpp>
 #include <taskq/prometheus.hpp>
 #include <taskq/worker.hpp>

@@ -31,10 +31,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
   asio::cancellation_signal drain_cancel;
   asio::cancellation_signal retry_cancel;
   bool run_started = false;
-  bool stopping = false;
-  bool drain_expired = false;
-  std::optional<time_point> drain_deadline;  // while a drain waits
-  std::uint64_t drain_generation = 0;
+  worker_drain drain;  // stopping, the drain deadline and when the worker is done (pure)
   std::optional<asio::any_completion_handler<void(error_code)>> run_handler;
   std::size_t claims_in_flight = 0;
   std::uint64_t next_claim_batch = 0;
@@ -76,7 +73,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
 
   // --- the loop ---
   void pump() {
-    if (stopping || !run_started) return;
+    if (drain.stopping() || !run_started) return;
     auto filters = admission.filters();
     if (reserving) {
       // A parked reservation with stale filters would hold back work a freed slot allows.
@@ -123,7 +120,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
         held->second.l = l;
         continue;
       }
-      if (stopping || !admission.has_room(slots.size()) || !admission.admits(l)) {
+      if (drain.stopping() || !admission.has_room(slots.size()) || !admission.admits(l)) {
         give_back(l);  // original position; another worker (or a later round) takes it
         continue;
       }
@@ -278,7 +275,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     run.requested_at = t.created_at;
     run.due_at = t.available_at;
     run.scheduled_for = t.scheduled_for;
-    if (stopping && drain_expired) {
+    if (drain.expired()) {
       // Claimed after the drain deadline: give it straight back.
       s.interrupted = true;
       run_result r;
@@ -517,39 +514,43 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
   }
 
   // --- stopping ---
-  bool finished_run() const { return stopping && !run_handler; }
+  bool finished_run() const { return drain.stopping() && !run_handler; }
 
-  void stop(duration drain) {
-    if (stopping) {
-      // Stopped again with a shorter drain (a second signal, say): bring the deadline forward.
-      const auto at = clk().now() + drain;
-      if (run_started && !drain_expired && drain_deadline && at < *drain_deadline) arm_drain(at);
-      return;
+  // What is in flight; `any_started` (a walk over the slots) only when asked.
+  worker_activity activity(bool with_started = false) const {
+    worker_activity a;
+    a.reserving = reserving;
+    a.claims_in_flight = claims_in_flight;
+    a.updates_in_flight = updates_in_flight;
+    a.slots = slots.size();
+    if (with_started)
+      a.any_started =
+          std::any_of(slots.begin(), slots.end(), [](auto& kv) { return kv.second.started; });
+    return a;
+  }
+
+  void stop(duration drain_for) {
+    const bool first = !drain.stopping();
+    auto act = drain.stop(clk().now(), drain_for, run_started, activity(first));
+    if (act.cancel_waits) {
+      reserve_cancel.emit(asio::cancellation_type::terminal);
+      retry_cancel.emit(asio::cancellation_type::terminal);
     }
-    stopping = true;
-    reserve_cancel.emit(asio::cancellation_type::terminal);
-    retry_cancel.emit(asio::cancellation_type::terminal);
-    if (!run_started) return;
-    bool any_running =
-        std::any_of(slots.begin(), slots.end(), [](auto& kv) { return kv.second.started; });
-    if (any_running || claims_in_flight) arm_drain(clk().now() + drain);
-    maybe_finish();
+    if (act.cancel_previous) drain_cancel.emit(asio::cancellation_type::terminal);
+    if (act.arm_at) {
+      client->clk.async_wait_until(
+          strand, *act.arm_at,
+          asio::bind_cancellation_slot(
+              drain_cancel.slot(),
+              on_strand([self = shared_from_this(), generation = act.generation](error_code ec) {
+                if (!ec && self->drain.on_deadline(generation)) self->expire_drain();
+              })));
+    }
+    if (first && run_started) maybe_finish();
   }
 
-  void arm_drain(time_point at) {
-    if (drain_deadline) drain_cancel.emit(asio::cancellation_type::terminal);  // the later one
-    drain_deadline = at;
-    auto generation = ++drain_generation;
-    client->clk.async_wait_until(
-        strand, at,
-        asio::bind_cancellation_slot(
-            drain_cancel.slot(), on_strand([self = shared_from_this(), generation](error_code ec) {
-              if (!ec && generation == self->drain_generation) self->expire_drain();
-            })));
-  }
-
+  // The drain deadline passed: interrupt what still runs.
   void expire_drain() {
-    drain_expired = true;
     for (auto& [id, s] : slots) {
       if (!s.started || !s.promise.valid()) continue;
       s.interrupted = true;
@@ -558,9 +559,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
   }
 
   void maybe_finish() {
-    if (!stopping || !run_handler || reserving || claims_in_flight || updates_in_flight ||
-        !slots.empty())
-      return;
+    if (!drain.stopping() || !drain.finished(run_handler.has_value(), activity())) return;
     drain_cancel.emit(asio::cancellation_type::terminal);
     renew_cancel.emit(asio::cancellation_type::terminal);
     ++deadline_generation;
@@ -588,7 +587,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
           asio::post(self->strand, [self] { self->stop(self->opts.drain_timeout); });
       });
     }
-    if (stopping) {  // stop() came first
+    if (drain.stopping()) {  // stop() came first
       maybe_finish();
       return;
     }

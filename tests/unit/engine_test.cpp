@@ -6,6 +6,7 @@
 #include <taskq/detail/deadline_heap.hpp>
 #include <taskq/detail/outcome.hpp>
 #include <taskq/detail/worker_admission.hpp>
+#include <taskq/detail/worker_drain.hpp>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
@@ -265,6 +266,90 @@ TEST_CASE("worker admission: refills in batches of at least a quarter", "[worker
   o.reserve_batch = 2;
   detail::worker_admission small(o);
   CHECK(small.refill(1, small.filters()) == 1);
+}
+
+TEST_CASE("worker drain: a stop cancels the waits and arms the deadline only while work runs",
+          "[worker][drain]") {
+  const time_point t0{std::chrono::seconds(1000)};
+  detail::worker_activity running;
+  running.slots = 2;
+  running.any_started = true;
+
+  detail::worker_drain idle;
+  auto a = idle.stop(t0, 10s, true, {});
+  CHECK(a.cancel_waits);
+  CHECK_FALSE(a.arm_at);  // nothing runs: nothing to wait for
+  CHECK(idle.stopping());
+  CHECK(idle.finished(true, {}));
+  CHECK_FALSE(idle.finished(false, {}));  // no run() to complete
+
+  detail::worker_drain before_run;
+  a = before_run.stop(t0, 10s, false, running);
+  CHECK(a.cancel_waits);
+  CHECK_FALSE(a.arm_at);  // run() has not started: nothing of ours runs
+
+  detail::worker_drain d;
+  a = d.stop(t0, 10s, true, running);
+  CHECK(a.cancel_waits);
+  REQUIRE(a.arm_at);
+  CHECK(*a.arm_at == t0 + 10s);
+  CHECK_FALSE(a.cancel_previous);
+  CHECK_FALSE(d.finished(true, running));
+
+  detail::worker_activity claiming;  // a claim in flight counts as work about to run
+  claiming.claims_in_flight = 1;
+  detail::worker_drain c;
+  CHECK(c.stop(t0, 5s, true, claiming).arm_at == t0 + 5s);
+}
+
+TEST_CASE("worker drain: a second stop only brings the deadline forward", "[worker][drain]") {
+  const time_point t0{std::chrono::seconds(1000)};
+  detail::worker_activity running;
+  running.slots = 1;
+  running.any_started = true;
+  detail::worker_drain d;
+  auto first = d.stop(t0, 30s, true, running);
+  REQUIRE(first.arm_at);
+
+  auto later = d.stop(t0 + 1s, 60s, true, running);  // would end after the first: ignored
+  CHECK_FALSE(later.cancel_waits);
+  CHECK_FALSE(later.arm_at);
+
+  auto sooner = d.stop(t0 + 1s, 2s, true, running);  // a second signal with a short drain
+  CHECK_FALSE(sooner.cancel_waits);
+  REQUIRE(sooner.arm_at);
+  CHECK(*sooner.arm_at == t0 + 3s);
+  CHECK(sooner.cancel_previous);
+  CHECK(sooner.generation != first.generation);
+
+  // The superseded deadline firing changes nothing; the current one expires the drain.
+  CHECK_FALSE(d.on_deadline(first.generation));
+  CHECK_FALSE(d.expired());
+  CHECK(d.on_deadline(sooner.generation));
+  CHECK(d.expired());
+
+  // After expiry a stop arms nothing more.
+  CHECK_FALSE(d.stop(t0 + 4s, 0s, true, running).arm_at);
+}
+
+TEST_CASE("worker drain: finished only when nothing is in flight", "[worker][drain]") {
+  const time_point t0{std::chrono::seconds(1000)};
+  detail::worker_drain d;
+  CHECK_FALSE(d.finished(true, {}));  // not stopping
+  d.stop(t0, 1s, true, {});
+  CHECK(d.finished(true, {}));
+  detail::worker_activity a;
+  a.reserving = true;
+  CHECK_FALSE(d.finished(true, a));
+  a = {};
+  a.claims_in_flight = 1;
+  CHECK_FALSE(d.finished(true, a));
+  a = {};
+  a.updates_in_flight = 1;
+  CHECK_FALSE(d.finished(true, a));
+  a = {};
+  a.slots = 1;  // reserved, not started: still to be given back or recorded
+  CHECK_FALSE(d.finished(true, a));
 }
 
 // --- outcome rules (pure) -----------------------------------------------------------------
