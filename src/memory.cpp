@@ -2,6 +2,7 @@
 #include <taskq/backends/memory/queue.hpp>
 #include <taskq/backends/memory/store.hpp>
 #include <taskq/clock.hpp>
+#include <taskq/detail/backend_alarm.hpp>
 #include <taskq/detail/record_ops.hpp>
 
 #include <boost/asio/bind_cancellation_slot.hpp>
@@ -11,7 +12,6 @@
 #include <boost/asio/execution/outstanding_work.hpp>
 #include <boost/asio/prefer.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
 #include <boost/intrusive/set.hpp>
 
 #include <algorithm>
@@ -230,14 +230,11 @@ struct queue::impl : std::enable_shared_from_this<queue::impl> {
   };
   std::list<parked> waiting;
   std::uint64_t next_parked_id = 0;
-  // The single timer that wakes parked reservations for a delay or lease running out. Its
-  // wait and its cancellation signal live on alarm_strand (see rearm).
-  std::optional<time_point> alarm_at;
-  asio::strand<asio::any_io_executor> alarm_strand;
-  asio::cancellation_signal alarm_cancel;
-  std::uint64_t alarm_generation = 0;
+  // The single wait that wakes parked reservations for a delay or lease running out (set up
+  // by queue::queue, which has the shared state to point it at).
+  std::shared_ptr<detail::backend_alarm> alarm;
 
-  impl(asio::any_io_executor e, clock& c) : ex(e), clk(c), alarm_strand(asio::make_strand(e)) {}
+  impl(asio::any_io_executor e, clock& c) : ex(std::move(e)), clk(c) {}
 
   void make_ready(item& it) {
     it.state = item::where::ready;
@@ -341,12 +338,12 @@ struct queue::impl : std::enable_shared_from_this<queue::impl> {
         detail::post_completion(std::move(h->handler), h->work, error_code{}, std::move(leases));
       });
     }
-    rearm(now);
+    rearm();
   }
 
   // Keeps one clock wait armed at the next moment something becomes visible, while any
   // reservation is parked.
-  void rearm(time_point now) {
+  void rearm() {
     std::optional<time_point> next;
     if (!waiting.empty()) {
       if (!delayed.empty()) next = delayed.begin()->entry.available_at;
@@ -355,56 +352,32 @@ struct queue::impl : std::enable_shared_from_this<queue::impl> {
         next = next ? std::min(*next, l) : l;
       }
     }
-    if (next == alarm_at) return;
-    const bool cancel_previous = alarm_at.has_value();
-    alarm_at = next;
-    auto gen = ++alarm_generation;
-    (void)now;
-    // The alarm's cancellation signal is touched only on alarm_strand: this runs under the
-    // mutex on any thread, and the clock clears the slot on the wait handler's executor, so
-    // emitting here could race that clear.
-    asio::post(alarm_strand, [weak = weak_from_this(), gen, next, cancel_previous] {
-      auto self = weak.lock();
-      if (!self) return;
-      if (cancel_previous) self->alarm_cancel.emit(asio::cancellation_type::terminal);
-      {
-        std::lock_guard lock(self->mutex);
-        if (!next || gen != self->alarm_generation) return;  // superseded meanwhile
-      }
-      self->clk.async_wait_until(
-          self->alarm_strand, *next,
-          asio::bind_cancellation_slot(
-              self->alarm_cancel.slot(),
-              asio::bind_executor(self->alarm_strand, [weak, gen](error_code ec) {
-                auto self = weak.lock();
-                if (!self || ec) return;
-                std::vector<completion> done;
-                {
-                  std::lock_guard lock(self->mutex);
-                  if (gen != self->alarm_generation) return;
-                  self->alarm_at.reset();
-                  self->serve_parked(self->clk.now(), done);
-                }
-                for (auto& d : done) d();
-              })));
-    });
+    alarm->arm(next);
+  }
+
+  // The alarm went off: serve what became visible.
+  void on_alarm() {
+    std::vector<completion> done;
+    {
+      std::lock_guard lock(mutex);
+      serve_parked(clk.now(), done);
+    }
+    for (auto& d : done) d();
   }
 };
 
 queue::queue(asio::any_io_executor ex, clock& clk)
-    : impl_(std::make_shared<impl>(std::move(ex), clk)) {}
+    : impl_(std::make_shared<impl>(std::move(ex), clk)) {
+  impl_->alarm = detail::backend_alarm::make(impl_->ex, clk, [weak = std::weak_ptr<impl>(impl_)] {
+    if (auto self = weak.lock()) self->on_alarm();
+  });
+}
 
 queue::~queue() {
   // Parked reservations are abandoned with the queue, like operations of a destroyed I/O
   // object; detach the alarm first so it cannot touch freed state.
   std::lock_guard lock(impl_->mutex);
-  ++impl_->alarm_generation;
-  if (impl_->alarm_at) {
-    // On the alarm's strand (see rearm); the posted function keeps the state alive until then.
-    impl_->alarm_at.reset();
-    asio::post(impl_->alarm_strand,
-               [impl = impl_] { impl->alarm_cancel.emit(asio::cancellation_type::terminal); });
-  }
+  impl_->alarm->close();
   impl_->waiting.clear();
 }
 
@@ -509,13 +482,13 @@ void queue::do_reserve(reserve_params p, handler<void(error_code, std::vector<le
       if (it == self->waiting.end()) return;
       auto parked = std::move(*it);
       self->waiting.erase(it);
-      self->rearm(self->clk.now());
+      self->rearm();
       lock.unlock();
       detail::post_completion(std::move(parked.handler), parked.work,
                               error_code(asio::error::operation_aborted), std::vector<lease>{});
     });
   }
-  impl_->rearm(now);
+  impl_->rearm();
 }
 
 void queue::do_ack(std::vector<lease> leases, handler<void(error_code, std::size_t)> h) {

@@ -1,6 +1,7 @@
 // The PostgreSQL backend: libpq driven by Asio, a connection pool, migrations, the Queue and
 // the Store, LISTEN/NOTIFY wake-ups and transactional enqueue. See backends/postgres/backend.hpp.
 #include <taskq/backends/postgres/backend.hpp>
+#include <taskq/detail/backend_alarm.hpp>
 #include <taskq/detail/input_limits.hpp>
 #include <taskq/detail/record_ops.hpp>
 #include <taskq/schedule_store.hpp>
@@ -8,7 +9,6 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
-#include <boost/asio/bind_executor.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -17,7 +17,6 @@
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/prefer.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <libpq-fe.h>
@@ -777,12 +776,8 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
   std::list<waiter> waiting;
   std::uint64_t next_waiter = 0;
   std::uint64_t wake_gen = 0;
-  std::optional<time_point> alarm_at;
-  // The alarm's wait and cancellation signal live on alarm_strand: rearm runs under the mutex
-  // on any thread, and the clock clears the slot on the wait handler's executor.
-  asio::strand<asio::any_io_executor> alarm_strand;
-  asio::cancellation_signal alarm_cancel;
-  std::uint64_t alarm_gen = 0;
+  // Wakes parked reservations when a delayed task becomes due (set up in backend::open).
+  std::shared_ptr<detail::backend_alarm> alarm;
   // listener and fallback poll
   connection* listener = nullptr;
   asio::steady_timer poll_timer;
@@ -806,7 +801,6 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
         clk(opts.time ? *opts.time : default_clock()),
         sql(quote_ident(opts.schema)),
         channel(channel_for(opts.schema)),
-        alarm_strand(asio::make_strand(ex)),
         poll_timer(ex),
         listen_backoff(ex),
         rescue_timer(ex) {}
@@ -1189,33 +1183,7 @@ void backend::state::wake(const std::string* queue_name) {
 }
 
 void backend::state::rearm(time_point at) {
-  if (closed || (alarm_at && *alarm_at <= at)) return;
-  const bool cancel_previous = alarm_at.has_value();
-  alarm_at = at;
-  auto gen = ++alarm_gen;
-  asio::post(alarm_strand, [weak = weak_from_this(), gen, at, cancel_previous] {
-    auto self = weak.lock();
-    if (!self) return;
-    if (cancel_previous) self->alarm_cancel.emit(asio::cancellation_type::terminal);
-    {
-      std::lock_guard lock(self->mutex);
-      if (self->closed || gen != self->alarm_gen) return;  // superseded meanwhile
-    }
-    self->clk.async_wait_until(
-        self->alarm_strand, at,
-        asio::bind_cancellation_slot(
-            self->alarm_cancel.slot(),
-            asio::bind_executor(self->alarm_strand, [weak, gen](error_code ec) {
-              auto self = weak.lock();
-              if (!self || ec) return;
-              {
-                std::lock_guard lock(self->mutex);
-                if (gen != self->alarm_gen) return;
-                self->alarm_at.reset();
-              }
-              self->wake(nullptr);
-            })));
-  });
+  if (!closed) alarm->arm_by(at);
 }
 
 void backend::state::on_pushed(const std::string& queue_name, time_point at) {
@@ -2191,6 +2159,9 @@ std::unique_ptr<backend> backend::open(asio::any_io_executor ex, backend_options
   }
   PQsetnonblocking(c, 1);
   auto st = std::make_shared<state>(ex, std::move(opts));
+  st->alarm = detail::backend_alarm::make(st->ex, st->clk, [weak = std::weak_ptr<state>(st)] {
+    if (auto self = weak.lock()) self->wake(nullptr);
+  });
   st->q = std::make_unique<pg_queue>(*st);
   st->s = std::make_unique<pg_store>(*st);
   st->schedules = std::make_unique<pg_schedule_store>(*st);
@@ -2255,11 +2226,7 @@ void backend::close() noexcept {
     st->closed = true;
     idle.swap(st->idle);
     st->open_conns -= idle.size();
-    ++st->alarm_gen;
-    if (st->alarm_at)  // on the alarm's strand (see rearm)
-      asio::post(st->alarm_strand,
-                 [st] { st->alarm_cancel.emit(asio::cancellation_type::terminal); });
-    st->alarm_at.reset();
+    st->alarm->close();
     // Parked reservations are abandoned with the backend, like operations of a destroyed I/O
     // object (their handlers are destroyed unrun).
     for (auto it = st->waiting.begin(); it != st->waiting.end();) {
