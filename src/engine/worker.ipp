@@ -559,7 +559,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
   }
 
   void maybe_finish() {
-    if (!drain.stopping() || !drain.finished(run_handler.has_value(), activity())) return;
+    if (!drain.finished(run_handler.has_value(), activity())) return;
     drain_cancel.emit(asio::cancellation_type::terminal);
     renew_cancel.emit(asio::cancellation_type::terminal);
     ++deadline_generation;

@@ -53,12 +53,11 @@ struct probe {
     PQclear(r);
     return out;
   }
+  /// The first column of the first row, as a number.
   long long value(const std::string& sql) {
-    PGresult* r = PQexec(c, sql.c_str());
-    REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
-    long long v = std::stoll(PQgetvalue(r, 0, 0));
-    PQclear(r);
-    return v;
+    auto rows = column(sql);
+    REQUIRE_FALSE(rows.empty());
+    return std::stoll(rows.front());
   }
 };
 

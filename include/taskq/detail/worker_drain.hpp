@@ -54,7 +54,7 @@ class worker_drain {
   /// drain is over, runs still going are interrupted and a task claimed from now on is given
   /// straight back.
   bool on_deadline(std::uint64_t generation) {
-    if (generation != generation_ || !deadline_) return false;
+    if (generation != generation_) return false;
     expired_ = true;
     return true;
   }
