@@ -1,5 +1,5 @@
-// The engine translation unit: run promises, task contexts, executors, metrics, the outcome
-// rules, the client and the worker. One translation unit (Asio is heavy to compile), one file
+// The engine translation unit: the backend composition, run promises, task contexts, executors,
+// metrics, the outcome rules, the client and the worker. One translation unit (Asio is heavy to compile), one file
 // per concept under src/engine/.
 #include <taskq/client.hpp>
 #include <taskq/detail/deadline_heap.hpp>
@@ -32,6 +32,7 @@
 // clang-format off
 #include "engine/blocking.ipp"
 #include "engine/store.ipp"
+#include "engine/backend.ipp"
 #include "engine/run_promise.ipp"
 #include "engine/task_context.ipp"
 #include "engine/executor.ipp"

@@ -403,10 +403,6 @@ bool takes_new_position(const task_record& before, const task_update& u, const t
   return true;
 }
 
-queue_entry entry_of(const task_record& r) {
-  return {r.id, r.queue, r.type, r.concurrency_key, r.priority, r.available_at};
-}
-
 // --- the write pipeline ---------------------------------------------------------------------
 
 /// What one attempt at planning a write decided (made under the state mutex).

@@ -1,5 +1,6 @@
 // The task model: statuses, validation, ids, retry policy and the JSON mapping. No Asio here.
 #include <taskq/detail/input_limits.hpp>
+#include <taskq/queue.hpp>
 #include <taskq/task.hpp>
 
 #include "json_fields.hpp"
@@ -253,6 +254,10 @@ error_code validate(const task_spec& spec, const validation_limits& limits) {
   }
   if (size > limits.max_payload_bytes) return errc::payload_too_large;
   return {};
+}
+
+queue_entry entry_of(const task_record& r) {
+  return {r.id, r.queue, r.type, r.concurrency_key, r.priority, r.available_at};
 }
 
 task_record make_record(task_spec&& spec, time_point now) {

@@ -2,6 +2,7 @@
 // wait for and delete tasks, and to observe what happens to them.
 #pragma once
 
+#include <taskq/backend.hpp>
 #include <taskq/clock.hpp>
 #include <taskq/detail/blocking.hpp>
 #include <taskq/detail/input_limits.hpp>
@@ -54,8 +55,12 @@ class client {
  public:
   using executor_type = asio::any_io_executor;
 
-  /// `q` and `s` must outlive the client (and every worker using it).
+  /// `q` and `s` must outlive the client (and every worker using it). The client drives them
+  /// through a composed_backend (taskq/backend.hpp).
   client(asio::any_io_executor ex, taskq::queue& q, taskq::store& s, client_options opts = {});
+  /// Over a backend that fuses its queue and store (memory::backend, or a custom one); `b`
+  /// must outlive the client (and every worker using it).
+  client(asio::any_io_executor ex, taskq::backend& b, client_options opts = {});
   ~client();
 
   client(const client&) = delete;
@@ -67,6 +72,8 @@ class client {
   const logger& log() const noexcept;
   taskq::queue& get_queue() const noexcept;
   taskq::store& get_store() const noexcept;
+  /// What the client and its workers enqueue, fetch and complete through.
+  taskq::backend& get_backend() const noexcept;
 
   // --- enqueue --------------------------------------------------------------------------
 

@@ -30,6 +30,9 @@ struct queue_entry {
   time_point available_at{};
 };
 
+/// The queue entry of a record: its id and the fields the queue orders and filters by.
+queue_entry entry_of(const task_record& r);
+
 /// A reservation of one task, valid until `expires_at` unless extended.
 struct lease {
   std::string id{};

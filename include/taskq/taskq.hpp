@@ -1,6 +1,7 @@
 // taskq — the umbrella header: everything a host application usually needs.
 #pragma once
 
+#include <taskq/backend.hpp>
 #include <taskq/backends/file/store.hpp>
 #include <taskq/backends/memory/queue.hpp>
 #include <taskq/backends/memory/store.hpp>

@@ -7,6 +7,8 @@ namespace detail {
 
 struct client_core : std::enable_shared_from_this<client_core> {
   asio::any_io_executor ex;
+  std::unique_ptr<composed_backend> composed;  // when built from a separate queue and store
+  taskq::backend& b;
   taskq::queue& q;
   taskq::store& s;
   clock& clk;
@@ -52,8 +54,15 @@ struct client_core : std::enable_shared_from_this<client_core> {
   }
   histogram enqueue_to_start, run_duration;
 
-  client_core(asio::any_io_executor e, taskq::queue& qq, taskq::store& ss, client_options o)
-      : ex(std::move(e)), q(qq), s(ss), clk(o.time ? *o.time : default_clock()), opts(o) {}
+  client_core(asio::any_io_executor e, std::unique_ptr<composed_backend> owned,
+              taskq::backend& backend, client_options o)
+      : ex(std::move(e)),
+        composed(std::move(owned)),
+        b(backend),
+        q(b.get_queue()),
+        s(b.get_store()),
+        clk(o.time ? *o.time : default_clock()),
+        opts(std::move(o)) {}
 
   /// The completion of a fire-and-forget operation: a failure goes to the host's log.
   auto log_failure(const char* what) {
@@ -144,8 +153,16 @@ void notify_cancel_requested(worker_core& w, const std::string& id);
 
 }  // namespace detail
 
-client::client(asio::any_io_executor ex, taskq::queue& q, taskq::store& s, client_options opts)
-    : core_(std::make_shared<detail::client_core>(std::move(ex), q, s, opts)) {}
+client::client(asio::any_io_executor ex, taskq::queue& q, taskq::store& s, client_options opts) {
+  auto composed = std::make_unique<composed_backend>(
+      ex, q, s, composed_backend_options{.time = opts.time, .log = opts.log});
+  auto& b = *composed;
+  core_ =
+      std::make_shared<detail::client_core>(std::move(ex), std::move(composed), b, std::move(opts));
+}
+
+client::client(asio::any_io_executor ex, taskq::backend& b, client_options opts)
+    : core_(std::make_shared<detail::client_core>(std::move(ex), nullptr, b, std::move(opts))) {}
 
 client::~client() = default;
 
@@ -164,14 +181,9 @@ taskq::queue& client::get_queue() const noexcept {
 taskq::store& client::get_store() const noexcept {
   return core_->s;
 }
-
-namespace {
-
-queue_entry entry_of(const task_record& r) {
-  return {r.id, r.queue, r.type, r.concurrency_key, r.priority, r.available_at};
+taskq::backend& client::get_backend() const noexcept {
+  return core_->b;
 }
-
-}  // namespace
 
 namespace {
 /// `h` bound to its associated executor, else `fallback`: for forwarding a completion handler
@@ -244,22 +256,17 @@ void client::do_enqueue_batch(
     }
   }
   auto now = core->clk.now();
-  std::vector<task_record> records;
+  enqueue_params p;
+  auto& records = p.records;
   records.reserve(specs.size());
-  // A store that queues what it inserts does both in one write (nothing to undo, nothing to
-  // orphan if this process dies in between); otherwise insert, then push.
-  const bool fed = core->q.fed_by(core->s);
-  push_params push;
-  if (!fed) push.entries.reserve(specs.size());
   std::vector<std::string> ids;
   ids.reserve(specs.size());
   for (auto& s : specs) {
     records.push_back(make_record(std::move(s), now));
-    if (!fed) push.entries.push_back(entry_of(records.back()));
     ids.push_back(records.back().id);
   }
-  // The events go out after the store and queue have the tasks; build them (small) only for
-  // tasks someone listens to.
+  // The events go out after the backend has the tasks; build them (small) only for tasks
+  // someone listens to.
   std::vector<event> for_events;
   for (const auto& r : records)
     if (core->observed(r))
@@ -267,29 +274,14 @@ void client::do_enqueue_batch(
   std::vector<task_series*> series;  // the metrics series of each task, when metrics are on
   if (auto* m = core->opts.metrics)
     for (const auto& r : records) series.push_back(&m->series(r.queue, r.type));
-  core->s.async_insert(std::move(records), [core, fed, push = std::move(push), ids = std::move(ids),
-                                            for_events = std::move(for_events),
-                                            series = std::move(series),
-                                            h = std::move(h)](error_code ec) mutable {
-    if (ec)
-      return detail::dispatch_completion(std::move(h), core->ex, ec, std::vector<std::string>{});
-    if (fed) return enqueued(core, std::move(ids), for_events, series, std::move(h));
-    core->q.async_push(
-        std::move(push), [core, ids = std::move(ids), for_events = std::move(for_events),
-                          series = std::move(series), h = std::move(h)](error_code ec) mutable {
-          if (ec) {
-            // Undo the insert so nothing is half-written.
-            task_filter f;
-            f.ids = ids;
-            core->s.async_remove(std::move(f), [core, ec, h = std::move(h)](
-                                                   error_code, std::vector<std::string>) mutable {
-              detail::dispatch_completion(std::move(h), core->ex, ec, std::vector<std::string>{});
-            });
-            return;
-          }
-          enqueued(core, std::move(ids), for_events, series, std::move(h));
-        });
-  });
+  core->b.async_enqueue(std::move(p),
+                        [core, ids = std::move(ids), for_events = std::move(for_events),
+                         series = std::move(series), h = std::move(h)](error_code ec) mutable {
+                          if (ec)
+                            return detail::dispatch_completion(std::move(h), core->ex, ec,
+                                                               std::vector<std::string>{});
+                          enqueued(core, std::move(ids), for_events, series, std::move(h));
+                        });
 }
 
 void client::do_wait(std::string id,

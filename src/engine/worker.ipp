@@ -16,16 +16,16 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     task_record task;
     run_promise promise;
     std::size_t deadline_index = deadline_heap<slot>::npos;  // its timeout, if it has one
-    std::uint64_t claim_batch = 0;  // the claim that asked the store for it
     bool started = false;
     bool cancel_requested = false;
     bool interrupted = false;
+    bool recording = false;  // the run is over; its outcome is on its way to the backend
   };
   // All state below is touched only on the strand.
   std::unordered_map<std::string, slot> slots;
-  worker_admission admission;  // limits, running counts and refill decisions (pure)
-  bool reserving = false;
-  reserve_filters reserved_with;  // the filters of the reservation in flight
+  worker_admission admission;     // limits, running counts and refill decisions (pure)
+  bool reserving = false;         // a fetch is in flight
+  reserve_filters reserved_with;  // the filters of the fetch in flight
   asio::cancellation_signal reserve_cancel;
   asio::cancellation_signal renew_cancel;
   asio::cancellation_signal drain_cancel;
@@ -33,10 +33,11 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
   bool run_started = false;
   worker_drain drain;  // stopping, the drain deadline and when the worker is done (pure)
   std::optional<asio::any_completion_handler<void(error_code)>> run_handler;
-  std::size_t claims_in_flight = 0;
-  std::uint64_t next_claim_batch = 0;
   std::size_t updates_in_flight = 0;
-  std::vector<task_update> pending_updates;
+  std::vector<completion> pending_completions;
+  // Fetched again while the outcome of their previous attempt was still being recorded (rare):
+  // started when that slot goes.
+  std::unordered_map<std::string, fetched_task> after_recording;
   std::vector<run_outcome> pending_outcomes;
   std::vector<slot*> pending_slots;  // whose outcome each pending update records
   bool flush_posted = false;
@@ -76,33 +77,41 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     if (drain.stopping() || !run_started) return;
     auto filters = admission.filters();
     if (reserving) {
-      // A parked reservation with stale filters would hold back work a freed slot allows.
+      // A parked fetch with stale filters would hold back work a freed slot allows.
       if (filters != reserved_with) reserve_cancel.emit(asio::cancellation_type::terminal);
       return;
     }
     const auto n = admission.refill(slots.size(), filters);
     if (n == 0) return;
-    reserve_params p;
+    fetch_params p;
     p.queues = filters.queues;
     p.max = n;
     p.lease_for = opts.lease;
     p.wait = true;
     p.skip_types = filters.skip_types;
     p.skip_keys = filters.skip_keys;
+    if (admission.limited()) {
+      // The limits can fill up within one batch: the fetch admits against its own copy of
+      // the counts (it runs off the strand), counting in what it admits.
+      p.admit = [counts = admission](const lease& l) mutable {
+        if (!counts.admits(l)) return false;
+        counts.count(l, +1);
+        return true;
+      };
+    }
     reserving = true;
     reserved_with = std::move(filters);
-    client->q.async_reserve(
-        std::move(p),
-        asio::bind_cancellation_slot(
-            reserve_cancel.slot(),
-            on_strand([self = shared_from_this()](error_code ec, std::vector<lease> leases) {
-              self->on_reserved(ec, std::move(leases));
-            })));
+    client->b.async_fetch(std::move(p),
+                          asio::bind_cancellation_slot(
+                              reserve_cancel.slot(),
+                              on_strand([self = shared_from_this()](error_code ec, fetch_result r) {
+                                self->on_fetched(ec, std::move(r));
+                              })));
   }
 
-  void on_reserved(error_code ec, std::vector<lease> leases) {
+  void on_fetched(error_code ec, fetch_result r) {
     reserving = false;
-    if (ec && leases.empty()) {
+    if (ec) {
       if (ec != asio::error::operation_aborted)
         retry_later();
       else
@@ -110,112 +119,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
       maybe_finish();
       return;
     }
-    claim_params cp;
-    const auto batch = ++next_claim_batch;
-    cp.ids.reserve(leases.size());
-    for (auto& l : leases) {
-      if (auto held = slots.find(l.id); held != slots.end()) {
-        // Our own lease on it lapsed (a stalled strand, a failed extend) and we reserved it
-        // again: keep running it under the new lease rather than giving it back in a loop.
-        held->second.l = l;
-        continue;
-      }
-      if (drain.stopping() || !admission.has_room(slots.size()) || !admission.admits(l)) {
-        give_back(l);  // original position; another worker (or a later round) takes it
-        continue;
-      }
-      cp.ids.push_back(l.id);
-      auto& s = slots.try_emplace(cp.ids.back()).first->second;
-      admission.count(l, +1);
-      s.l = std::move(l);
-      s.claim_batch = batch;
-      running_count = slots.size();
-    }
-    if (!cp.ids.empty()) {
-      ++claims_in_flight;
-      cp.now = clk().now();
-      client->s.async_claim(std::move(cp), on_strand([self = shared_from_this(), batch](
-                                                         error_code ec, claim_result r) {
-                              self->on_claimed(ec, batch, std::move(r));
-                            }));
-    }
-    pump();
-  }
-
-  // Puts a task whose attempt ended in a retry back with its backoff. If our lease lapsed
-  // meanwhile (its entry went back to ready at the old time), take it out and push it again
-  // with the retry time, so the backoff holds.
-  void requeue(const lease& l, const run_outcome& o) {
-    release_params rp;
-    rp.id = l.id;
-    rp.token = l.token;
-    rp.keep_position = o.keep_position;
-    rp.available_at = o.retry_at;
-    client->q.async_release(std::move(rp), [c = client, l, o](error_code ec) {
-      if (ec && ec != errc::not_leased)
-        c->opts.log.error("task {}: release: {}", l.id, ec.message());
-      if (ec != errc::not_leased) return;
-      c->q.async_remove(l.id, [c, l, o](error_code rec, bool removed) {
-        if (rec) c->opts.log.error("task {}: requeue: {}", l.id, rec.message());
-        if (!removed) return;  // leased by someone else: its claim decides
-        push_params p;
-        p.entries.push_back({l.id, l.queue, l.type, l.concurrency_key, l.priority,
-                             o.retry_at.value_or(c->clk.now())});
-        c->q.async_push(std::move(p), c->log_failure("requeue: push"));
-      });
-    });
-  }
-
-  void give_back(const lease& l) {
-    release_params rp;
-    rp.id = l.id;
-    rp.token = l.token;
-    rp.keep_position = true;
-    client->q.async_release(std::move(rp), client->log_failure("give back: release"));
-  }
-
-  void retry_later() {
-    // The queue failed (a durable backend's I/O error, say): try again shortly rather than spin.
-    if (retry_armed) return;  // one wait at a time: stop() cancels it through one slot
-    retry_armed = true;
-    client->clk.async_wait_until(
-        strand, clk().now() + std::chrono::milliseconds(100),
-        asio::bind_cancellation_slot(retry_cancel.slot(),
-                                     on_strand([self = shared_from_this()](error_code ec) {
-                                       self->retry_armed = false;
-                                       if (!ec) self->pump();
-                                     })));
-  }
-
-  void drop_slot(const std::string& id) {
-    if (auto it = slots.find(id); it != slots.end()) drop_slot(it);
-  }
-  void drop_slot(std::unordered_map<std::string, slot>::iterator it) {
-    admission.count(it->second.l, -1);
-    slots.erase(it);
-    running_count = slots.size();
-  }
-
-  void on_claimed(error_code ec, std::uint64_t batch, claim_result r) {
-    --claims_in_flight;
-    if (ec) {
-      // Give back what this claim asked for: the slots it made, none of which started.
-      for (auto it = slots.begin(); it != slots.end();) {
-        auto next = std::next(it);
-        if (it->second.claim_batch == batch && !it->second.started) {
-          give_back(it->second.l);
-          drop_slot(it);
-        }
-        it = next;
-      }
-      retry_later();
-      maybe_finish();
-      return;
-    }
-    std::vector<lease> done;
     for (auto& id : r.skipped) {
-      if (auto it = slots.find(id); it != slots.end()) done.push_back(it->second.l);
-      drop_slot(id);
       // A skipped task may have just become cancelled by this claim (a cancel requested while
       // its worker was lost, or before its retry): tell waiters and subscribers.
       client->s.async_get(id, [c = client](error_code ec, task_record rec) {
@@ -229,19 +133,59 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
       });
     }
     for (auto& rec : r.dropped) {
-      if (auto it = slots.find(rec.id); it != slots.end()) done.push_back(it->second.l);
-      drop_slot(rec.id);
+      // Our own run of it may still be going (its lease lapsed): its outcome will find the
+      // task dropped and be refused, so stop it.
+      if (auto it = slots.find(rec.id); it != slots.end() && it->second.promise.valid())
+        it->second.promise.cancel(errc::run_cancelled);
       client->record_event(event_kind::dropped, rec, rec.last_error);
       client->finished(rec);
     }
-    if (!done.empty()) client->q.async_ack(std::move(done), client->log_failure("dropped: ack"));
-    for (auto& rec : r.claimed) {
-      auto it = slots.find(rec.id);
-      if (it == slots.end()) continue;
-      start(it->second, std::move(rec));
+    for (auto& f : r.claimed) {
+      auto held = slots.find(f.record.id);
+      if (held == slots.end()) {
+        start_fetched(std::move(f));
+        continue;
+      }
+      if (held->second.recording) {
+        // Its previous attempt's outcome (a retry) is being recorded and the backend requeued
+        // it before we heard back: start this attempt once that slot is gone.
+        auto id = f.record.id;
+        after_recording.insert_or_assign(std::move(id), std::move(f));
+        continue;
+      }
+      // Our own lease on it lapsed (a stalled strand, a failed extend) and we fetched it
+      // again: the store counted a new attempt; keep running it under the new lease and
+      // record its outcome as that attempt, rather than run it twice.
+      admission.count(held->second.l, -1);
+      admission.count(f.held, +1);
+      held->second.l = std::move(f.held);
+      held->second.task.attempt = f.record.attempt;
     }
+    running_count = slots.size();
     pump();
     maybe_finish();
+  }
+
+  void start_fetched(fetched_task&& f) {
+    auto& s = slots.try_emplace(f.record.id).first->second;
+    admission.count(f.held, +1);
+    s.l = std::move(f.held);
+    running_count = slots.size();
+    // Claimed while stopping: a drain lets what runs finish, and gives this straight back.
+    start(s, std::move(f.record), drain.stopping());
+  }
+
+  void retry_later() {
+    // The backend failed (a durable backend's I/O error, say): try again shortly, not spin.
+    if (retry_armed) return;  // one wait at a time: stop() cancels it through one slot
+    retry_armed = true;
+    client->clk.async_wait_until(
+        strand, clk().now() + std::chrono::milliseconds(100),
+        asio::bind_cancellation_slot(retry_cancel.slot(),
+                                     on_strand([self = shared_from_this()](error_code ec) {
+                                       self->retry_armed = false;
+                                       if (!ec) self->pump();
+                                     })));
   }
 
   // The fields of a record the worker itself needs after handing the record to the executor
@@ -260,11 +204,20 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     t.status = r.status;
   }
 
-  void start(slot& s, task_record&& rec) {
+  // Runs a claimed task, or (`give_back`, or after the drain deadline) hands it straight
+  // back: that attempt does not count.
+  void start(slot& s, task_record&& rec, bool give_back) {
     auto now = clk().now();
     copy_stub(s.task, rec);
-    s.started = true;
     const auto& t = s.task;
+    if (give_back || drain.expired()) {
+      s.interrupted = true;
+      run_result r;
+      r.error = errc::shutting_down;
+      finish_run(s, std::move(r));
+      return;
+    }
+    s.started = true;
     client->enqueue_to_start.record(now - std::max(t.available_at, t.created_at));
     if (auto* m = client->opts.metrics)
       m->series(t.queue, t.type).wait.observe(now - std::max(t.available_at, t.created_at));
@@ -275,14 +228,6 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     run.requested_at = t.created_at;
     run.due_at = t.available_at;
     run.scheduled_for = t.scheduled_for;
-    if (drain.expired()) {
-      // Claimed after the drain deadline: give it straight back.
-      s.interrupted = true;
-      run_result r;
-      r.error = errc::shutting_down;
-      finish_run(s, std::move(r));
-      return;
-    }
     s.promise = exec.execute({std::move(run), std::move(rec), shared_from_this()});
     if (t.timeout > duration::zero()) {
       deadlines.push(s, detail::saturating_add(now, t.timeout));
@@ -354,7 +299,8 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
       if (auto* m = client->opts.metrics)
         m->series(s.task.queue, s.task.type).run.observe(r.stats.run_time);
     }
-    task_update u;
+    completion c;
+    auto& u = c.update;
     u.id = id;
     u.expected = task_status::running;
     u.expected_attempt = attempt;
@@ -368,10 +314,15 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     // The record after the update is needed only by waiters (events are made from the slot's
     // own copy of the fields they carry).
     u.return_record = client->waiter_count.load() > 0;
+    c.keep_position = o.keep_position;
+    // The slot keeps renewing its lease until the outcome is recorded (a lease lapsing
+    // meanwhile would let the task be claimed again before its outcome lands).
+    c.held = s.l;
+    s.recording = true;
     ++updates_in_flight;
     // Outcomes are recorded in batches: everything that finished during one turn of the
-    // strand goes to the store in one call and to the queue in one ack.
-    pending_updates.push_back(std::move(u));
+    // strand goes to the backend in one call.
+    pending_completions.push_back(std::move(c));
     pending_outcomes.push_back(std::move(o));
     pending_slots.push_back(&s);
     if (!flush_posted) {
@@ -382,9 +333,11 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
 
   void flush_updates() {
     flush_posted = false;
-    if (pending_updates.empty()) return;
-    client->s.async_update_batch(
-        std::exchange(pending_updates, {}),
+    if (pending_completions.empty()) return;
+    complete_params p;
+    p.completions = std::exchange(pending_completions, {});
+    client->b.async_complete(
+        std::move(p),
         on_strand([self = shared_from_this(), recorded = std::exchange(pending_slots, {}),
                    outcomes = std::exchange(pending_outcomes, {})](
                       error_code ec, std::vector<update_result> results) mutable {
@@ -392,29 +345,21 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
         }));
   }
 
-  // `recorded` are slots whose run finished: they stay in `slots` until this erases them.
+  // `recorded` are slots whose run finished: they stay in `slots` until this erases them. The
+  // backend has acked or requeued their leases (or given them back on an error).
   void on_recorded(const std::vector<slot*>& recorded, error_code batch_ec,
                    std::vector<update_result> results, std::vector<run_outcome> outcomes) {
-    std::vector<lease> acks;
-    const bool store_removes_finished = client->q.fed_by(client->s);
     for (std::size_t i = 0; i < recorded.size(); ++i) {
       --updates_in_flight;
       auto it = slots.find(recorded[i]->task.id);
       if (it == slots.end() || &it->second != recorded[i]) continue;
-      error_code ec =
+      const error_code ec =
           batch_ec ? batch_ec : (i < results.size() ? results[i].error : errc::io_error);
       const auto& o = outcomes[i];
-      lease& l = it->second.l;
-      admission.count(l, -1);  // before the lease moves on: the slot is dropped below either way
       if (!ec) {
-        // The record after the update, when the store returned one (only waiters need it).
+        // The record after the update, when the backend returned one (only waiters need it).
         const task_record* after =
             results[i].record && !results[i].record->id.empty() ? &*results[i].record : nullptr;
-        if (o.to == task_status::pending) {
-          requeue(l, o);
-        } else if (!is_terminal(o.to) || !store_removes_finished) {
-          acks.push_back(std::move(l));  // else the store's write took the entry out already
-        }
         if (!after && o.attempt) it->second.task.attempt = *o.attempt;  // as recorded
         client->record_event(
             o.event, after ? *after : it->second.task, o.error,
@@ -429,18 +374,19 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
             });
           }
         }
-      } else if (ec != errc::status_conflict && ec != errc::not_found) {
-        // The store could not record it (an I/O error): give the lease back so the task runs
-        // again rather than hang as running; the store's own record still says running and
-        // the next claim counts that as a lost attempt.
-        give_back(l);
       }
-      // On a per-task error (status_conflict: the task moved on — its lease was lost and
-      // another worker re-claimed it, or it was deleted) the queue entry belongs to someone else.
+      // On an error the backend gave the lease back (an I/O error: the task runs again) or
+      // left it to whoever holds the task now (status_conflict, not_found).
+      admission.count(it->second.l, -1);
+      auto next = after_recording.empty() ? after_recording.end() : after_recording.find(it->first);
       slots.erase(it);
+      if (next != after_recording.end()) {
+        auto f = std::move(next->second);
+        after_recording.erase(next);
+        start_fetched(std::move(f));
+      }
     }
     running_count = slots.size();
-    if (!acks.empty()) client->q.async_ack(std::move(acks), client->log_failure("finished: ack"));
     pump();
     maybe_finish();
   }
@@ -520,9 +466,8 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
   worker_activity activity(bool with_started = false) const {
     worker_activity a;
     a.reserving = reserving;
-    a.claims_in_flight = claims_in_flight;
     a.updates_in_flight = updates_in_flight;
-    a.slots = slots.size();
+    a.slots = slots.size() + after_recording.size();
     if (with_started)
       a.any_started =
           std::any_of(slots.begin(), slots.end(), [](auto& kv) { return kv.second.started; });

@@ -296,10 +296,13 @@ TEST_CASE("worker drain: a stop cancels the waits and arms the deadline only whi
   CHECK_FALSE(a.cancel_previous);
   CHECK_FALSE(d.finished(true, running));
 
-  detail::worker_activity claiming;  // a claim in flight counts as work about to run
-  claiming.claims_in_flight = 1;
+  detail::worker_activity fetching;  // what a fetch in flight claims is given back, not run
+  fetching.reserving = true;
   detail::worker_drain c;
-  CHECK(c.stop(t0, 5s, true, claiming).arm_at == t0 + 5s);
+  auto fa = c.stop(t0, 5s, true, fetching);
+  CHECK(fa.cancel_waits);
+  CHECK_FALSE(fa.arm_at);
+  CHECK_FALSE(c.finished(true, fetching));  // but the worker waits for it
 }
 
 TEST_CASE("worker drain: a second stop only brings the deadline forward", "[worker][drain]") {
@@ -340,9 +343,6 @@ TEST_CASE("worker drain: finished only when nothing is in flight", "[worker][dra
   CHECK(d.finished(true, {}));
   detail::worker_activity a;
   a.reserving = true;
-  CHECK_FALSE(d.finished(true, a));
-  a = {};
-  a.claims_in_flight = 1;
   CHECK_FALSE(d.finished(true, a));
   a = {};
   a.updates_in_flight = 1;
@@ -1435,4 +1435,152 @@ TEST_CASE("the default batch update completes on the handler's executor, empty o
     REQUIRE(results->size() == n);
     for (auto& r : *results) CHECK(r.error == errc::not_found);
   }
+}
+
+// --- the Backend seam's composition over a separate Queue and Store ------------------------
+
+namespace {
+task_record pending_record(std::string id, int priority, time_point now) {
+  auto r = make_record({.type = "t", .priority = priority}, now);
+  r.id = std::move(id);
+  return r;
+}
+}  // namespace
+
+TEST_CASE("composed backend: enqueue is all or nothing; fetch claims in order, admit holds back",
+          "[backend][composed]") {
+  asio::io_context io;
+  manual_clock clk;
+  memory::queue q(io.get_executor(), clk);
+  memory::store s(io.get_executor());
+  composed_backend b(io.get_executor(), q, s, {.time = &clk});
+  const auto now = clk.now();
+
+  enqueue_params ep;
+  ep.records = {pending_record("a", 0, now), pending_record("b", 5, now),
+                pending_record("c", 0, now)};
+  auto [ec] = call<>(io, [&](auto h) { b.async_enqueue(std::move(ep), h); });
+  REQUIRE_FALSE(ec);
+
+  // A batch with a duplicate id writes nothing: "d" is not stored either.
+  enqueue_params dup;
+  dup.records = {pending_record("d", 0, now), pending_record("a", 0, now)};
+  std::tie(ec) = call<>(io, [&](auto h) { b.async_enqueue(std::move(dup), h); });
+  CHECK(ec == errc::duplicate_id);
+  auto [gec, rec] = call<task_record>(io, [&](auto h) { s.async_get("d", h); });
+  CHECK(gec == errc::not_found);
+
+  // Priority first, then FIFO; "b" is refused by admit and keeps its place.
+  fetch_params fp;
+  fp.max = 2;
+  fp.admit = [](const lease& l) { return l.id != "b"; };
+  auto [fec, got] = call<fetch_result>(io, [&](auto h) { b.async_fetch(std::move(fp), h); });
+  REQUIRE_FALSE(fec);
+  REQUIRE(got.claimed.size() == 1);
+  CHECK(got.claimed[0].held.id == "a");
+  CHECK(got.claimed[0].record.id == "a");
+  CHECK(got.claimed[0].record.status == task_status::running);
+  CHECK(got.claimed[0].record.attempt == 1);
+  drain(io);  // the give-back of "b"
+
+  fetch_params again;
+  again.max = 5;
+  std::tie(fec, got) = call<fetch_result>(io, [&](auto h) { b.async_fetch(std::move(again), h); });
+  REQUIRE_FALSE(fec);
+  REQUIRE(got.claimed.size() == 2);
+  CHECK(got.claimed[0].held.id == "b");  // its original place, ahead of "c"
+  CHECK(got.claimed[1].held.id == "c");
+}
+
+TEST_CASE("composed backend: complete acks a final outcome, requeues a retry, refuses a stale one",
+          "[backend][composed]") {
+  asio::io_context io;
+  manual_clock clk;
+  memory::queue q(io.get_executor(), clk);
+  memory::store s(io.get_executor());
+  composed_backend b(io.get_executor(), q, s, {.time = &clk});
+  const auto now = clk.now();
+  enqueue_params ep;
+  ep.records = {pending_record("ok", 0, now), pending_record("retry", 0, now),
+                pending_record("stale", 0, now)};
+  ep.records[1].max_attempts = 3;
+  auto [ec] = call<>(io, [&](auto h) { b.async_enqueue(std::move(ep), h); });
+  REQUIRE_FALSE(ec);
+  fetch_params fp;
+  fp.max = 3;
+  auto [fec, got] = call<fetch_result>(io, [&](auto h) { b.async_fetch(std::move(fp), h); });
+  REQUIRE_FALSE(fec);
+  REQUIRE(got.claimed.size() == 3);
+
+  complete_params cp;
+  for (auto& f : got.claimed) {
+    completion c;
+    c.update.id = f.record.id;
+    c.update.expected = task_status::running;
+    c.update.expected_attempt = f.record.attempt;
+    c.update.now = now;
+    c.update.to = task_status::succeeded;
+    if (f.record.id == "retry") {
+      c.update.to = task_status::pending;
+      c.update.available_at = now + 10s;
+    }
+    if (f.record.id == "stale") c.update.expected_attempt = f.record.attempt + 1;
+    c.held = f.held;
+    cp.completions.push_back(std::move(c));
+  }
+  auto [cec, results] =
+      call<std::vector<update_result>>(io, [&](auto h) { b.async_complete(std::move(cp), h); });
+  REQUIRE_FALSE(cec);
+  REQUIRE(results.size() == 3);
+  CHECK_FALSE(results[0].error);
+  CHECK_FALSE(results[1].error);
+  CHECK(results[2].error == errc::status_conflict);
+  drain(io);  // the ack and the requeue
+
+  auto [sec, st] = call<queue_stats>(io, [&](auto h) { q.async_stats("", h); });
+  REQUIRE_FALSE(sec);
+  CHECK(st.ready == 0);
+  CHECK(st.delayed == 1);  // "retry", until now + 10s
+  CHECK(st.leased == 1);   // "stale": left to whoever holds it
+  auto [gec, rec] = call<task_record>(io, [&](auto h) { s.async_get("ok", h); });
+  CHECK(rec.status == task_status::succeeded);
+
+  clk.advance(10s);
+  fetch_params later;
+  std::tie(fec, got) = call<fetch_result>(io, [&](auto h) { b.async_fetch(std::move(later), h); });
+  REQUIRE(got.claimed.size() == 1);
+  CHECK(got.claimed[0].record.id == "retry");
+  CHECK(got.claimed[0].record.attempt == 2);
+}
+
+TEST_CASE("composed backend: a waiting fetch is cancelled with nothing claimed",
+          "[backend][composed]") {
+  asio::io_context io;
+  manual_clock clk;
+  memory::queue q(io.get_executor(), clk);
+  memory::store s(io.get_executor());
+  composed_backend b(io.get_executor(), q, s, {.time = &clk});
+  asio::cancellation_signal cancel;
+  std::optional<std::pair<error_code, fetch_result>> out;
+  fetch_params fp;
+  fp.wait = true;
+  b.async_fetch(std::move(fp),
+                asio::bind_cancellation_slot(cancel.slot(), [&](error_code ec, fetch_result r) {
+                  out.emplace(ec, std::move(r));
+                }));
+  drain(io);
+  CHECK_FALSE(out);
+  cancel.emit(asio::cancellation_type::terminal);
+  REQUIRE(run_until(io, [&] { return out.has_value(); }));
+  CHECK(out->first == asio::error::operation_aborted);
+  CHECK(out->second.claimed.empty());
+
+  // The record enqueued afterwards is still there for the next fetch.
+  enqueue_params ep;
+  ep.records = {pending_record("x", 0, clk.now())};
+  auto [ec] = call<>(io, [&](auto h) { b.async_enqueue(std::move(ep), h); });
+  REQUIRE_FALSE(ec);
+  fetch_params next;
+  auto [fec, got] = call<fetch_result>(io, [&](auto h) { b.async_fetch(std::move(next), h); });
+  REQUIRE(got.claimed.size() == 1);
 }

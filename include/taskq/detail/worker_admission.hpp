@@ -68,6 +68,11 @@ class worker_admission {
     return std::min(free_slots, reserve_batch_);
   }
 
+  /// Whether any limit applies (else every task within max_in_flight is admitted).
+  bool limited() const noexcept {
+    return !limits_.per_type.empty() || !limits_.per_queue.empty() || limits_.per_key != 0;
+  }
+
   /// Whether `held` slots leave room to admit another task at all.
   bool has_room(std::size_t held) const { return held < max_in_flight_; }
 

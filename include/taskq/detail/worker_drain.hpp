@@ -14,8 +14,9 @@ namespace taskq::detail {
 
 /// What a worker has in flight, as the drain decisions see it.
 struct worker_activity {
-  bool reserving = false;             ///< a reservation is parked or in flight
-  std::size_t claims_in_flight = 0;   ///< claims sent to the store, not answered yet
+  /// A fetch is parked or in flight. What it claims after a stop is given straight back
+  /// (it never starts), so it does not need the drain deadline, only to be waited for.
+  bool reserving = false;
   std::size_t updates_in_flight = 0;  ///< outcomes sent to the store, not answered yet
   std::size_t slots = 0;              ///< tasks reserved or running, not yet recorded
   bool any_started = false;           ///< one of those slots started running
@@ -46,7 +47,7 @@ class worker_drain {
     }
     stopping_ = true;
     out.cancel_waits = true;
-    if (run_started && (a.any_started || a.claims_in_flight)) arm(out, at);
+    if (run_started && a.any_started) arm(out, at);
     return out;
   }
 
@@ -61,8 +62,7 @@ class worker_drain {
 
   /// Whether a stopping worker whose run() is pending may complete it: nothing is in flight.
   bool finished(bool run_pending, const worker_activity& a) const {
-    return stopping_ && run_pending && !a.reserving && !a.claims_in_flight &&
-           !a.updates_in_flight && a.slots == 0;
+    return stopping_ && run_pending && !a.reserving && !a.updates_in_flight && a.slots == 0;
   }
 
   bool stopping() const { return stopping_; }
