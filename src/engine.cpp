@@ -1,6 +1,6 @@
-// The engine translation unit: the backend composition, run promises, task contexts, executors,
-// metrics, the outcome rules, the client and the worker. One translation unit (Asio is heavy to compile), one file
-// per concept under src/engine/.
+// The engine translation unit: the backend composition, run promises, task contexts,
+// executors, metrics, the outcome rules, the client and the worker. One translation unit (Asio
+// is heavy to compile), one file per concept under src/engine/.
 #include <taskq/client.hpp>
 #include <taskq/detail/deadline_heap.hpp>
 #include <taskq/detail/input_limits.hpp>
