@@ -10,6 +10,10 @@
 #include <boost/asio/io_context.hpp>
 
 #include <algorithm>
+#include <array>
+#include <bit>
+#include <charconv>
+#include <cmath>
 #include <condition_variable>
 #include <cstring>
 #include <fstream>
@@ -130,23 +134,340 @@ class encoder {
   }
 };
 
+// --- stored JSON text ------------------------------------------------------------------------
+// Recovery keeps a record's JSON values (payload, metadata, progress, result) as the text it
+// was stored as and parses them only when the record is handed out. So that a store that opens
+// never holds a value that later fails to parse, the text is checked on load by a scanner that
+// accepts no more than nlohmann::json::parse does (RFC 8259 with UTF-8 checked as its lexer
+// does, finite numbers, no comments or byte order mark) and measures the nesting on the way.
+
+bool json_ws(char c) noexcept {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+bool json_digit(char c) noexcept {
+  return c >= '0' && c <= '9';
+}
+int json_hex(char c) noexcept {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Reads 4 hex digits at p (p + 4 <= end checked by the caller); -1 if they are not.
+int json_u16(const char* p) noexcept {
+  int v = 0;
+  for (int i = 0; i < 4; ++i) {
+    int h = json_hex(p[i]);
+    if (h < 0) return -1;
+    v = v * 16 + h;
+  }
+  return v;
+}
+
+// Scans the string whose opening quote is at p[-1]; returns the position after its closing
+// quote, or nullptr. Escapes, surrogate pairs and UTF-8 sequences as nlohmann's lexer.
+const char* json_string_end(const char* p, const char* end) noexcept {
+  auto cont = [&](int n, unsigned char lo, unsigned char hi) {
+    // the first continuation byte in [lo, hi], the others in [0x80, 0xBF]
+    if (end - p < n) return false;
+    for (int i = 0; i < n; ++i) {
+      auto b = static_cast<unsigned char>(p[i]);
+      if (b < (i == 0 ? lo : 0x80) || b > (i == 0 ? hi : 0xBF)) return false;
+    }
+    p += n;
+    return true;
+  };
+  while (p < end) {
+    auto c = static_cast<unsigned char>(*p++);
+    if (c == '"') return p;
+    if (c < 0x20) return nullptr;
+    if (c == '\\') {
+      if (p == end) return nullptr;
+      switch (*p++) {
+        case '"':
+        case '\\':
+        case '/':
+        case 'b':
+        case 'f':
+        case 'n':
+        case 'r':
+        case 't':
+          break;
+        case 'u': {
+          if (end - p < 4) return nullptr;
+          int u = json_u16(p);
+          p += 4;
+          if (u < 0 || (u >= 0xDC00 && u <= 0xDFFF)) return nullptr;
+          if (u >= 0xD800 && u <= 0xDBFF) {  // a high surrogate: a low one must follow
+            if (end - p < 6 || p[0] != '\\' || p[1] != 'u') return nullptr;
+            int lo = json_u16(p + 2);
+            if (lo < 0xDC00 || lo > 0xDFFF) return nullptr;
+            p += 6;
+          }
+          break;
+        }
+        default:
+          return nullptr;
+      }
+      continue;
+    }
+    if (c < 0x80) continue;
+    bool ok = false;
+    if (c >= 0xC2 && c <= 0xDF)
+      ok = cont(1, 0x80, 0xBF);
+    else if (c == 0xE0)
+      ok = cont(2, 0xA0, 0xBF);
+    else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF)
+      ok = cont(2, 0x80, 0xBF);
+    else if (c == 0xED)
+      ok = cont(2, 0x80, 0x9F);
+    else if (c == 0xF0)
+      ok = cont(3, 0x90, 0xBF);
+    else if (c >= 0xF1 && c <= 0xF3)
+      ok = cont(3, 0x80, 0xBF);
+    else if (c == 0xF4)
+      ok = cont(3, 0x80, 0x8F);
+    if (!ok) return nullptr;
+  }
+  return nullptr;
+}
+
+// Scans the number starting at p; returns the position after it, or nullptr. A number the
+// parser would turn into an infinite double (an exponent, or more than 308 integer digits,
+// make that possible) is refused as the parser refuses it.
+const char* json_number_end(const char* p, const char* end) noexcept {
+  const char* start = p;
+  if (p < end && *p == '-') ++p;
+  if (p == end || !json_digit(*p)) return nullptr;
+  const char* int_start = p;
+  if (*p == '0')
+    ++p;
+  else
+    while (p < end && json_digit(*p)) ++p;
+  const auto int_digits = p - int_start;
+  if (p < end && *p == '.') {
+    ++p;
+    if (p == end || !json_digit(*p)) return nullptr;
+    while (p < end && json_digit(*p)) ++p;
+  }
+  bool exponent = false;
+  if (p < end && (*p == 'e' || *p == 'E')) {
+    exponent = true;
+    ++p;
+    if (p < end && (*p == '+' || *p == '-')) ++p;
+    if (p == end || !json_digit(*p)) return nullptr;
+    while (p < end && json_digit(*p)) ++p;
+  }
+  if (exponent || int_digits > 308) {
+    double v = 0;
+    auto [q, err] = std::from_chars(start, p, v);
+    // out of range is an overflow (refused) or an underflow (a zero or subnormal, accepted)
+    if (err == std::errc::result_out_of_range) {
+      if (!exponent) return nullptr;  // more than 308 integer digits: too large
+      const char* e = start;
+      while (*e != 'e' && *e != 'E') ++e;
+      if (e[1] != '-') return nullptr;  // a positive exponent out of range: too large
+    } else if (err != std::errc() || q != p || !std::isfinite(v)) {
+      return nullptr;
+    }
+  }
+  return p;
+}
+
+}  // namespace
+
+namespace detail {
+
+json_text_check check_json_text(std::string_view text, std::size_t max_depth) noexcept {
+  const char* p = text.data();
+  const char* const end = p + text.size();
+  // One bit per open container: set for an object. Depth is capped at json_depth_ceiling.
+  std::array<std::uint64_t, json_depth_ceiling / 64 + 1> objects{};
+  max_depth = std::min(max_depth, json_depth_ceiling);
+  std::size_t depth = 0;
+  auto in_object = [&] { return (objects[(depth - 1) / 64] >> ((depth - 1) % 64)) & 1; };
+  auto skip_ws = [&] {
+    while (p < end && json_ws(*p)) ++p;
+  };
+  enum class want { value, key, after_value } next = want::value;
+  for (;;) {
+    skip_ws();
+    switch (next) {
+      case want::key:
+        if (p == end || *p != '"' || !(p = json_string_end(p + 1, end)))
+          return json_text_check::malformed;
+        skip_ws();
+        if (p == end || *p != ':') return json_text_check::malformed;
+        ++p;
+        next = want::value;
+        continue;
+      case want::after_value:
+        if (depth == 0) return p == end ? json_text_check::ok : json_text_check::malformed;
+        if (p == end) return json_text_check::malformed;
+        if (*p == ',') {
+          ++p;
+          next = in_object() ? want::key : want::value;
+          continue;
+        }
+        if (*p != (in_object() ? '}' : ']')) return json_text_check::malformed;
+        ++p;
+        --depth;
+        continue;
+      case want::value:
+        break;
+    }
+    if (p == end) return json_text_check::malformed;
+    const char c = *p;
+    if (c == '{' || c == '[') {
+      if (++depth > max_depth) return json_text_check::too_deep;
+      auto& word = objects[(depth - 1) / 64];
+      const auto bit = std::uint64_t{1} << ((depth - 1) % 64);
+      word = c == '{' ? (word | bit) : (word & ~bit);
+      ++p;
+      skip_ws();
+      if (p < end && *p == (c == '{' ? '}' : ']')) {
+        ++p;
+        --depth;
+        next = want::after_value;
+      } else {
+        next = c == '{' ? want::key : want::value;
+      }
+      continue;
+    }
+    if (c == '"') {
+      p = json_string_end(p + 1, end);
+    } else if (c == 't' || c == 'f' || c == 'n') {
+      std::string_view word = c == 't' ? "true" : c == 'f' ? "false" : "null";
+      if (static_cast<std::size_t>(end - p) < word.size() ||
+          std::string_view(p, word.size()) != word)
+        return json_text_check::malformed;
+      p += word.size();
+    } else {
+      p = json_number_end(p, end);
+    }
+    if (!p) return json_text_check::malformed;
+    next = want::after_value;
+  }
+}
+
+}  // namespace detail
+
+namespace {
+
+/// A stored JSON value as its text (or absent, for null), checked but not parsed.
+struct json_text {
+  std::string_view text;  // empty: null
+};
+
+/// A record's log, or its labels, left encoded: how many entries and where they start.
+struct encoded_list {
+  std::uint64_t count = 0;
+  std::string_view bytes;
+};
+
+/// An insert's record read without building it: strings and JSON texts point into the body.
+/// Reading one checks every field as strictly as building the task_record does, so a record
+/// whose view reads cleanly always builds. Members mirror task_record's (read_record).
+struct record_view {
+  std::string_view id, type, queue;
+  json_text payload, metadata;
+  int priority = 0;
+  time_point available_at{};
+  int max_attempts = 1;
+  retry_policy retry{};
+  duration timeout{};
+  encoded_list labels;
+  std::string_view concurrency_key, unique_key;
+  unique_scope unique_for = unique_scope::active;
+  std::optional<time_point> scheduled_for;
+  task_status status = task_status::pending;
+  int attempt = 0;
+  json_text progress, result;
+  std::string_view last_error;
+  encoded_list log;
+  time_point created_at{}, updated_at{};
+  std::optional<time_point> started_at, finished_at, heartbeat_at;
+  bool cancel_requested = false;
+
+  bool holds_unique_key() const noexcept {  // as taskq::detail::holds_unique_key
+    return !unique_key.empty() && (unique_for == unique_scope::any || !is_terminal(status));
+  }
+  queue_entry entry() const {  // as entry_of
+    return {std::string(id), std::string(queue), std::string(type), std::string(concurrency_key),
+            priority,        available_at};
+  }
+};
+
 class decoder {
  public:
   explicit decoder(std::string_view in) : in_(in) {}
+  /// `trusted`: the JSON texts in `in` were checked before (a stored record read again).
+  decoder(std::string_view in, bool trusted) : in_(in), trusted_(trusted) {}
 
   bool done() const noexcept { return pos_ == in_.size(); }
+  std::size_t position() const noexcept { return pos_; }
 
   std::uint8_t u8() {
     need(1);
     return static_cast<std::uint8_t>(in_[pos_++]);
   }
   std::uint64_t var() {
-    std::uint64_t v = 0;
-    for (int shift = 0; shift < 64; shift += 7) {
-      auto b = u8();
-      v |= static_cast<std::uint64_t>(b & 0x7f) << shift;
-      if (!(b & 0x80)) return v;
+    // Most values (lengths, counts, small numbers) are one byte.
+    if (pos_ < in_.size()) {
+      if (const auto b = static_cast<unsigned char>(in_[pos_]); b < 0x80) {
+        ++pos_;
+        return b;
+      }
     }
+    return long_var();
+  }
+  std::uint64_t long_var() {
+    const auto* p = reinterpret_cast<const unsigned char*>(in_.data()) + pos_;
+    const std::size_t room = in_.size() - pos_;
+    if constexpr (std::endian::native == std::endian::little) {
+      // Eight bytes at once (times are 9-byte varints): find the last byte by its clear top
+      // bit, then pack the 7-bit groups of the bytes through it.
+      if (room >= 8) {
+        std::uint64_t w;
+        std::memcpy(&w, p, 8);
+        auto pack = [](std::uint64_t x) {
+          x &= 0x7f7f7f7f7f7f7f7full;
+          x = ((x & 0x7f007f007f007f00ull) >> 1) | (x & 0x007f007f007f007full);
+          x = ((x & 0x3fff00003fff0000ull) >> 2) | (x & 0x00003fff00003fffull);
+          return ((x & 0x0fffffff00000000ull) >> 4) | (x & 0x000000000fffffffull);
+        };
+        if (const std::uint64_t stops = ~w & 0x8080808080808080ull) {
+          const int bits = std::countr_zero(stops) + 1;  // through the last byte
+          pos_ += static_cast<std::size_t>(bits / 8);
+          return pack(bits == 64 ? w : w & ((std::uint64_t{1} << bits) - 1));
+        }
+        if (room >= 10) {
+          std::uint64_t v = pack(w) | (static_cast<std::uint64_t>(p[8] & 0x7f) << 56);
+          if (!(p[8] & 0x80)) {
+            pos_ += 9;
+            return v;
+          }
+          v |= static_cast<std::uint64_t>(p[9] & 0x7f) << 63;
+          if (!(p[9] & 0x80)) {
+            pos_ += 10;
+            return v;
+          }
+          throw decode_error("varint too long");
+        }
+      }
+    }
+    std::uint64_t v = 0;
+    const int max_bytes = room >= 10 ? 10 : static_cast<int>(room);
+    for (int i = 0; i < max_bytes; ++i) {
+      const std::uint64_t b = p[i];
+      v |= (b & 0x7f) << (7 * i);
+      if (!(b & 0x80)) {
+        pos_ += static_cast<std::size_t>(i) + 1;
+        return v;
+      }
+    }
+    if (max_bytes < 10) throw decode_error("record body ends early");
     throw decode_error("varint too long");
   }
   std::int64_t i64() {
@@ -189,6 +510,23 @@ class decoder {
     if (!flag()) return json();
     return parse(view(), "JSON value");
   }
+  /// The text of a stored JSON value, checked as parse() would check it (unless trusted).
+  json_text js_text() {
+    if (!flag()) return {};
+    auto text = view();
+    if (!trusted_) {
+      switch (taskq::file::detail::check_json_text(text, json_depth_ceiling)) {
+        case taskq::file::detail::json_text_check::ok:
+          break;
+        case taskq::file::detail::json_text_check::too_deep:
+          throw decode_error("JSON value nested deeper than " + std::to_string(json_depth_ceiling) +
+                             " levels");
+        case taskq::file::detail::json_text_check::malformed:
+          throw decode_error("malformed JSON value");
+      }
+    }
+    return {text};
+  }
   /// Parses stored JSON text, refusing a document nested deeper than json_depth_ceiling
   /// before anything recursive builds or copies it.
   static json parse(std::string_view text, const char* what) {
@@ -210,53 +548,62 @@ class decoder {
     if (s >= task_status_count) throw decode_error("bad status");
     return static_cast<task_status>(s);
   }
-  task_record record() {
-    task_record r;
-    r.id = str();
-    r.type = str();
-    r.queue = str();
-    r.payload = js();
-    r.metadata = js();
-    r.priority = i32();
-    r.available_at = tp();
-    r.max_attempts = i32();
-    r.retry.initial_delay = dur();
-    r.retry.max_delay = dur();
-    r.retry.multiplier = f64();
-    r.retry.jitter = f64();
-    r.timeout = dur();
-    auto labels = var();
-    for (std::uint64_t i = 0; i < labels; ++i) {
-      auto k = str();
-      r.labels[std::move(k)] = str();
-    }
-    r.concurrency_key = str();
-    r.unique_key = str();
+  unique_scope scope() {
     auto uf = u8();
     if (uf > 1) throw decode_error("bad unique scope");
-    r.unique_for = static_cast<unique_scope>(uf);
-    r.scheduled_for = opt_tp();
-    r.status = status();
-    r.attempt = i32();
-    r.progress = js();
-    r.result = js();
-    r.last_error = str();
-    auto logs = var();
-    if (logs > in_.size()) throw decode_error("bad log count");
-    r.log.reserve(logs);
-    for (std::uint64_t i = 0; i < logs; ++i) {
+    return static_cast<unique_scope>(uf);
+  }
+
+  // One overload per field type of task_record and record_view (see read_record).
+  void read(std::string& s) { s = str(); }
+  void read(std::string_view& s) { s = view(); }
+  void read(json& j) { j = js(); }
+  void read(json_text& j) { j = js_text(); }
+  void read(int& v) { v = i32(); }
+  void read(duration& d) { d = dur(); }
+  void read(time_point& t) { t = tp(); }
+  void read(std::optional<time_point>& t) { t = opt_tp(); }
+  void read(double& d) { d = f64(); }
+  void read(bool& b) { b = flag(); }
+  void read(task_status& s) { s = status(); }
+  void read(unique_scope& u) { u = scope(); }
+  void read(retry_policy& r) {
+    r.initial_delay = dur();
+    r.max_delay = dur();
+    r.multiplier = f64();
+    r.jitter = f64();
+  }
+  void read(label_map& labels) {
+    auto n = var();
+    for (std::uint64_t i = 0; i < n; ++i) {
+      auto k = str();
+      labels[std::move(k)] = str();
+    }
+  }
+  void read(std::vector<log_entry>& log) {
+    auto n = var();
+    if (n > in_.size()) throw decode_error("bad log count");
+    log.reserve(n);
+    for (std::uint64_t i = 0; i < n; ++i) {
       log_entry e;
       e.at = tp();
       e.message = str();
-      r.log.push_back(std::move(e));
+      log.push_back(std::move(e));
     }
-    r.created_at = tp();
-    r.updated_at = tp();
-    r.started_at = opt_tp();
-    r.finished_at = opt_tp();
-    r.heartbeat_at = opt_tp();
-    r.cancel_requested = flag();
-    return r;
+  }
+  /// Labels or log entries left encoded: `pairs_of_strings` for labels, else (time, str).
+  void read_list(encoded_list& l, bool pairs_of_strings) {
+    l.count = var();
+    if (!pairs_of_strings && l.count > in_.size()) throw decode_error("bad log count");
+    const auto start = pos_;
+    for (std::uint64_t i = 0; i < l.count; ++i) {
+      if (pairs_of_strings)
+        view();
+      else
+        tp();
+      view();
+    }
+    l.bytes = in_.substr(start, pos_ - start);
   }
 
  private:
@@ -265,7 +612,50 @@ class decoder {
   }
   std::string_view in_;
   std::size_t pos_ = 0;
+  bool trusted_ = false;
 };
+
+/// Reads an insert's record, field by field in the stored order (docs/file-format.md), into a
+/// task_record (building it) or a record_view (checking it and keeping views into the body).
+/// `queue_fields_only`: stop after the fields the queue index needs (through concurrency_key;
+/// a record_view of a stored record read again, whose status the entry keeps).
+template <class R>
+void read_record(decoder& d, R& r, bool queue_fields_only = false) {
+  d.read(r.id);
+  d.read(r.type);
+  d.read(r.queue);
+  d.read(r.payload);
+  d.read(r.metadata);
+  d.read(r.priority);
+  d.read(r.available_at);
+  d.read(r.max_attempts);
+  d.read(r.retry);
+  d.read(r.timeout);
+  if constexpr (std::is_same_v<R, record_view>)
+    d.read_list(r.labels, true);
+  else
+    d.read(r.labels);
+  d.read(r.concurrency_key);
+  if (queue_fields_only) return;
+  d.read(r.unique_key);
+  d.read(r.unique_for);
+  d.read(r.scheduled_for);
+  d.read(r.status);
+  d.read(r.attempt);
+  d.read(r.progress);
+  d.read(r.result);
+  d.read(r.last_error);
+  if constexpr (std::is_same_v<R, record_view>)
+    d.read_list(r.log, false);
+  else
+    d.read(r.log);
+  d.read(r.created_at);
+  d.read(r.updated_at);
+  d.read(r.started_at);
+  d.read(r.finished_at);
+  d.read(r.heartbeat_at);
+  d.read(r.cancel_requested);
+}
 
 std::string encode_insert(std::uint64_t seq, const task_record& r) {
   encoder e;
@@ -273,6 +663,16 @@ std::string encode_insert(std::uint64_t seq, const task_record& r) {
   e.u8(static_cast<std::uint8_t>(op::insert));
   e.var(seq);
   e.record(r);
+  return std::move(e.out);
+}
+
+/// An insert of a record still in its stored form: the same bytes it was loaded from.
+std::string encode_insert(std::uint64_t seq, std::string_view stored_record) {
+  encoder e;
+  e.out.reserve(stored_record.size() + 11);
+  e.u8(static_cast<std::uint8_t>(op::insert));
+  e.var(seq);
+  e.out.append(stored_record);
   return std::move(e.out);
 }
 
@@ -449,23 +849,66 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
   backend_recovery recovery;
 
   mutable std::mutex mutex;
+  // A record recovered from disk that nothing has asked for yet stays in its stored form
+  // (the insert's encoded record, checked when it was loaded, in a block shared by records
+  // recovered with it) and is built on first use: recovery neither builds records nor parses
+  // JSON it only carries. The block is freed once every record in it is built or removed.
+  struct stored_record {
+    std::shared_ptr<const std::string> block;
+    std::string_view bytes;
+    task_status status = task_status::pending;  // of the stored form (prune looks at it)
+  };
+
   // Records are shared with a compaction encoding them outside the mutex: a record is
   // changed in place only while nobody else holds it (use_count() read under the mutex; the
-  // compaction drops its references under the mutex too), else it is copied first.
+  // compaction drops its references under the mutex too), else it is copied first. A stored
+  // record is built under the mutex too (every caller of rec() holds it).
   struct entry {
-    std::shared_ptr<task_record> ptr;
+    mutable std::shared_ptr<task_record> ptr;  // null while the record is stored
+    mutable stored_record stored;
     std::uint64_t seq = 0;
 
-    const task_record& rec() const noexcept { return *ptr; }
+    const task_record& rec() const {
+      if (!ptr) build();
+      return *ptr;
+    }
+    bool is_stored() const noexcept { return !ptr; }
+    task_status status() const noexcept { return ptr ? ptr->status : stored.status; }
+    /// The stored form read again (it was checked on load); only while is_stored().
+    record_view view() const {
+      decoder d(stored.bytes, true);
+      record_view v;
+      read_record(d, v);
+      return v;
+    }
+    /// Its queue index entry, read from the stored form; only while is_stored().
+    queue_entry stored_queue_entry() const {
+      decoder d(stored.bytes, true);
+      record_view v;
+      read_record(d, v, true);
+      return v.entry();
+    }
     task_record& mut() {
+      rec();
       if (ptr.use_count() > 1) ptr = std::make_shared<task_record>(*ptr);
       return *ptr;
     }
     void set(task_record next) {
-      if (ptr.use_count() > 1)
+      if (!ptr || ptr.use_count() > 1) {
         ptr = std::make_shared<task_record>(std::move(next));
-      else
+        stored = {};
+      } else {
         *ptr = std::move(next);
+      }
+    }
+
+   private:
+    void build() const {
+      decoder d(stored.bytes, true);
+      auto r = std::make_shared<task_record>();
+      read_record(d, *r);
+      ptr = std::move(r);
+      stored = {};
     }
   };
   std::map<std::string, entry, std::less<>> records;
@@ -474,6 +917,15 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
   std::uint64_t next_seq = 1;
   std::set<std::string> paused;
   std::map<std::string, schedule_record, std::less<>> schedules;
+  // Recovery only: the block stored records are being copied into, and the last rows count()
+  // used (rows of `counts` are never erased, so the pointers stay valid).
+  std::shared_ptr<std::string> load_block;
+  struct {
+    task_counts::by_status* type = nullptr;
+    const std::string* type_key = nullptr;
+    task_counts::by_status* queue = nullptr;
+    const std::string* queue_key = nullptr;
+  } count_rows;
 
   // Pipeline: ids with a write in flight (and the operations waiting for them), unique keys
   // of inserts in flight, the compaction gate.
@@ -517,25 +969,80 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
   /// Ids are time-ordered, so records mostly arrive in key order (always on replay): comparing
   /// with the last key spares the O(log n) search for them.
   bool add(std::uint64_t seq, task_record&& r) {
-    auto pos = records.end();
-    if (!records.empty() && !(records.rbegin()->first < r.id)) {
-      pos = records.lower_bound(r.id);
-      if (pos != records.end() && pos->first == r.id) return false;
-    }
+    auto pos = insert_position(r.id);
+    if (!pos) return false;
     auto id = r.id;
-    auto it = records.emplace_hint(pos, std::move(id),
-                                   entry{std::make_shared<task_record>(std::move(r)), seq});
+    auto it = records.emplace_hint(*pos, std::move(id),
+                                   entry{std::make_shared<task_record>(std::move(r)), {}, seq});
     count(it->second.rec(), +1);
     if (taskq::detail::holds_unique_key(it->second.rec()))
       unique_holders[it->second.rec().unique_key] = it->second.rec().id;
     next_seq = std::max(next_seq, seq + 1);
     return true;
   }
+  /// Where a new id goes in `records` (see add), or nothing if the id is taken.
+  std::optional<std::map<std::string, entry, std::less<>>::iterator> insert_position(
+      std::string_view id) {
+    auto pos = records.end();
+    if (!records.empty() && !(records.rbegin()->first < id)) {
+      pos = records.lower_bound(id);
+      if (pos != records.end() && pos->first == id) return std::nullopt;
+    }
+    return pos;
+  }
+  /// Adds a recovered record in its stored form (`bytes`, read into `v`); as add().
+  bool add_stored(std::uint64_t seq, const record_view& v, std::string_view bytes) {
+    auto pos = insert_position(v.id);
+    if (!pos) return false;
+    records.emplace_hint(*pos, std::string(v.id), entry{nullptr, keep(bytes, v.status), seq});
+    count(v, +1);
+    if (v.holds_unique_key()) unique_holders[std::string(v.unique_key)] = std::string(v.id);
+    next_seq = std::max(next_seq, seq + 1);
+    return true;
+  }
+  /// task_counts::add for a stored record. The rows of the last type and queue counted are
+  /// remembered: recovered records mostly share them, and a lookup builds a key string.
+  void count(const record_view& v, int delta) {
+    auto i = static_cast<std::size_t>(v.status);
+    auto row = [&](std::map<std::string, task_counts::by_status> & rows, std::string_view key,
+                   task_counts::by_status * &last, const std::string*& last_key) -> auto& {
+      if (!last || *last_key != key) {
+        auto it = rows.try_emplace(std::string(key)).first;
+        last = &it->second;
+        last_key = &it->first;
+      }
+      return *last;
+    };
+    auto apply = [&](std::size_t& n) {
+      n = static_cast<std::size_t>(static_cast<long long>(n) + delta);
+    };
+    apply(counts.total[i]);
+    apply(row(counts.by_type, v.type, count_rows.type, count_rows.type_key)[i]);
+    apply(row(counts.by_queue, v.queue, count_rows.queue, count_rows.queue_key)[i]);
+  }
   void erase(std::map<std::string, entry, std::less<>>::iterator it) {
-    count(it->second.rec(), -1);
-    if (taskq::detail::holds_unique_key(it->second.rec()))
-      unique_holders.erase(it->second.rec().unique_key);
+    if (it->second.is_stored()) {
+      auto v = it->second.view();
+      count(v, -1);
+      if (v.holds_unique_key()) unique_holders.erase(std::string(v.unique_key));
+    } else {
+      count(it->second.rec(), -1);
+      if (taskq::detail::holds_unique_key(it->second.rec()))
+        unique_holders.erase(it->second.rec().unique_key);
+    }
     records.erase(it);
+  }
+  /// Copies a recovered record's bytes into the current block of the load (blocks of about
+  /// 1 MiB, never reallocated, so the views into them stay valid).
+  stored_record keep(std::string_view bytes, task_status status) {
+    constexpr std::size_t block_size = 1u << 20;
+    if (!load_block || load_block->capacity() - load_block->size() < bytes.size()) {
+      load_block = std::make_shared<std::string>();
+      load_block->reserve(std::max(block_size, bytes.size()));
+    }
+    const auto at = load_block->size();
+    load_block->append(bytes);
+    return {load_block, std::string_view(load_block->data() + at, bytes.size()), status};
   }
   bool is_busy(const std::string& id) const { return busy.count(id) != 0; }
 
@@ -553,9 +1060,13 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
     auto o = static_cast<op>(d.u8());
     switch (o) {
       case op::insert: {
+        // Kept in its stored form, checked but not built (entry::stored_record).
         auto seq = d.var();
-        auto r = d.record();
-        if (!add(seq, std::move(r))) throw decode_error("second insert of task " + r.id);
+        const auto start = d.position();
+        record_view v;
+        read_record(d, v);
+        if (!add_stored(seq, v, body.substr(start)))
+          throw decode_error("second insert of task " + std::string(v.id));
         break;
       }
       case op::claim: {
@@ -652,6 +1163,8 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
   }
 
   void reset() {
+    count_rows = {};
+    load_block.reset();
     records.clear();
     unique_holders.clear();
     counts = task_counts{};
@@ -726,6 +1239,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
       detail = describe(e, false);
       return errc::invalid_record;
     }
+    load_block.reset();  // the records hold what they use
     journal_bytes = segments_bytes();
     recovery.tasks = records.size();
     return {};
@@ -753,7 +1267,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
     std::vector<std::pair<std::uint64_t, const entry*>> live;
     live.reserve(records.size());
     for (auto& [id, e] : records)
-      if (e.rec().status == task_status::pending || e.rec().status == task_status::running)
+      if (e.status() == task_status::pending || e.status() == task_status::running)
         live.emplace_back(e.seq, &e);
     auto by_seq = [](const auto& a, const auto& b) { return a.first < b.first; };
     if (!std::is_sorted(live.begin(), live.end(), by_seq))
@@ -761,8 +1275,8 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
     push_params p;
     p.entries.reserve(live.size());
     for (const auto& [seq, e] : live) {
-      p.entries.push_back(entry_of(e->rec()));
-      if (e->rec().status == task_status::running) ++recovery.requeued_running;
+      p.entries.push_back(e->is_stored() ? e->stored_queue_entry() : entry_of(e->rec()));
+      if (e->status() == task_status::running) ++recovery.requeued_running;
     }
     if (!p.entries.empty()) mq->async_push(std::move(p), [](error_code) {});
     for (auto& q : paused) mq->async_set_paused(q, true, [](error_code) {});
@@ -832,6 +1346,15 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
 
   // --- prune (maintenance and store) ----------------------------------------------------------
 
+  /// Whether the task finished before `before` (what retention and prune remove). Reads a
+  /// stored record's finish time from its stored form only when it is finished at all.
+  static bool finished_before(const entry& e, time_point before) {
+    if (!is_terminal(e.status())) return false;
+    auto at = e.is_stored() ? e.view().finished_at : e.rec().finished_at;
+    return at && *at < before;
+  }
+
+  /// Removes the records for which pred(entry) holds.
   template <class Pred, class Done>
   void remove_where(Pred pred, Done done) {
     auto removed = std::make_shared<std::vector<std::string>>();
@@ -840,7 +1363,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
           step s;
           removed->clear();
           for (auto& [id, e] : records) {
-            if (!pred(e.rec())) continue;
+            if (!pred(e)) continue;
             if (is_busy(id)) {
               s.wait_on = id;
               return s;
@@ -864,13 +1387,10 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
   void prune_expired() {
     if (opts.retention <= duration::zero() || ro) return;
     auto before = clk->now() - opts.retention;
-    remove_where(
-        [before](const task_record& r) {
-          return is_terminal(r.status) && r.finished_at && *r.finished_at < before;
-        },
-        [warn = opts.on_warning](error_code ec, std::vector<std::string>) {
-          if (ec && warn) warn("retention prune failed: " + ec.message());
-        });
+    remove_where([before](const entry& e) { return finished_before(e, before); },
+                 [warn = opts.on_warning](error_code ec, std::vector<std::string>) {
+                   if (ec && warn) warn("retention prune failed: " + ec.message());
+                 });
   }
 
   // --- compaction -----------------------------------------------------------------------------
@@ -890,7 +1410,12 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
       ec = errc::store_closed;
       return;
     }
-    std::vector<std::pair<std::uint64_t, std::shared_ptr<task_record>>> live;
+    struct live_record {
+      std::uint64_t seq;
+      std::shared_ptr<task_record> ptr;  // or, while it is still stored:
+      stored_record stored;
+    };
+    std::vector<live_record> live;
     std::vector<std::string> rest;  // queue pauses and schedules (few)
     std::uint64_t n = 0;
     std::vector<op_ptr> resume;
@@ -924,7 +1449,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
       // Writes are held only while references are taken and the journal rotates; the records
       // are encoded after the gate opens (copy-on-write keeps what is taken here unchanged).
       live.reserve(records.size());
-      for (auto& [id, e] : records) live.emplace_back(e.seq, e.ptr);
+      for (auto& [id, e] : records) live.push_back({e.seq, e.ptr, e.stored});
       for (auto& q : paused) rest.push_back(encode_pause(q, true));
       for (auto& [name, r] : schedules) rest.push_back(encode_schedule_save(r));
       std::string d;
@@ -939,8 +1464,8 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
     std::vector<std::string> bodies;
     bodies.reserve(live.size() + rest.size());
     std::uint64_t bytes = 0;
-    for (auto& [seq, rec] : live) {
-      bodies.push_back(encode_insert(seq, *rec));
+    for (auto& [seq, rec, stored] : live) {
+      bodies.push_back(rec ? encode_insert(seq, *rec) : encode_insert(seq, stored.bytes));
       bytes += bodies.back().size();
     }
     for (auto& b : rest) bodies.push_back(std::move(b));
@@ -1380,8 +1905,8 @@ class file_store final : public taskq::store {
     auto hp = share(std::move(h));
     auto self = s_.shared_from_this();
     s_.remove_where(
-        [f = std::move(f)](const task_record& r) {
-          return r.status != task_status::running && matches(r, f);
+        [f = std::move(f)](const state::entry& e) {
+          return e.status() != task_status::running && matches(e.rec(), f);
         },
         [self, hp](error_code ec, std::vector<std::string> ids) {
           taskq::detail::post_completion(std::move(*hp), self->ex, ec, std::move(ids));
@@ -1391,13 +1916,10 @@ class file_store final : public taskq::store {
   void do_prune(time_point before, handler<void(error_code, std::size_t)> h) override {
     auto hp = share(std::move(h));
     auto self = s_.shared_from_this();
-    s_.remove_where(
-        [before](const task_record& r) {
-          return is_terminal(r.status) && r.finished_at && *r.finished_at < before;
-        },
-        [self, hp](error_code ec, std::vector<std::string> ids) {
-          taskq::detail::post_completion(std::move(*hp), self->ex, ec, ids.size());
-        });
+    s_.remove_where([before](const state::entry& e) { return state::finished_before(e, before); },
+                    [self, hp](error_code ec, std::vector<std::string> ids) {
+                      taskq::detail::post_completion(std::move(*hp), self->ex, ec, ids.size());
+                    });
   }
 
   void do_counts(handler<void(error_code, task_counts)> h) override {
@@ -1792,6 +2314,29 @@ error_code replay_bodies(const std::vector<std::string_view>& bodies, std::strin
       return errc::invalid_record;
     }
   }
+  // Recovery's queue index comes from the stored forms; then every stored record must build,
+  // into what its stored form said.
+  try {
+    s->rebuild_queue();
+    for (auto& [id, e] : s->records) {
+      if (!e.is_stored()) continue;
+      const auto v = e.view();
+      const auto stored = v.entry();
+      const auto status = e.status();
+      const bool holds = v.holds_unique_key();
+      const auto finished = v.finished_at;
+      const auto& r = e.rec();
+      const auto built = entry_of(r);
+      if (r.status != status || holds != taskq::detail::holds_unique_key(r) ||
+          finished != r.finished_at || built.id != stored.id || built.queue != stored.queue ||
+          built.type != stored.type || built.concurrency_key != stored.concurrency_key ||
+          built.priority != stored.priority || built.available_at != stored.available_at)
+        consistent = false;
+    }
+  } catch (const std::exception&) {
+    consistent = false;
+    return {};
+  }
   // The bookkeeping replay keeps incrementally must match a recount from the records.
   task_counts recount;
   std::size_t holders = 0;
@@ -1809,7 +2354,6 @@ error_code replay_bodies(const std::vector<std::string_view>& bodies, std::strin
   if (recount.total != kept.total || recount.by_type != kept.by_type ||
       recount.by_queue != kept.by_queue || holders != s->unique_holders.size())
     consistent = false;
-  s->rebuild_queue();
   io.run();
   return {};
 }

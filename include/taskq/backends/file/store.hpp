@@ -186,8 +186,18 @@ namespace detail {
 /// does, then rebuilds the queue index. Returns invalid_record (detail names the body index
 /// and the reason) for a body that does not decode or apply. `consistent` is false when the
 /// bookkeeping kept during replay (counts, unique-key holders) disagrees with a recount.
+/// Replay also builds every record it kept in its stored form at the end, and `consistent` is
+/// false as well when one does not build or differs from what its stored form said.
 error_code replay_bodies(const std::vector<std::string_view>& bodies, std::string& detail,
                          bool& consistent);
+
+/// What check_json_text found.
+enum class json_text_check { ok, malformed, too_deep };
+/// Tests only: the check recovery applies to a stored JSON text it keeps unparsed. Accepts no
+/// more than nlohmann::json::parse does (RFC 8259, UTF-8 as its lexer checks it, finite
+/// numbers, no byte order mark), nested at most min(max_depth, json_depth_ceiling) levels.
+/// Never allocates or recurses.
+json_text_check check_json_text(std::string_view text, std::size_t max_depth) noexcept;
 }  // namespace detail
 
 /// The snapshot's file name inside a store directory.
