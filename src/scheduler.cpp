@@ -560,7 +560,9 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
   };
 
   client& c;
-  const logger& log() const noexcept { return c.log(); }
+  // A copy of the client's logger: write-behind completions may outlive the client.
+  logger log_;
+  const logger& log() const noexcept { return log_; }
   clock& clk;
   asio::any_io_executor io_ex;
   asio::strand<asio::any_io_executor> strand;
@@ -600,6 +602,7 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
 
   scheduler_core(client& cl, scheduler_options o)
       : c(cl),
+        log_(cl.log()),
         clk(cl.time()),
         io_ex(cl.get_executor()),
         strand(asio::make_strand(cl.get_executor())),
@@ -814,8 +817,9 @@ struct scheduler_core : std::enable_shared_from_this<scheduler_core> {
       save = schedule_record{e.def, e.state};
     }
     // Write-behind: the occurrence is already enqueued (dedupe makes a lost save harmless).
+    auto name = save->definition.name;
     store.async_save(std::move(*save),
-                     [self = shared_from_this(), name = save->definition.name](error_code ec) {
+                     [self = shared_from_this(), name = std::move(name)](error_code ec) {
                        if (ec)
                          self->log().error("schedule {}: saving progress: {}", name, ec.message());
                      });

@@ -57,8 +57,8 @@ struct composed_backend::state : std::enable_shared_from_this<state> {
 
 // Keeps reserved leases alive while their claim is written: a journal flush or a round trip
 // may outlast a lease's margin (before the fetch hands the tasks over, nobody else renews
-// them). Extends them every lease_for / 3 until stop(); its own strand orders the wait
-// against the stop.
+// them). Extends them every lease_for / 3 until the claim's answer, which runs on the same
+// strand, stops it.
 struct composed_backend::lease_keeper : std::enable_shared_from_this<lease_keeper> {
   std::shared_ptr<state> st;
   asio::strand<asio::any_io_executor> strand;
@@ -81,13 +81,6 @@ struct composed_backend::lease_keeper : std::enable_shared_from_this<lease_keepe
                                        self->st->log_failure("claim: lease renewal"));
               self->arm();
             })));
-  }
-
-  void stop() {
-    asio::dispatch(strand, [self = shared_from_this()] {
-      self->stopped = true;
-      self->cancel.emit(asio::cancellation_type::terminal);
-    });
   }
 };
 
@@ -170,61 +163,50 @@ void composed_backend::do_fetch(fetch_params p, handler<void(error_code, fetch_r
             if (kept.empty())
               return detail::dispatch_completion(std::move(h), st->ex, error_code{},
                                                  fetch_result{});
-            auto keeper = std::make_shared<lease_keeper>(st, kept, lease_for);
+            // Claimed on the keeper's strand, so that its renewals never read the leases while
+            // they are handed over.
+            auto keeper = std::make_shared<lease_keeper>(st, std::move(kept), lease_for);
             asio::dispatch(keeper->strand, [keeper] { keeper->arm(); });
-            st->s.async_claim(std::move(cp), [st, kept = std::move(kept), keeper, lease_for,
-                                              h = std::move(h)](error_code ec,
-                                                                claim_result r) mutable {
-              keeper->stop();
-              if (ec) {
-                for (const auto& l : kept) st->give_back(l);
-                return detail::dispatch_completion(std::move(h), st->ex, ec, fetch_result{});
-              }
-              // Leases by id (a batch is small; ids are unique within it).
-              std::unordered_map<std::string_view, lease*> by_id;
-              by_id.reserve(kept.size());
-              for (auto& l : kept) by_id.emplace(l.id, &l);
-              std::vector<lease> done;  // dropped and skipped: out of the queue
-              for (const auto& id : r.skipped)
-                if (auto it = by_id.find(id); it != by_id.end()) done.push_back(*it->second);
-              for (const auto& rec : r.dropped)
-                if (auto it = by_id.find(rec.id); it != by_id.end()) done.push_back(*it->second);
-              if (!done.empty()) st->q.async_ack(std::move(done), st->log_failure("dropped: ack"));
-              fetch_result out;
-              out.claimed.reserve(r.claimed.size());
-              for (auto& rec : r.claimed) {
-                auto it = by_id.find(rec.id);
-                if (it == by_id.end()) continue;  // not asked for: a store's bug, ignore
-                out.claimed.push_back({std::move(*it->second), std::move(rec)});
-              }
-              out.dropped = std::move(r.dropped);
-              out.skipped = std::move(r.skipped);
-              if (out.claimed.empty())
-                return detail::dispatch_completion(std::move(h), st->ex, error_code{},
-                                                   std::move(out));
-              // The leases were taken before the claim's write, which may have been slow
-              // (a journal flush, a round trip): renew them from now, and leave out any
-              // that lapsed meanwhile (another holder has the task and its claim decides).
-              std::vector<lease> renew;
-              renew.reserve(out.claimed.size());
-              for (const auto& f : out.claimed) renew.push_back(f.held);
-              st->q.async_extend(
-                  std::move(renew), lease_for,
-                  [st, out = std::move(out), lease_for, h = std::move(h)](
-                      error_code ec, std::vector<bool> kept) mutable {
-                    if (ec) kept.assign(out.claimed.size(), true);  // keep the old expiries
-                    const auto expires = st->clk.now() + lease_for;
-                    std::size_t n = 0;
-                    for (std::size_t i = 0; i < out.claimed.size(); ++i) {
-                      if (i < kept.size() && !kept[i]) continue;
-                      if (!ec) out.claimed[i].held.expires_at = expires;
-                      if (n != i) out.claimed[n] = std::move(out.claimed[i]);
-                      ++n;
+            st->s.async_claim(
+                std::move(cp),
+                asio::bind_executor(keeper->strand, [st, keeper, h = std::move(h)](
+                                                        error_code ec, claim_result r) mutable {
+                  keeper->stopped = true;
+                  keeper->cancel.emit(asio::cancellation_type::terminal);
+                  auto& kept = keeper->leases;
+                  if (ec) {
+                    for (const auto& l : kept) st->give_back(l);
+                    return detail::dispatch_completion(std::move(h), st->ex, ec, fetch_result{});
+                  }
+                  // A store answers in the order it was asked (searching from the last match
+                  // finds each lease at once); any order still works.
+                  std::size_t cursor = 0;
+                  auto lease_of = [&](const std::string& id) -> lease* {
+                    for (std::size_t n = 0; n < kept.size(); ++n, ++cursor) {
+                      if (cursor == kept.size()) cursor = 0;
+                      if (kept[cursor].id == id) return &kept[cursor];
                     }
-                    out.claimed.resize(n);
-                    detail::dispatch_completion(std::move(h), st->ex, error_code{}, std::move(out));
-                  });
-            });
+                    return nullptr;
+                  };
+                  std::vector<lease> done;  // dropped and skipped: out of the queue
+                  for (const auto& id : r.skipped)
+                    if (auto* l = lease_of(id)) done.push_back(*l);
+                  for (const auto& rec : r.dropped)
+                    if (auto* l = lease_of(rec.id)) done.push_back(*l);
+                  if (!done.empty())
+                    st->q.async_ack(std::move(done), st->log_failure("dropped: ack"));
+                  fetch_result out;
+                  out.claimed.reserve(r.claimed.size());
+                  cursor = 0;
+                  for (auto& rec : r.claimed) {
+                    auto* l = lease_of(rec.id);
+                    if (!l) continue;  // not asked for: a store's bug, ignore
+                    out.claimed.push_back({std::move(*l), std::move(rec)});
+                  }
+                  out.dropped = std::move(r.dropped);
+                  out.skipped = std::move(r.skipped);
+                  detail::dispatch_completion(std::move(h), st->ex, error_code{}, std::move(out));
+                }));
           })));
 }
 
