@@ -264,14 +264,16 @@ struct queue::impl : std::enable_shared_from_this<queue::impl> {
     while (!leased.empty() && leased.begin()->lease_expires <= now) {
       item* it = &*leased.begin();
       leased.erase(leased.begin());
-      it->token = 0;
       if (it->repushed) {  // pushed again meanwhile: that entry wins
+        it->token = 0;
         it->entry = std::move(*it->repushed);
         it->repushed.reset();
         place(*it, now);
         continue;
       }
-      make_ready(*it);  // same priority and seq: back in its original position
+      // Same priority and seq: back in its original position. It keeps the token until it
+      // is reserved again, so a late extend by its holder can still take it back.
+      make_ready(*it);
     }
   }
 
@@ -531,8 +533,17 @@ void queue::do_extend(std::vector<lease> leases, duration lease_for,
       auto it = impl_->items.find(leases[k].id);
       if (it == impl_->items.end()) continue;
       item& i = it->second;
-      if (i.state != item::where::leased || i.token != leases[k].token) continue;
-      impl_->leased.erase(impl_->leased.iterator_to(i));
+      if (i.token == 0 || i.token != leases[k].token) continue;
+      if (i.state == item::where::leased) {
+        impl_->leased.erase(impl_->leased.iterator_to(i));
+      } else if (i.state == item::where::ready) {
+        // The lease ran out but nobody reserved the task since: its holder takes it back.
+        auto& set = impl_->ready[i.entry.queue];
+        set.erase(set.iterator_to(i));
+        i.state = item::where::leased;
+      } else {
+        continue;
+      }
       i.lease_expires = now + lease_for;
       impl_->leased.insert(i);
       kept[k] = true;

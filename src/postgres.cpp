@@ -611,8 +611,7 @@ struct sql_text {
           "tok) x WHERE e.id = x.id AND e.token = x.tok");
     extend =
         s("UPDATE @.queue e SET leased_until = $3 FROM (SELECT unnest($1::text[]) AS id, "
-          "unnest($2::bigint[]) AS tok) x WHERE e.id = x.id AND e.token = x.tok AND "
-          "e.leased_until > $4 RETURNING e.id");
+          "unnest($2::bigint[]) AS tok) x WHERE e.id = x.id AND e.token = x.tok RETURNING e.id");
     release = s(
         "WITH ins AS (UPDATE @.queue SET leased_until = NULL, token = 0, available_at = "
         "COALESCE($3::bigint, available_at), seq = CASE WHEN $4::boolean THEN seq ELSE "
@@ -1500,7 +1499,8 @@ class pg_queue final : public taskq::queue {
     if (l.empty()) co_return std::make_tuple(error_code{}, std::move(kept));
     auto now = st->clk.now();
     auto [ids, tokens] = id_token_arrays(l);
-    params ps{ids, tokens, std::to_string(to_us(now + lease_for)), std::to_string(to_us(now))};
+    // A lease that ran out still holds while its token does (nobody reserved the task since).
+    params ps{ids, tokens, std::to_string(to_us(now + lease_for))};
     reply r = co_await st->query(st->sql.extend, ps, true);
     if (!r.ec) {
       std::unordered_set<std::string> got;

@@ -158,7 +158,8 @@ struct composed_backend_options {
 /// The three fused operations over a separate Queue and Store, each as the sequence of their
 /// own operations: enqueue inserts then pushes (and removes the records again if the push
 /// fails), unless the queue is fed by the store (queue::fed_by); fetch reserves, gives back
-/// what `admit` refuses, claims the rest and acks what was dropped or skipped; complete
+/// what `admit` refuses, claims the rest, acks what was dropped or skipped, and renews the
+/// leases when the claim's write took a third of the lease or more; complete
 /// updates the records, then acks or requeues the leases. Follow-up acks and give-backs
 /// nobody waits for log their failures through the options' logger.
 class composed_backend final : public backend {
@@ -182,7 +183,6 @@ class composed_backend final : public backend {
 
  private:
   struct state;
-  struct lease_keeper;
   std::shared_ptr<state> state_;  // shared with operations in flight
 };
 

@@ -132,7 +132,9 @@ class queue {
         [this, l = std::move(leases)](auto h) mutable { do_ack(std::move(l), std::move(h)); });
   }
 
-  /// Extends leases to now + lease_for.
+  /// Extends leases to now + lease_for. A lease that ran out is still extended while nobody
+  /// has reserved its task since (its token still holds): a holder that was slow to renew
+  /// takes the task back from its original position.
   ///
   /// - Completion: `void(error_code, std::vector<bool> kept)`.
   /// - Executor: the token's associated executor, else the backend's; never inline.

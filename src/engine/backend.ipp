@@ -55,35 +55,6 @@ struct composed_backend::state : std::enable_shared_from_this<state> {
   }
 };
 
-// Keeps reserved leases alive while their claim is written: a journal flush or a round trip
-// may outlast a lease's margin (before the fetch hands the tasks over, nobody else renews
-// them). Extends them every lease_for / 3 until the claim's answer, which runs on the same
-// strand, stops it.
-struct composed_backend::lease_keeper : std::enable_shared_from_this<lease_keeper> {
-  std::shared_ptr<state> st;
-  asio::strand<asio::any_io_executor> strand;
-  std::vector<lease> leases;
-  duration lease_for;
-  asio::cancellation_signal cancel;
-  bool stopped = false;
-
-  lease_keeper(std::shared_ptr<state> s, std::vector<lease> l, duration d)
-      : st(std::move(s)), strand(asio::make_strand(st->ex)), leases(std::move(l)), lease_for(d) {}
-
-  void arm() {
-    const auto period = std::max<duration>(lease_for / 3, std::chrono::milliseconds(1));
-    st->clk.async_wait_until(
-        strand, st->clk.now() + period,
-        asio::bind_cancellation_slot(
-            cancel.slot(), asio::bind_executor(strand, [self = shared_from_this()](error_code ec) {
-              if (ec || self->stopped) return;
-              self->st->q.async_extend(self->leases, self->lease_for,
-                                       self->st->log_failure("claim: lease renewal"));
-              self->arm();
-            })));
-  }
-};
-
 composed_backend::composed_backend(asio::any_io_executor ex, taskq::queue& q, taskq::store& s,
                                    composed_backend_options opts)
     : state_(std::make_shared<state>(std::move(ex), q, s, std::move(opts))) {}
@@ -163,17 +134,12 @@ void composed_backend::do_fetch(fetch_params p, handler<void(error_code, fetch_r
             if (kept.empty())
               return detail::dispatch_completion(std::move(h), st->ex, error_code{},
                                                  fetch_result{});
-            // Claimed on the keeper's strand, so that its renewals never read the leases while
-            // they are handed over.
-            auto keeper = std::make_shared<lease_keeper>(st, std::move(kept), lease_for);
-            asio::dispatch(keeper->strand, [keeper] { keeper->arm(); });
+            const auto reserved_at = cp.now;  // about when the leases were taken
             st->s.async_claim(
                 std::move(cp),
-                asio::bind_executor(keeper->strand, [st, keeper, h = std::move(h)](
-                                                        error_code ec, claim_result r) mutable {
-                  keeper->stopped = true;
-                  keeper->cancel.emit(asio::cancellation_type::terminal);
-                  auto& kept = keeper->leases;
+                asio::bind_executor(st->ex, [st, kept = std::move(kept), reserved_at, lease_for,
+                                             h = std::move(h)](error_code ec,
+                                                               claim_result r) mutable {
                   if (ec) {
                     for (const auto& l : kept) st->give_back(l);
                     return detail::dispatch_completion(std::move(h), st->ex, ec, fetch_result{});
@@ -205,7 +171,31 @@ void composed_backend::do_fetch(fetch_params p, handler<void(error_code, fetch_r
                   }
                   out.dropped = std::move(r.dropped);
                   out.skipped = std::move(r.skipped);
-                  detail::dispatch_completion(std::move(h), st->ex, error_code{}, std::move(out));
+                  if (out.claimed.empty() || st->clk.now() - reserved_at < lease_for / 3)
+                    return detail::dispatch_completion(std::move(h), st->ex, error_code{},
+                                                       std::move(out));
+                  // The claim's write was slow (a journal flush, a round trip): renew the
+                  // leases before the caller's renewals take over, and leave out any that lapsed
+                  // and went to another holder meanwhile (its claim decides).
+                  std::vector<lease> renew;
+                  renew.reserve(out.claimed.size());
+                  for (const auto& f : out.claimed) renew.push_back(f.held);
+                  st->q.async_extend(
+                      std::move(renew), lease_for,
+                      asio::bind_executor(st->ex,
+                                          [st, out = std::move(out), h = std::move(h)](
+                                              error_code ec, std::vector<bool> kept) mutable {
+                                            std::size_t n = 0;
+                                            for (std::size_t i = 0; i < out.claimed.size(); ++i) {
+                                              if (!ec && i < kept.size() && !kept[i]) continue;
+                                              if (n != i)
+                                                out.claimed[n] = std::move(out.claimed[i]);
+                                              ++n;
+                                            }
+                                            out.claimed.resize(n);
+                                            detail::dispatch_completion(
+                                                std::move(h), st->ex, error_code{}, std::move(out));
+                                          }));
                 }));
           })));
 }

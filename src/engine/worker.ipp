@@ -336,6 +336,8 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     if (pending_completions.empty()) return;
     complete_params p;
     p.completions = std::exchange(pending_completions, {});
+    // The next batch is likely as big: grow once, not by doubling (a completion is large).
+    pending_completions.reserve(p.completions.size());
     client->b.async_complete(
         std::move(p),
         on_strand([self = shared_from_this(), recorded = std::exchange(pending_slots, {}),

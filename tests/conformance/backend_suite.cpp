@@ -174,6 +174,29 @@ TEMPLATE_TEST_CASE("queue: extend keeps a lease alive; ack removes for good",
   CHECK(f.reserve(1).empty());
 }
 
+TEMPLATE_TEST_CASE("queue: a late extend holds the task while nobody reserved it since",
+                   "[conformance][queue]", BACKENDS) {
+  fixture<TestType> f;
+  f.push1("a");
+  f.push1("b");
+  reserve_params p;
+  p.lease_for = 10s;
+  auto a = f.reserve(1, p);
+  REQUIRE(f.ids(a) == std::vector<std::string>{"a"});
+  f.clk.advance(11s);  // ran out; nobody has reserved it since
+  auto [e1, kept] =
+      f.template call<std::vector<bool>>([&](auto cb) { f.q.async_extend(a, 10s, cb); });
+  REQUIRE_FALSE(e1);
+  CHECK(kept == std::vector<bool>{true});
+  CHECK(f.ids(f.reserve(5, p)) == std::vector<std::string>{"b"});  // "a" is held again
+  f.clk.advance(11s);  // both ran out, and this time someone reserves them
+  CHECK(f.ids(f.reserve(5, p)) == std::vector<std::string>{"a", "b"});
+  auto [e2, kept2] =
+      f.template call<std::vector<bool>>([&](auto cb) { f.q.async_extend(a, 10s, cb); });
+  REQUIRE_FALSE(e2);
+  CHECK(kept2 == std::vector<bool>{false});
+}
+
 TEMPLATE_TEST_CASE("queue: release keeps or gives up the original position", "[conformance][queue]",
                    BACKENDS) {
   {
