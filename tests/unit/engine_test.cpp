@@ -1445,15 +1445,24 @@ task_record pending_record(std::string id, int priority, time_point now) {
   r.id = std::move(id);
   return r;
 }
+
+// In-memory Queue and Store behind the generic composition, on a manual clock.
+struct composed_fixture {
+  asio::io_context io;
+  manual_clock clk;
+  memory::queue q{io.get_executor(), clk};
+  memory::store s{io.get_executor()};
+  composed_backend b{io.get_executor(), q, s, {.time = &clk}};
+};
 }  // namespace
 
 TEST_CASE("composed backend: enqueue is all or nothing; fetch claims in order, admit holds back",
           "[backend][composed]") {
-  asio::io_context io;
-  manual_clock clk;
-  memory::queue q(io.get_executor(), clk);
-  memory::store s(io.get_executor());
-  composed_backend b(io.get_executor(), q, s, {.time = &clk});
+  composed_fixture f;
+  auto& io = f.io;
+  auto& clk = f.clk;
+  auto& s = f.s;
+  auto& b = f.b;
   const auto now = clk.now();
 
   enqueue_params ep;
@@ -1494,11 +1503,12 @@ TEST_CASE("composed backend: enqueue is all or nothing; fetch claims in order, a
 
 TEST_CASE("composed backend: complete acks a final outcome, requeues a retry, refuses a stale one",
           "[backend][composed]") {
-  asio::io_context io;
-  manual_clock clk;
-  memory::queue q(io.get_executor(), clk);
-  memory::store s(io.get_executor());
-  composed_backend b(io.get_executor(), q, s, {.time = &clk});
+  composed_fixture f;
+  auto& io = f.io;
+  auto& clk = f.clk;
+  auto& q = f.q;
+  auto& s = f.s;
+  auto& b = f.b;
   const auto now = clk.now();
   enqueue_params ep;
   ep.records = {pending_record("ok", 0, now), pending_record("retry", 0, now),
@@ -1555,11 +1565,10 @@ TEST_CASE("composed backend: complete acks a final outcome, requeues a retry, re
 
 TEST_CASE("composed backend: a waiting fetch is cancelled with nothing claimed",
           "[backend][composed]") {
-  asio::io_context io;
-  manual_clock clk;
-  memory::queue q(io.get_executor(), clk);
-  memory::store s(io.get_executor());
-  composed_backend b(io.get_executor(), q, s, {.time = &clk});
+  composed_fixture f;
+  auto& io = f.io;
+  auto& clk = f.clk;
+  auto& b = f.b;
   asio::cancellation_signal cancel;
   std::optional<std::pair<error_code, fetch_result>> out;
   fetch_params fp;
