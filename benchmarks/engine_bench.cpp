@@ -72,10 +72,9 @@ struct features {
 // One taskq engine: memory backends, client, local executor with a no-op handler, worker.
 struct engine {
   asio::io_context io{1};
-  taskq::memory::queue q{io.get_executor()};
-  taskq::memory::store s{io.get_executor()};
+  taskq::memory::backend b{io.get_executor()};
   taskq::metrics_registry* metrics;  // optional: the metrics scenario
-  taskq::client c{io.get_executor(), q, s, {.metrics = metrics}};
+  taskq::client c{io.get_executor(), b, {.metrics = metrics}};
   taskq::local_executor exec{io.get_executor()};
   std::atomic<std::size_t> ran{0};
   std::optional<taskq::worker> w;
@@ -309,9 +308,8 @@ latency baseline_latency(std::size_t rate, std::chrono::seconds length) {
 
 double taskq_bytes_per_pending(std::size_t n) {
   asio::io_context io{1};
-  taskq::memory::queue q(io.get_executor());
-  taskq::memory::store s(io.get_executor());
-  taskq::client c(io.get_executor(), q, s);
+  taskq::memory::backend b(io.get_executor());
+  taskq::client c(io.get_executor(), b);
   auto before = heap_bytes();
   for (std::size_t i = 0; i < n; i += 1000) {
     std::vector<taskq::task_spec> specs(1000, taskq::task_spec{.type = "noop"});

@@ -1,4 +1,5 @@
 // Clocks and the in-memory Queue and Store.
+#include <taskq/backends/memory/backend.hpp>
 #include <taskq/backends/memory/queue.hpp>
 #include <taskq/backends/memory/store.hpp>
 #include <taskq/clock.hpp>
@@ -357,6 +358,13 @@ struct queue::impl : std::enable_shared_from_this<queue::impl> {
     alarm->arm(next);
   }
 
+  // The operations' work, with the mutex held (completions of parked reservations served on
+  // the way go to `done`, run after unlocking).
+  error_code push(push_params& p, std::vector<completion>& done);
+  std::size_t ack(const std::vector<lease>& leases, std::vector<completion>& done);
+  error_code release(release_params& p, std::vector<completion>& done);
+  bool remove(const std::string& id);
+
   // The alarm went off: serve what became visible.
   void on_alarm() {
     std::vector<completion> done;
@@ -388,66 +396,71 @@ bool queue::is_paused(const std::string& queue_name) const {
   return impl_->paused.count(queue_name) != 0;
 }
 
+error_code queue::impl::push(push_params& p, std::vector<completion>& done) {
+  error_code ec;
+  auto now = clk.now();
+  // All or nothing, with one hash lookup per entry (this is what recovery of a big file
+  // store spends its time in): insert the new ids unplaced, then undo those insertions if
+  // an entry turns out invalid or a duplicate.
+  // Grow once for a big push instead of rehashing repeatedly; never shrink, which would
+  // cost O(size) per small push.
+  if (auto need = items.size() + p.entries.size();
+      static_cast<double>(need) >
+      static_cast<double>(items.bucket_count()) * items.max_load_factor())
+    items.reserve(need);
+  const auto stamp = ++next_push_stamp;  // marks the items this push reached
+  std::vector<item*> slots;
+  std::vector<std::size_t> added;  // entries whose id this push inserted
+  slots.reserve(p.entries.size());
+  added.reserve(p.entries.size());
+  for (std::size_t k = 0; k < p.entries.size(); ++k) {
+    const auto& e = p.entries[k];
+    if (e.id.empty()) {
+      ec = errc::blank_id;
+      break;
+    }
+    if (e.queue.empty()) {
+      ec = errc::blank_queue;
+      break;
+    }
+    auto [it, inserted] = items.try_emplace(e.id);
+    item& i = it->second;
+    // An existing id is accepted only if leased (a retry racing the holder's ack), and
+    // only once per push; a second occurrence of a new id finds it stamped too.
+    if (!inserted && (i.state != item::where::leased || i.push_stamp == stamp)) {
+      ec = errc::duplicate_id;
+      break;
+    }
+    i.push_stamp = stamp;
+    if (inserted) added.push_back(k);
+    slots.push_back(&i);
+  }
+  if (ec) {
+    for (auto k : added)
+      items.erase(p.entries[k].id);  // by key: iterators may not outlive a rehash
+  } else {
+    for (std::size_t k = 0; k < slots.size(); ++k) {
+      item& i = *slots[k];
+      auto& e = p.entries[k];
+      if (i.state == item::where::leased) {                        // new items are never leased
+        i.repushed = std::make_unique<queue_entry>(std::move(e));  // takes effect at its ack
+        continue;
+      }
+      i.entry = std::move(e);
+      i.seq = ++next_seq;
+      place(i, now);
+    }
+    serve_parked(now, done);
+  }
+  return ec;
+}
+
 void queue::do_push(push_params p, handler<void(error_code)> h) {
   error_code ec;
   std::vector<completion> done;
   {
     std::lock_guard lock(impl_->mutex);
-    auto now = impl_->clk.now();
-    // All or nothing, with one hash lookup per entry (this is what recovery of a big file
-    // store spends its time in): insert the new ids unplaced, then undo those insertions if
-    // an entry turns out invalid or a duplicate.
-    auto& items = impl_->items;
-    // Grow once for a big push instead of rehashing repeatedly; never shrink, which would
-    // cost O(size) per small push.
-    if (auto need = items.size() + p.entries.size();
-        static_cast<double>(need) >
-        static_cast<double>(items.bucket_count()) * items.max_load_factor())
-      items.reserve(need);
-    const auto stamp = ++impl_->next_push_stamp;  // marks the items this push reached
-    std::vector<item*> slots;
-    std::vector<std::size_t> added;  // entries whose id this push inserted
-    slots.reserve(p.entries.size());
-    added.reserve(p.entries.size());
-    for (std::size_t k = 0; k < p.entries.size(); ++k) {
-      const auto& e = p.entries[k];
-      if (e.id.empty()) {
-        ec = errc::blank_id;
-        break;
-      }
-      if (e.queue.empty()) {
-        ec = errc::blank_queue;
-        break;
-      }
-      auto [it, inserted] = items.try_emplace(e.id);
-      item& i = it->second;
-      // An existing id is accepted only if leased (a retry racing the holder's ack), and
-      // only once per push; a second occurrence of a new id finds it stamped too.
-      if (!inserted && (i.state != item::where::leased || i.push_stamp == stamp)) {
-        ec = errc::duplicate_id;
-        break;
-      }
-      i.push_stamp = stamp;
-      if (inserted) added.push_back(k);
-      slots.push_back(&i);
-    }
-    if (ec) {
-      for (auto k : added)
-        items.erase(p.entries[k].id);  // by key: iterators may not outlive a rehash
-    } else {
-      for (std::size_t k = 0; k < slots.size(); ++k) {
-        item& i = *slots[k];
-        auto& e = p.entries[k];
-        if (i.state == item::where::leased) {                        // new items are never leased
-          i.repushed = std::make_unique<queue_entry>(std::move(e));  // takes effect at its ack
-          continue;
-        }
-        i.entry = std::move(e);
-        i.seq = ++impl_->next_seq;
-        impl_->place(i, now);
-      }
-      impl_->serve_parked(now, done);
-    }
+    ec = impl_->push(p, done);
   }
   for (auto& d : done) d();
   detail::post_completion(std::move(h), impl_->ex, ec);
@@ -493,30 +506,36 @@ void queue::do_reserve(reserve_params p, handler<void(error_code, std::vector<le
   impl_->rearm();
 }
 
+std::size_t queue::impl::ack(const std::vector<lease>& leases, std::vector<completion>& done) {
+  std::size_t removed = 0;
+  for (const auto& l : leases) {
+    auto it = items.find(l.id);
+    if (it == items.end()) continue;
+    item& i = it->second;
+    if (i.state != item::where::leased || i.token != l.token) continue;
+    leased.erase(leased.iterator_to(i));
+    ++removed;
+    if (i.repushed) {
+      // Pushed again while this lease was held: it is new work, queued behind its peers.
+      i.entry = std::move(*i.repushed);
+      i.repushed.reset();
+      i.token = 0;
+      i.seq = ++next_seq;
+      place(i, clk.now());
+      continue;
+    }
+    items.erase(it);
+  }
+  serve_parked(clk.now(), done);
+  return removed;
+}
+
 void queue::do_ack(std::vector<lease> leases, handler<void(error_code, std::size_t)> h) {
   std::size_t removed = 0;
   std::vector<completion> done;
   {
     std::lock_guard lock(impl_->mutex);
-    for (const auto& l : leases) {
-      auto it = impl_->items.find(l.id);
-      if (it == impl_->items.end()) continue;
-      item& i = it->second;
-      if (i.state != item::where::leased || i.token != l.token) continue;
-      impl_->leased.erase(impl_->leased.iterator_to(i));
-      ++removed;
-      if (i.repushed) {
-        // Pushed again while this lease was held: it is new work, queued behind its peers.
-        i.entry = std::move(*i.repushed);
-        i.repushed.reset();
-        i.token = 0;
-        i.seq = ++impl_->next_seq;
-        impl_->place(i, impl_->clk.now());
-        continue;
-      }
-      impl_->items.erase(it);
-    }
-    impl_->serve_parked(impl_->clk.now(), done);
+    removed = impl_->ack(leases, done);
   }
   for (auto& d : done) d();
   detail::post_completion(std::move(h), impl_->ex, error_code{}, removed);
@@ -552,59 +571,70 @@ void queue::do_extend(std::vector<lease> leases, duration lease_for,
   detail::post_completion(std::move(h), impl_->ex, error_code{}, std::move(kept));
 }
 
+error_code queue::impl::release(release_params& p, std::vector<completion>& done) {
+  error_code ec;
+  auto now = clk.now();
+  promote(now);
+  auto it = items.find(p.id);
+  if (it == items.end() || it->second.state != item::where::leased || it->second.token != p.token) {
+    ec = errc::not_leased;
+  } else {
+    item& i = it->second;
+    leased.erase(leased.iterator_to(i));
+    i.token = 0;
+    if (i.repushed) {  // pushed again meanwhile: that entry wins over the holder's release
+      i.entry = std::move(*i.repushed);
+      i.repushed.reset();
+      p.available_at.reset();
+    }
+    if (p.available_at) i.entry.available_at = *p.available_at;
+    if (!p.keep_position) i.seq = ++next_seq;
+    place(i, now);
+    serve_parked(now, done);
+  }
+  return ec;
+}
+
 void queue::do_release(release_params p, handler<void(error_code)> h) {
   error_code ec;
   std::vector<completion> done;
   {
     std::lock_guard lock(impl_->mutex);
-    auto now = impl_->clk.now();
-    impl_->promote(now);
-    auto it = impl_->items.find(p.id);
-    if (it == impl_->items.end() || it->second.state != item::where::leased ||
-        it->second.token != p.token) {
-      ec = errc::not_leased;
-    } else {
-      item& i = it->second;
-      impl_->leased.erase(impl_->leased.iterator_to(i));
-      i.token = 0;
-      if (i.repushed) {  // pushed again meanwhile: that entry wins over the holder's release
-        i.entry = std::move(*i.repushed);
-        i.repushed.reset();
-        p.available_at.reset();
-      }
-      if (p.available_at) i.entry.available_at = *p.available_at;
-      if (!p.keep_position) i.seq = ++impl_->next_seq;
-      impl_->place(i, now);
-      impl_->serve_parked(now, done);
-    }
+    ec = impl_->release(p, done);
   }
   for (auto& d : done) d();
   detail::post_completion(std::move(h), impl_->ex, ec);
+}
+
+bool queue::impl::remove(const std::string& id) {
+  bool removed = false;
+  auto it = items.find(id);
+  if (it != items.end()) {
+    item& i = it->second;
+    switch (i.state) {
+      case item::where::ready: {
+        auto& set = ready[i.entry.queue];
+        set.erase(set.iterator_to(i));
+      } break;
+      case item::where::delayed:
+        delayed.erase(delayed.iterator_to(i));
+        break;
+      case item::where::leased:
+        break;
+    }
+    if (i.state != item::where::leased) {
+      items.erase(it);
+      removed = true;
+    }
+  }
+  return removed;
 }
 
 void queue::do_remove(std::string id, handler<void(error_code, bool)> h) {
   bool removed = false;
   {
     std::lock_guard lock(impl_->mutex);
-    auto it = impl_->items.find(id);
-    if (it != impl_->items.end()) {
-      item& i = it->second;
-      switch (i.state) {
-        case item::where::ready: {
-          auto& set = impl_->ready[i.entry.queue];
-          set.erase(set.iterator_to(i));
-        } break;
-        case item::where::delayed:
-          impl_->delayed.erase(impl_->delayed.iterator_to(i));
-          break;
-        case item::where::leased:
-          break;
-      }
-      if (i.state != item::where::leased) {
-        impl_->items.erase(it);
-        removed = true;
-      }
-    }
+    removed = impl_->remove(id);
   }
   detail::post_completion(std::move(h), impl_->ex, error_code{}, removed);
 }
@@ -678,6 +708,9 @@ struct store::impl {
   }
 
   update_result update(const task_update& u);
+  // The operations' work, with the mutex held.
+  error_code insert(std::vector<task_record>& batch);  // all or nothing
+  claim_result claim(claim_params& p);
 
   record_map::iterator erase(record_map::iterator it) {
     count(it->second, -1);
@@ -705,45 +738,51 @@ store::store(asio::any_io_executor ex) : impl_(std::make_unique<impl>()) {
 
 store::~store() = default;
 
+error_code store::impl::insert(std::vector<task_record>& batch) {
+  error_code ec;
+  auto& stored = records;
+  // Grow once for a big batch; never for a small one (reserve would rehash every time).
+  if (auto need = stored.size() + batch.size();
+      static_cast<double>(need) >
+      static_cast<double>(stored.bucket_count()) * stored.max_load_factor())
+    stored.reserve(need);
+  // All or nothing in one pass: insert as we go (a duplicate within the batch then meets
+  // the first copy), and take the inserted ones out again on the first refusal.
+  std::vector<std::string_view> added;
+  added.reserve(batch.size());
+  for (auto& r : batch) {
+    if (r.id.empty()) {
+      ec = errc::blank_id;
+      break;
+    }
+    auto [it, inserted] = emplace(r);
+    if (!inserted) {
+      ec = errc::duplicate_id;
+      break;
+    }
+    const task_record& in = it->second;
+    if (detail::holds_unique_key(in)) {
+      auto [holder, free] = unique_holders.try_emplace(in.unique_key, in.id);
+      if (!free) {
+        r = std::move(it->second);
+        stored.erase(it);
+        ec = errc::duplicate_unique_key;
+        break;
+      }
+    }
+    count(in, +1);
+    added.push_back(it->first);
+  }
+  if (ec)
+    for (auto id : added) erase(stored.find(id));
+  return ec;
+}
+
 void store::do_insert(std::vector<task_record> records, handler<void(error_code)> h) {
   error_code ec;
   {
     std::lock_guard lock(impl_->mutex);
-    auto& stored = impl_->records;
-    // Grow once for a big batch; never for a small one (reserve would rehash every time).
-    if (auto need = stored.size() + records.size();
-        static_cast<double>(need) >
-        static_cast<double>(stored.bucket_count()) * stored.max_load_factor())
-      stored.reserve(need);
-    // All or nothing in one pass: insert as we go (a duplicate within the batch then meets
-    // the first copy), and take the inserted ones out again on the first refusal.
-    std::vector<std::string_view> added;
-    added.reserve(records.size());
-    for (auto& r : records) {
-      if (r.id.empty()) {
-        ec = errc::blank_id;
-        break;
-      }
-      auto [it, inserted] = impl_->emplace(r);
-      if (!inserted) {
-        ec = errc::duplicate_id;
-        break;
-      }
-      const task_record& in = it->second;
-      if (detail::holds_unique_key(in)) {
-        auto [holder, free] = impl_->unique_holders.try_emplace(in.unique_key, in.id);
-        if (!free) {
-          r = std::move(it->second);
-          stored.erase(it);
-          ec = errc::duplicate_unique_key;
-          break;
-        }
-      }
-      impl_->count(in, +1);
-      added.push_back(it->first);
-    }
-    if (ec)
-      for (auto id : added) impl_->erase(stored.find(id));
+    ec = impl_->insert(records);
   }
   detail::post_completion(std::move(h), impl_->ex, ec);
 }
@@ -762,34 +801,40 @@ void store::do_get(std::string id, handler<void(error_code, task_record)> h) {
   detail::post_completion(std::move(h), impl_->ex, ec, std::move(r));
 }
 
-void store::do_claim(claim_params p, handler<void(error_code, claim_result)> h) {
+claim_result store::impl::claim(claim_params& p) {
   claim_result out;
   out.claimed.reserve(p.ids.size());  // the usual case: every id is claimed
+  for (auto& id : p.ids) {
+    auto it = records.find(id);
+    if (it == records.end()) {
+      out.skipped.push_back(std::move(id));
+      continue;
+    }
+    auto outcome = detail::claim_outcome::skipped;
+    mutate(it->second, [&](task_record& r) {
+      outcome = detail::apply_claim(r, p.now);
+      return error_code{};
+    });
+    switch (outcome) {
+      case detail::claim_outcome::claimed:
+        out.claimed.push_back(it->second);
+        break;
+      case detail::claim_outcome::dropped:
+        out.dropped.push_back(it->second);
+        break;
+      case detail::claim_outcome::skipped:
+        out.skipped.push_back(std::move(id));
+        break;
+    }
+  }
+  return out;
+}
+
+void store::do_claim(claim_params p, handler<void(error_code, claim_result)> h) {
+  claim_result out;
   {
     std::lock_guard lock(impl_->mutex);
-    for (auto& id : p.ids) {
-      auto it = impl_->records.find(id);
-      if (it == impl_->records.end()) {
-        out.skipped.push_back(std::move(id));
-        continue;
-      }
-      auto outcome = detail::claim_outcome::skipped;
-      impl_->mutate(it->second, [&](task_record& r) {
-        outcome = detail::apply_claim(r, p.now);
-        return error_code{};
-      });
-      switch (outcome) {
-        case detail::claim_outcome::claimed:
-          out.claimed.push_back(it->second);
-          break;
-        case detail::claim_outcome::dropped:
-          out.dropped.push_back(it->second);
-          break;
-        case detail::claim_outcome::skipped:
-          out.skipped.push_back(std::move(id));
-          break;
-      }
-    }
+    out = impl_->claim(p);
   }
   detail::post_completion(std::move(h), impl_->ex, error_code{}, std::move(out));
 }
@@ -942,6 +987,144 @@ void store::do_counts(handler<void(error_code, task_counts)> h) {
   }
   c.drop_empty_rows();
   detail::post_completion(std::move(h), impl_->ex, error_code{}, std::move(c));
+}
+
+// --- backend --------------------------------------------------------------------------------
+// Both locks are taken together (std::scoped_lock orders them); nothing else takes both.
+
+backend::backend(asio::any_io_executor ex, clock& clk)
+    : ex_(ex), clk_(clk), queue_(ex, clk), store_(ex) {}
+
+backend::~backend() = default;
+
+void backend::do_enqueue(enqueue_params p, handler<void(error_code)> h) {
+  push_params push;
+  push.entries.reserve(p.records.size());
+  for (const auto& r : p.records) push.entries.push_back(entry_of(r));
+  error_code ec;
+  std::vector<completion> done;
+  {
+    auto& st = *store_.impl_;
+    std::scoped_lock lock(st.mutex, queue_.impl_->mutex);
+    ec = st.insert(p.records);
+    if (!ec) {
+      ec = queue_.impl_->push(push, done);
+      if (ec) {  // nothing half-written: take the records out again (a refused push keeps them)
+        for (const auto& e : push.entries)
+          if (auto it = st.records.find(e.id); it != st.records.end()) st.erase(it);
+      }
+    }
+  }
+  for (auto& d : done) d();
+  detail::post_completion(std::move(h), ex_, ec);
+}
+
+void backend::do_fetch(fetch_params p, handler<void(error_code, fetch_result)> h) {
+  if (p.max == 0 || p.lease_for <= duration::zero())
+    return detail::post_completion(std::move(h), ex_, error_code(errc::invalid_option),
+                                   fetch_result{});
+  reserve_params rp;
+  rp.queues = std::move(p.queues);
+  rp.max = p.max;
+  rp.lease_for = p.lease_for;
+  rp.wait = p.wait;
+  rp.skip_types = std::move(p.skip_types);
+  rp.skip_keys = std::move(p.skip_keys);
+  std::vector<lease> leases;
+  {
+    auto& q = *queue_.impl_;
+    std::lock_guard lock(q.mutex);
+    const auto now = clk_.now();
+    q.promote(now);
+    leases = q.take(rp, now);
+  }
+  if (leases.empty() && rp.wait) {
+    // Nothing ready: wait through the queue's reservation (it parks, wakes and cancels), then
+    // claim what it hands out.
+    auto slot = asio::get_associated_cancellation_slot(h);
+    queue_.async_reserve(
+        std::move(rp),
+        asio::bind_cancellation_slot(slot, [this, admit = std::move(p.admit), h = std::move(h)](
+                                               error_code ec, std::vector<lease> got) mutable {
+          if (ec && got.empty())
+            return detail::dispatch_completion(std::move(h), ex_, ec, fetch_result{});
+          claim_reserved(std::move(got), admit, std::move(h));
+        }));
+    return;
+  }
+  claim_reserved(std::move(leases), p.admit, std::move(h));
+}
+
+void backend::claim_reserved(std::vector<lease> leases,
+                             const std::function<bool(const lease&)>& admit,
+                             handler<void(error_code, fetch_result)> h) {
+  fetch_result out;
+  std::vector<completion> done;
+  {
+    auto& st = *store_.impl_;
+    auto& q = *queue_.impl_;
+    std::scoped_lock lock(st.mutex, q.mutex);
+    claim_params cp;
+    cp.now = clk_.now();
+    cp.ids.reserve(leases.size());
+    std::vector<lease> kept;
+    kept.reserve(leases.size());
+    for (auto& l : leases) {
+      if (admit && !admit(l)) {
+        release_params back{l.id, l.token, true, std::nullopt};  // its original position
+        q.release(back, done);
+        continue;
+      }
+      cp.ids.push_back(l.id);
+      kept.push_back(std::move(l));
+    }
+    if (!kept.empty()) {
+      std::vector<lease> finished;  // dropped and skipped
+      out = detail::pair_claimed(kept, st.claim(cp), finished);
+      if (!finished.empty()) q.ack(finished, done);
+    }
+  }
+  for (auto& d : done) d();
+  detail::post_completion(std::move(h), ex_, error_code{}, std::move(out));
+}
+
+void backend::do_complete(complete_params p,
+                          handler<void(error_code, std::vector<update_result>)> h) {
+  std::vector<update_result> results;
+  results.reserve(p.completions.size());
+  std::vector<completion> done;
+  {
+    auto& st = *store_.impl_;
+    auto& q = *queue_.impl_;
+    std::scoped_lock lock(st.mutex, q.mutex);
+    std::vector<lease> acks;
+    acks.reserve(p.completions.size());
+    for (auto& c : p.completions) {
+      auto r = st.update(c.update);
+      if (!r.error) {
+        if (c.update.to == task_status::pending) {
+          const auto at = c.update.available_at.value_or(c.update.now);
+          release_params back{c.held.id, c.held.token, c.keep_position, at};
+          // The lease lapsed meanwhile (the entry went back to ready at the old time): take
+          // it out and queue it again at the new time, so a retry's backoff holds.
+          if (q.release(back, done) == errc::not_leased && q.remove(c.held.id)) {
+            push_params again;
+            again.entries.push_back({std::move(c.held.id), std::move(c.held.queue),
+                                     std::move(c.held.type), std::move(c.held.concurrency_key),
+                                     c.held.priority, at});
+            q.push(again, done);
+          }
+        } else if (is_terminal(c.update.to)) {
+          acks.push_back(std::move(c.held));
+        }
+      }
+      // status_conflict / not_found: the entry belongs to whoever holds the task now.
+      results.push_back(std::move(r));
+    }
+    if (!acks.empty()) q.ack(acks, done);
+  }
+  for (auto& d : done) d();
+  detail::post_completion(std::move(h), ex_, error_code{}, std::move(results));
 }
 
 }  // namespace memory

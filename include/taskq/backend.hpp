@@ -186,4 +186,11 @@ class composed_backend final : public backend {
   std::shared_ptr<state> state_;  // shared with operations in flight
 };
 
+namespace detail {
+/// A fetch's result from the leases it claimed for (`kept`, moved from) and the store's answer
+/// (moved from): each claimed record with its lease. The leases of dropped and skipped tasks go
+/// to `finished` (their queue entries are to be acked).
+fetch_result pair_claimed(std::vector<lease>& kept, claim_result&& r, std::vector<lease>& finished);
+}  // namespace detail
+
 }  // namespace taskq

@@ -3,6 +3,7 @@
 
 #include <taskq/backend.hpp>
 #include <taskq/backends/file/store.hpp>
+#include <taskq/backends/memory/backend.hpp>
 #include <taskq/backends/memory/queue.hpp>
 #include <taskq/backends/memory/store.hpp>
 #include <taskq/client.hpp>

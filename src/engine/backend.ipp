@@ -55,6 +55,35 @@ struct composed_backend::state : std::enable_shared_from_this<state> {
   }
 };
 
+fetch_result detail::pair_claimed(std::vector<lease>& kept, claim_result&& r,
+                                  std::vector<lease>& finished) {
+  // A store answers in the order it was asked (searching on from the last match finds each
+  // lease at once); any order still works.
+  std::size_t cursor = 0;
+  auto lease_of = [&](const std::string& id) -> lease* {
+    for (std::size_t n = 0; n < kept.size(); ++n, ++cursor) {
+      if (cursor == kept.size()) cursor = 0;
+      if (kept[cursor].id == id) return &kept[cursor];
+    }
+    return nullptr;
+  };
+  for (const auto& id : r.skipped)
+    if (auto* l = lease_of(id)) finished.push_back(*l);
+  for (const auto& rec : r.dropped)
+    if (auto* l = lease_of(rec.id)) finished.push_back(*l);
+  fetch_result out;
+  out.claimed.reserve(r.claimed.size());
+  cursor = 0;
+  for (auto& rec : r.claimed) {
+    auto* l = lease_of(rec.id);
+    if (!l) continue;  // not asked for: a store's bug, ignore
+    out.claimed.push_back({std::move(*l), std::move(rec)});
+  }
+  out.dropped = std::move(r.dropped);
+  out.skipped = std::move(r.skipped);
+  return out;
+}
+
 composed_backend::composed_backend(asio::any_io_executor ex, taskq::queue& q, taskq::store& s,
                                    composed_backend_options opts)
     : state_(std::make_shared<state>(std::move(ex), q, s, std::move(opts))) {}
@@ -144,33 +173,10 @@ void composed_backend::do_fetch(fetch_params p, handler<void(error_code, fetch_r
                     for (const auto& l : kept) st->give_back(l);
                     return detail::dispatch_completion(std::move(h), st->ex, ec, fetch_result{});
                   }
-                  // A store answers in the order it was asked (searching from the last match
-                  // finds each lease at once); any order still works.
-                  std::size_t cursor = 0;
-                  auto lease_of = [&](const std::string& id) -> lease* {
-                    for (std::size_t n = 0; n < kept.size(); ++n, ++cursor) {
-                      if (cursor == kept.size()) cursor = 0;
-                      if (kept[cursor].id == id) return &kept[cursor];
-                    }
-                    return nullptr;
-                  };
                   std::vector<lease> done;  // dropped and skipped: out of the queue
-                  for (const auto& id : r.skipped)
-                    if (auto* l = lease_of(id)) done.push_back(*l);
-                  for (const auto& rec : r.dropped)
-                    if (auto* l = lease_of(rec.id)) done.push_back(*l);
+                  auto out = detail::pair_claimed(kept, std::move(r), done);
                   if (!done.empty())
                     st->q.async_ack(std::move(done), st->log_failure("dropped: ack"));
-                  fetch_result out;
-                  out.claimed.reserve(r.claimed.size());
-                  cursor = 0;
-                  for (auto& rec : r.claimed) {
-                    auto* l = lease_of(rec.id);
-                    if (!l) continue;  // not asked for: a store's bug, ignore
-                    out.claimed.push_back({std::move(*l), std::move(rec)});
-                  }
-                  out.dropped = std::move(r.dropped);
-                  out.skipped = std::move(r.skipped);
                   if (out.claimed.empty() || st->clk.now() - reserved_at < lease_for / 3)
                     return detail::dispatch_completion(std::move(h), st->ex, error_code{},
                                                        std::move(out));

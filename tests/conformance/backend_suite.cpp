@@ -23,9 +23,9 @@ using namespace taskq::test;
 // And against PostgreSQL: those cases need the test cluster, so CTest runs them apart
 // (taskq_pg_conformance_tests, tests/postgres/CMakeLists.txt).
 #include "postgres/conformance_backend.hpp"
-#define BACKENDS memory_backend, file_backend, postgres_backend
+#define BACKENDS memory_backend, memory_fused_backend, file_backend, postgres_backend
 #else
-#define BACKENDS memory_backend, file_backend
+#define BACKENDS memory_backend, memory_fused_backend, file_backend
 #endif
 
 namespace {
@@ -37,6 +37,15 @@ struct fixture {
   Backend backend{io, clk};
   taskq::queue& q = backend.queue();
   taskq::store& s = backend.store();
+
+  /// A client over the backend's own fused operations when it has them, else over its queue
+  /// and store (through composed_backend).
+  client make_client(client_options o) {
+    if constexpr (requires { backend.fused(); })
+      return client{io.get_executor(), backend.fused(), std::move(o)};
+    else
+      return client{io.get_executor(), q, s, std::move(o)};
+  }
 
   /// Starts an operation with a callback and runs the io_context until it completes.
   template <class... Ts, class Start>
@@ -657,7 +666,7 @@ TEMPLATE_TEST_CASE("scheduler on the backend: each occurrence once; a restart ca
   fixture<TestType> f;
   f.clk.set(std::chrono::sys_days{std::chrono::year{2026} / 1 / 1});
   const auto t0 = f.clk.now();
-  client c{f.io.get_executor(), f.q, f.s, {.time = &f.clk}};
+  client c = f.make_client({.time = &f.clk});
   auto fired = [&] {
     std::vector<time_point> out;
     for (auto& r : f.list({.limit = 1000}).records) out.push_back(r.scheduled_for.value());
@@ -708,7 +717,7 @@ TEMPLATE_TEST_CASE("client enqueue: stored and queued once; a failed enqueue lea
   // Only PostgreSQL's store queues what it inserts (one statement); the others are written
   // in two steps by the client. Either way the outcome below is the same.
   CHECK(f.q.fed_by(f.s) == (std::string(TestType::name) == "postgres"));
-  client c{f.io.get_executor(), f.q, f.s, {.time = &f.clk}};
+  client c = f.make_client({.time = &f.clk});
   auto enqueue = [&](task_spec spec) {
     return f.template call<std::string>([&](auto cb) { c.async_enqueue(std::move(spec), cb); });
   };
@@ -734,7 +743,7 @@ TEMPLATE_TEST_CASE("client enqueue: stored and queued once; a failed enqueue lea
 TEMPLATE_TEST_CASE("worker end to end: enqueue, run, retry, cancel", "[conformance][worker]",
                    BACKENDS) {
   fixture<TestType> f;
-  client c{f.io.get_executor(), f.q, f.s, {.time = &f.clk}};
+  client c = f.make_client({.time = &f.clk});
   local_executor exec{f.io.get_executor(), {.threads = 2, .time = &f.clk}};
   std::atomic<int> flaky_runs{0};
   exec.handle("double", [](task_context& ctx) { return json(ctx.payload().get<int>() * 2); });

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <taskq/backends/file/store.hpp>
+#include <taskq/backends/memory/backend.hpp>
 #include <taskq/backends/memory/queue.hpp>
 #include <taskq/backends/memory/store.hpp>
 #include <taskq/schedule_store.hpp>
@@ -28,6 +29,20 @@ struct memory_backend {
   taskq::schedule_store& schedules() { return sched; }
   memory::queue q;
   memory::store s;
+  memory::schedule_store sched;
+};
+
+/// The memory queue and store behind memory::backend's fused operations: clients (and so
+/// workers) use fused(); the Queue and Store cases run on the same pair.
+struct memory_fused_backend {
+  static constexpr const char* name = "memory, fused";
+  memory_fused_backend(asio::io_context& io, manual_clock& clk)
+      : b(io.get_executor(), clk), sched(io.get_executor()) {}
+  taskq::queue& queue() { return b.get_queue(); }
+  taskq::store& store() { return b.get_store(); }
+  taskq::schedule_store& schedules() { return sched; }
+  taskq::backend& fused() { return b; }
+  memory::backend b;
   memory::schedule_store sched;
 };
 

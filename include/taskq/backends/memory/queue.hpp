@@ -35,6 +35,7 @@ class queue final : public taskq::queue {
   void do_stats(std::string queue_name, handler<void(error_code, queue_stats)> h) override;
 
  private:
+  friend class backend;  // fuses its operations with the store's
   struct impl;
   std::shared_ptr<impl> impl_;  // shared: cancellation handlers and timers hold weak refs
 };

@@ -38,6 +38,7 @@ class store final : public taskq::store {
   void do_counts(handler<void(error_code, task_counts)> h) override;
 
  private:
+  friend class backend;  // fuses its operations with the queue's
   struct impl;
   std::unique_ptr<impl> impl_;
 };
