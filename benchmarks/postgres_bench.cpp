@@ -3,7 +3,7 @@
 // steady rate (LISTEN/NOTIFY wake-ups) — with raw libpq INSERTs measured in the same run as the
 // baseline, and the ratio.
 //
-//   scripts/pg_test_cluster.sh start /tmp/taskq-bench
+//   scripts/pg_test_cluster.sh start /tmp/taskq-bench [--durable]   (fsync and synchronous_commit on)
 //   TASKQ_PG_CONNINFO="$(cat /tmp/taskq-bench/conninfo)" taskq_postgres_bench [--json] [--quick]
 //   scripts/pg_test_cluster.sh stop /tmp/taskq-bench
 //

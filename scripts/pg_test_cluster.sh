@@ -4,6 +4,10 @@
 #   scripts/pg_test_cluster.sh start DIR   initdb in DIR (removed first), start the server on
 #                                          127.0.0.1 on a free port, create database "taskq";
 #                                          writes DIR/conninfo (a libpq connection string)
+#   scripts/pg_test_cluster.sh start DIR --durable
+#                                          the same, configured as users run PostgreSQL
+#                                          (fsync, synchronous_commit and full_page_writes on):
+#                                          for benchmarks; the tests use the fast default
 #   scripts/pg_test_cluster.sh stop DIR    stop the server and remove DIR
 #
 # Uses Debian's PostgreSQL binaries (PG_BIN, default /usr/lib/postgresql/15/bin). When run as
@@ -16,9 +20,18 @@ set -euo pipefail
 cmd=${1:-}
 dir=${2:-}
 if [[ -z "$cmd" || -z "$dir" ]]; then
-  echo "usage: $0 start|stop DIR" >&2
+  echo "usage: $0 start DIR [--durable] | stop DIR" >&2
   exit 2
 fi
+durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+case "${3:-}" in
+  "") ;;
+  --durable) durability="-c fsync=on -c synchronous_commit=on -c full_page_writes=on" ;;
+  *)
+    echo "usage: $0 start DIR [--durable] | stop DIR" >&2
+    exit 2
+    ;;
+esac
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 PG_USER=${PG_USER:-taskq-pg}
 
@@ -66,7 +79,7 @@ case "$cmd" in
     for attempt in 1 2 3 4 5; do
       port=$(free_port)
       if as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 \
-          -o "-h 127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+          -o "-h 127.0.0.1 -p $port -k $dir $durability -c max_connections=200" \
           start >/dev/null; then
         break
       fi
@@ -88,7 +101,7 @@ case "$cmd" in
     rm -rf "$dir"
     ;;
   *)
-    echo "usage: $0 start|stop DIR" >&2
+    echo "usage: $0 start DIR [--durable] | stop DIR" >&2
     exit 2
     ;;
 esac
