@@ -437,10 +437,17 @@ std::string with_schema(const std::string& text, const std::string& quoted) {
 /// Appends one element to a PostgreSQL array literal: quoted, with backslash escapes.
 void array_element(std::string& out, std::string_view v) {
   out += out.size() > 1 ? ",\"" : "\"";
-  for (char c : v) {
-    if (c == '"' || c == '\\') out += '\\';
-    out += c;
+  // Runs without a quote or backslash are copied whole (a record's JSON has a few dozen).
+  const char* run = v.data();
+  const char* const end = run + v.size();
+  for (const char* p = run; p != end; ++p) {
+    if (*p == '"' || *p == '\\') {
+      out.append(run, p);
+      out += '\\';
+      run = p;
+    }
   }
+  out.append(run, end);
   out += '"';
 }
 
@@ -452,6 +459,7 @@ struct row_arrays {
               uk = "{", ua = "{", ca = "{", fa = "{", labels = "{", record = "{", key = "{",
               priority = "{", at = "{";
   std::size_t size = 0;
+  std::string scratch;  // one record's JSON text, reused
 
   static void number(std::string& out, std::int64_t v) {
     if (out.size() > 1) out += ',';
@@ -473,8 +481,12 @@ struct row_arrays {
       number(fa, to_us(*r.finished_at));
     else
       fa += fa.size() > 1 ? ",NULL" : "NULL";
-    array_element(labels, json(r.labels).dump());
-    array_element(record, to_json(r).dump());
+    scratch.clear();
+    detail::append_labels_json(scratch, r.labels);
+    array_element(labels, scratch);
+    scratch.clear();
+    detail::append_record_json(scratch, r);
+    array_element(record, scratch);
     array_element(key, r.concurrency_key);
     number(priority, r.priority);
     number(at, to_us(r.available_at));

@@ -1,5 +1,6 @@
 // The task model: statuses, validation, ids, retry policy and the JSON mapping. No Asio here.
 #include <taskq/detail/input_limits.hpp>
+#include <taskq/detail/record_ops.hpp>
 #include <taskq/queue.hpp>
 #include <taskq/task.hpp>
 
@@ -11,7 +12,9 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <charconv>
 #include <cmath>
+#include <cstring>
 #include <mutex>
 #include <random>
 #include <utility>
@@ -454,6 +457,154 @@ std::optional<task_record> record_from_json(const json& j, error_code& ec, std::
   }
   ec = {};
   return r;
+}
+
+namespace {
+
+/// A string as dump() writes it: printable ASCII without quotes or backslashes is copied as it
+/// is; anything else goes through nlohmann's serializer (escapes, UTF-8 check).
+void append_json_string(std::string& out, std::string_view s) {
+  for (unsigned char c : s) {
+    if (c < 0x20 || c == '"' || c == '\\' || c >= 0x7f) {
+      out += json(s).dump();
+      return;
+    }
+  }
+  out += '"';
+  out.append(s);
+  out += '"';
+}
+
+void append_int(std::string& out, std::int64_t v) {
+  char buf[24];
+  auto end = std::to_chars(buf, buf + sizeof buf, v).ptr;
+  out.append(buf, end);
+}
+
+/// A JSON value; null (the usual payload, metadata, progress and result) without building a
+/// serializer, which reads the locale.
+void append_json_value(std::string& out, const json& v) {
+  if (v.is_null())
+    out += "null";
+  else
+    out += v.dump();
+}
+
+/// A double as dump() writes it. Records repeat the same few (a retry policy's multiplier and
+/// jitter), so the last text made on this thread is kept.
+void append_double(std::string& out, double d) {
+  thread_local double last = 0.0;
+  thread_local std::string text = json(0.0).dump();
+  if (std::memcmp(&d, &last, sizeof d) != 0) {
+    text = json(d).dump();
+    last = d;
+  }
+  out += text;
+}
+
+/// `,"key":` (no comma before the first member).
+void append_key(std::string& out, std::string_view key, bool first = false) {
+  if (!first) out += ',';
+  out += '"';
+  out.append(key);
+  out += "\":";
+}
+
+}  // namespace
+
+void detail::append_labels_json(std::string& out, const label_map& labels) {
+  out += '{';
+  bool first = true;
+  for (const auto& [k, v] : labels) {
+    if (!first) out += ',';
+    first = false;
+    append_json_string(out, k);
+    out += ':';
+    append_json_string(out, v);
+  }
+  out += '}';
+}
+
+void detail::append_record_json(std::string& out, const task_record& r) {
+  // The members in the order of nlohmann's object (std::map: sorted by key), as to_json
+  // writes them.
+  auto opt_time = [&](std::string_view key, const std::optional<time_point>& t) {
+    if (!t) return;
+    append_key(out, key);
+    append_int(out, to_us(*t));
+  };
+  out += '{';
+  append_key(out, "attempt", true);
+  append_int(out, r.attempt);
+  append_key(out, "available_at");
+  append_int(out, to_us(r.available_at));
+  append_key(out, "cancel_requested");
+  out += r.cancel_requested ? "true" : "false";
+  append_key(out, "concurrency_key");
+  append_json_string(out, r.concurrency_key);
+  append_key(out, "created_at");
+  append_int(out, to_us(r.created_at));
+  opt_time("finished_at", r.finished_at);
+  opt_time("heartbeat_at", r.heartbeat_at);
+  append_key(out, "id");
+  append_json_string(out, r.id);
+  append_key(out, "labels");
+  append_labels_json(out, r.labels);
+  append_key(out, "last_error");
+  append_json_string(out, r.last_error);
+  append_key(out, "log");
+  out += '[';
+  for (std::size_t i = 0; i < r.log.size(); ++i) {
+    out += i ? ",{" : "{";
+    append_key(out, "at", true);
+    append_int(out, to_us(r.log[i].at));
+    append_key(out, "message");
+    append_json_string(out, r.log[i].message);
+    out += '}';
+  }
+  out += ']';
+  append_key(out, "max_attempts");
+  append_int(out, r.max_attempts);
+  append_key(out, "metadata");
+  append_json_value(out, r.metadata);
+  append_key(out, "payload");
+  append_json_value(out, r.payload);
+  append_key(out, "priority");
+  append_int(out, r.priority);
+  append_key(out, "progress");
+  append_json_value(out, r.progress);
+  append_key(out, "queue");
+  append_json_string(out, r.queue);
+  append_key(out, "result");
+  append_json_value(out, r.result);
+  append_key(out, "retry");
+  out += '{';
+  append_key(out, "initial_delay", true);
+  append_int(out, to_us(r.retry.initial_delay));
+  append_key(out, "jitter");
+  append_double(out, r.retry.jitter);
+  append_key(out, "max_delay");
+  append_int(out, to_us(r.retry.max_delay));
+  append_key(out, "multiplier");
+  append_double(out, r.retry.multiplier);
+  out += '}';
+  opt_time("scheduled_for", r.scheduled_for);
+  opt_time("started_at", r.started_at);
+  append_key(out, "status");
+  append_json_string(out, to_string(r.status));
+  append_key(out, "timeout");
+  append_int(out, to_us(r.timeout));
+  append_key(out, "type");
+  append_json_string(out, r.type);
+  append_key(out, "unique_for");
+  append_json_string(out, unique_for_text(r.unique_for));
+  append_key(out, "unique_key");
+  append_json_string(out, r.unique_key);
+  append_key(out, "updated_at");
+  append_int(out, to_us(r.updated_at));
+  append_key(out, "v");
+  out += '1';
+  out += '}';
 }
 
 task_record record_from_json(const json& j) {

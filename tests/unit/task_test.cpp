@@ -8,6 +8,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <random>
 #include <set>
 
 using namespace taskq;
@@ -200,6 +201,94 @@ TEST_CASE("records round-trip through JSON", "[task][json]") {
   CHECK(j["v"] == 1);
   auto back = record_from_json(j);
   CHECK(back == r);
+}
+
+TEST_CASE("the direct record writer gives exactly dump()'s text", "[task][json]") {
+  auto text = [](const task_record& r) {
+    std::string out = "prefix";  // appends, keeping what was there
+    detail::append_record_json(out, r);
+    REQUIRE(out.rfind("prefix", 0) == 0);
+    return out.substr(6);
+  };
+  task_record plain = make_record({.type = "noop"}, t0);
+  CHECK(text(plain) == to_json(plain).dump());
+
+  // Every field set, strings that need escaping or are not ASCII, doubles, negative times.
+  task_record full = make_record({.type = "t\"q\\",
+                                  .queue = "q\n\t\x01",
+                                  .payload = {{"k", "v"}, {"n", 1.5}, {"u", "\u00e9\u4e2d"}},
+                                  .metadata = {1, 2, nullptr, true},
+                                  .priority = -2,
+                                  .max_attempts = 3,
+                                  .retry = {.multiplier = 1.1, .jitter = 0.0},
+                                  .timeout = 1500ms,
+                                  .labels = {{"a", "b"}, {"\u00fc", "\x7f"}, {"", ""}},
+                                  .concurrency_key = "c/\"k\"",
+                                  .unique_key = "u",
+                                  .unique_for = unique_scope::any,
+                                  .scheduled_for = time_point{} - 1h},
+                                 t0);
+  full.status = task_status::failed;
+  full.attempt = 3;
+  full.progress = {{"p", 0.5}};
+  full.result = "res";
+  full.last_error = "boom \"quoted\" \\ \r\n";
+  full.log.push_back({t0 + 1s, "line"});
+  full.log.push_back({t0 + 2s, "\x1f second"});
+  full.started_at = t0 + 1s;
+  full.finished_at = t0 + 2s;
+  full.heartbeat_at = t0 + 1500ms;
+  full.cancel_requested = true;
+  CHECK(text(full) == to_json(full).dump());
+
+  // Generated records: each optional present or not, strings from an alphabet with every
+  // character class the escaping treats differently.
+  std::mt19937 rng(7);
+  const std::vector<std::string> pieces = {"a",      "Z",      "0",          " ",    "\"",
+                                           "\\",     "/",      "\n",         "\x02", "\x7f",
+                                           "\u00e9", "\u20ac", "\U0001f600", ""};
+  auto str = [&] {
+    std::string s;
+    for (int n = static_cast<int>(rng() % 6); n > 0; --n) s += pieces[rng() % pieces.size()];
+    return s;
+  };
+  auto opt = [&](time_point t) { return rng() % 2 ? std::optional<time_point>(t) : std::nullopt; };
+  for (int i = 0; i < 2000; ++i) {
+    task_record r =
+        make_record({.type = str(), .queue = str()}, t0 + std::chrono::microseconds(rng()));
+    r.id = str();
+    r.payload = rng() % 2 ? json(str()) : json::object({{str(), static_cast<int>(rng())}});
+    r.metadata = rng() % 3 ? json() : json(static_cast<double>(rng()) / 7.0);
+    r.priority = static_cast<int>(rng()) - (1 << 30);
+    r.max_attempts = static_cast<int>(rng() % 10);
+    r.retry.multiplier = static_cast<double>(rng() % 1000) / 100.0;
+    r.retry.jitter = static_cast<double>(rng() % 100) / 100.0;
+    for (int n = static_cast<int>(rng() % 3); n > 0; --n) r.labels[str()] = str();
+    r.concurrency_key = str();
+    r.unique_key = str();
+    r.unique_for = rng() % 2 ? unique_scope::any : unique_scope::active;
+    r.scheduled_for = opt(t0 - 1s);
+    r.status = static_cast<task_status>(rng() % 6);
+    r.attempt = static_cast<int>(rng() % 5);
+    r.last_error = str();
+    for (int n = static_cast<int>(rng() % 3); n > 0; --n) r.log.push_back({t0, str()});
+    r.started_at = opt(t0 + 1s);
+    r.finished_at = opt(t0 + 2s);
+    r.heartbeat_at = opt(t0 + 3s);
+    r.cancel_requested = rng() % 2;
+    INFO(to_json(r).dump());
+    REQUIRE(text(r) == to_json(r).dump());
+  }
+
+  // A string that is not UTF-8 fails as dump() fails, and the labels writer matches too.
+  task_record bad = plain;
+  bad.last_error = "\xff";
+  CHECK_THROWS_AS(to_json(bad).dump(), json::type_error);
+  std::string out;
+  CHECK_THROWS_AS(detail::append_record_json(out, bad), json::type_error);
+  std::string labels;
+  detail::append_labels_json(labels, full.labels);
+  CHECK(labels == json(full.labels).dump());
 }
 
 TEST_CASE("decoding a bad record names the field", "[task][json]") {
