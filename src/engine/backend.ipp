@@ -77,7 +77,7 @@ fetch_result detail::pair_claimed(std::vector<lease>& kept, claim_result&& r,
   for (auto& rec : r.claimed) {
     auto* l = lease_of(rec.id);
     if (!l) continue;  // not asked for: a store's bug, ignore
-    out.claimed.push_back({std::move(*l), std::move(rec)});
+    out.claimed.emplace_back(std::move(*l), std::move(rec));  // in place: no temporary record
   }
   out.dropped = std::move(r.dropped);
   out.skipped = std::move(r.skipped);
