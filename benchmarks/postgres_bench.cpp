@@ -76,7 +76,7 @@ struct pg {
 int run_worker(const std::string& conninfo, const std::string& schema) {
   asio::io_context io(1);
   auto b = postgres::backend::open(io.get_executor(), {.conninfo = conninfo, .schema = schema});
-  client c(io.get_executor(), b->queue(), b->store());
+  client c(io.get_executor(), *b);
   local_executor exec(io.get_executor(), {.threads = 1});
   exec.handle("noop", [](task_context&) -> asio::awaitable<json> { co_return json(); });
   // The result is the enqueue-to-start latency: the payload is the enqueue time.
@@ -165,7 +165,7 @@ struct bench {
     auto schema = fresh("enq");
     asio::io_context io(1);
     auto b = postgres::backend::open(io.get_executor(), {.conninfo = conninfo, .schema = schema});
-    client c(io.get_executor(), b->queue(), b->store());
+    client c(io.get_executor(), *b);
     auto guard = asio::make_work_guard(io);
     std::thread t([&] { io.run(); });
     auto t0 = steady::now();

@@ -419,6 +419,14 @@ CREATE TABLE @.leaders (
       R"(
 ALTER TABLE @.queue SET (fillfactor = 60, autovacuum_vacuum_scale_factor = 0.02,
   autovacuum_vacuum_insert_scale_factor = 0.02);
+)",
+      // 4: a fetch records its claim in the queue row (the attempt it starts and when), not by
+      // rewriting the record: an attempt beyond the record's means "running it since
+      // claimed_at" (see claim_state). Constant defaults: no table rewrite, and processes of
+      // version 3 go on inserting and leasing rows as they did.
+      R"(
+ALTER TABLE @.queue ADD COLUMN IF NOT EXISTS attempt integer NOT NULL DEFAULT 0,
+  ADD COLUMN IF NOT EXISTS claimed_at bigint;
 )"};
   return all;
 }
@@ -526,7 +534,7 @@ struct sql_text {
   std::string insert_tasks, load, write_back, get, counts, prune;
   std::string push, reserve, hint, ack, extend, release, remove_entry, stats, pause, resume,
       paused_names;
-  std::string enqueue, rescue;
+  std::string enqueue, rescue, fetch;
   std::string sched_load, sched_load_all, sched_insert, sched_lock, sched_update, sched_remove;
   std::string lead_acquire, lead_release;
 
@@ -538,7 +546,11 @@ struct sql_text {
     insert_tasks = s("INSERT INTO @.tasks (id, type, queue, status, attempt, unique_key, "
                      "unique_any, created_at, finished_at, labels, record) SELECT * FROM ") +
                    task_cols + ")";
-    load = s("SELECT id, version, record::text FROM @.tasks WHERE id = ANY($1::text[])");
+    // Reads of records come with their queue row's claim (attempt, claimed_at; see
+    // claim_state), which the reader lays over the record.
+    load = s(
+        "SELECT t.id, t.version, t.record::text, e.attempt, e.claimed_at FROM @.tasks t LEFT JOIN "
+        "@.queue e ON e.id = t.id WHERE t.id = ANY($1::text[])");
     // A record reaching a final status loses its queue entry in the same statement (the queue
     // is fed by this store: workers need not ack finished tasks).
     write_back =
@@ -547,11 +559,18 @@ struct sql_text {
           "FROM unnest($1::text[], $2::bigint[], $3::smallint[], $4::integer[], $5::boolean[], "
           "$6::bigint[], $7::json[], $8::bigint[]) AS x(id, v, status, attempt, ua, fa, r, ca) "
           "WHERE t.id = x.id AND t.version = x.v AND t.created_at = x.ca "
+          // A fetch claimed it since the writer read it (the record alone does not say so):
+          // refused, so the writer reads it again as the claim left it.
+          "AND NOT EXISTS (SELECT 1 FROM @.queue c WHERE c.id = t.id AND c.attempt > x.attempt) "
           "RETURNING t.id, t.status), "
           "d AS (DELETE FROM @.queue e USING w WHERE e.id = w.id AND w.status >= 2) "
           "SELECT id FROM w");
-    get = s("SELECT record::text FROM @.tasks WHERE id = $1");
-    counts = s("SELECT status, type, queue, count(*) FROM @.tasks GROUP BY 1, 2, 3");
+    get =
+        s("SELECT t.record::text, e.attempt, e.claimed_at FROM @.tasks t LEFT JOIN @.queue e ON "
+          "e.id = t.id WHERE t.id = $1");
+    counts =
+        s("SELECT CASE WHEN e.attempt > t.attempt THEN 1 ELSE t.status END, t.type, t.queue, "
+          "count(*) FROM @.tasks t LEFT JOIN @.queue e ON e.id = t.id GROUP BY 1, 2, 3");
     prune = s("DELETE FROM @.tasks WHERE status >= 2 AND finished_at < $1");
     const char* push_ins =
         "INSERT INTO @.queue (id, queue, type, concurrency_key, priority, available_at) "
@@ -614,6 +633,31 @@ struct sql_text {
           "UPDATE @.queue e SET leased_until = $6, token = nextval('@.lease_tokens') "
           "FROM picked WHERE e.id = picked.id "
           "RETURNING e.id, e.queue, e.type, e.concurrency_key, e.priority, e.token, e.seq");
+    // Reserve and claim in one statement. A pending task without a cancel request, whose queue
+    // row holds no claim beyond its record's attempt, is claimed in the queue row alone (`fast`:
+    // attempt + 1, claimed_at); any other (a lost worker's task, a cancel request, a record
+    // gone) is only leased here, with its previous claim returned (prev, prev_at), and the
+    // caller claims it through the record (load, apply_claim, write back).
+    fetch =
+        s("WITH picked AS (SELECT c.id, c.ctid, c.attempt AS prev, c.claimed_at AS prev_at FROM "
+          "(SELECT DISTINCT unnest($1::text[]) AS name) qn "
+          "CROSS JOIN LATERAL (SELECT e.id, e.ctid, e.priority, e.seq, e.attempt, e.claimed_at "
+          "FROM @.queue e WHERE e.queue = qn.name "
+          "AND e.available_at <= $2 AND (e.leased_until IS NULL OR e.leased_until <= $2) "
+          "AND NOT (e.type = ANY($4::text[])) "
+          "AND NOT (e.concurrency_key <> '' AND e.concurrency_key = ANY($5::text[])) "
+          "ORDER BY e.priority DESC, e.seq LIMIT $3 FOR UPDATE SKIP LOCKED) c "
+          "WHERE NOT EXISTS (SELECT 1 FROM @.paused_queues p WHERE p.name = qn.name) "
+          "ORDER BY c.priority DESC, c.seq LIMIT $3), "
+          "d AS (SELECT p.*, t.version, t.record, t.attempt AS stored, (t.status = 0 AND "
+          "p.prev <= t.attempt AND t.record->>'cancel_requested' = 'false') AS fast "
+          "FROM picked p LEFT JOIN @.tasks t ON t.id = p.id) "
+          "UPDATE @.queue e SET leased_until = $6, token = nextval('@.lease_tokens'), "
+          "attempt = CASE WHEN d.fast THEN d.stored + 1 ELSE e.attempt END, "
+          "claimed_at = CASE WHEN d.fast THEN $2 ELSE e.claimed_at END "
+          "FROM d WHERE e.ctid = d.ctid "
+          "RETURNING e.id, e.queue, e.type, e.concurrency_key, e.priority, e.token, e.seq, "
+          "d.fast, d.version, d.record::text, d.prev, d.prev_at");
     hint =
         s("SELECT least(min(available_at) FILTER (WHERE available_at > $2 AND (leased_until IS "
           "NULL OR leased_until <= $2)), min(leased_until) FILTER (WHERE leased_until > $2)) "
@@ -803,6 +847,9 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
 
   std::unique_ptr<taskq::queue> q;
   std::unique_ptr<taskq::store> s;
+  // The fused operations over q and s: enqueue and complete always, fetch when it waits or
+  // has an admission check (backend::do_fetch does the rest in one statement).
+  std::unique_ptr<composed_backend> composed;
   std::unique_ptr<taskq::schedule_store> schedules;
   std::unique_ptr<taskq::leader_election> leaders;
 
@@ -988,6 +1035,22 @@ std::optional<task_record> parse_record(const char* text) {
   return record_from_json(j, ec, detail);
 }
 
+/// Lays the claim a fetch recorded in a task's queue row over its record: when the row's
+/// attempt (column `col` of `res`, claimed_at in the next) is beyond the record's, the record
+/// reads as apply_claim would have left it, running that attempt since claimed_at.
+void claim_state(task_record& r, const result& res, int row, int col) {
+  if (res.null(row, col)) return;
+  const auto attempt = res.i64(row, col);
+  if (attempt <= r.attempt) return;
+  const auto at = res.null(row, col + 1) ? r.updated_at : from_us(res.i64(row, col + 1));
+  r.status = task_status::running;
+  r.attempt = static_cast<int>(attempt);
+  r.started_at = at;
+  r.heartbeat_at = at;
+  r.updated_at = at;
+  r.finished_at.reset();
+}
+
 // --- read, modify, write with a version check -----------------------------------------------
 
 /// Loads the records of `ids`, calls `apply(id, record or nullptr)` (true: changed), writes
@@ -1043,6 +1106,7 @@ awaitable<reply> rmw(std::shared_ptr<state> st, std::vector<std::string> ids, Ap
         out.detail = std::string("taskq postgres: undecodable record ") + loaded.res.get(i, 0);
         break;
       }
+      claim_state(*rec, loaded.res, i, 3);
       rows.emplace(loaded.res.get(i, 0), std::make_pair(loaded.res.i64(i, 1), std::move(*rec)));
     }
     if (out.ec) break;
@@ -1600,26 +1664,33 @@ class pg_queue final : public taskq::queue {
 
 // --- the store ------------------------------------------------------------------------------
 
-/// The WHERE clause of a filter, with its parameters appended to `ps`.
-std::string where_of(const task_filter& f, params& ps) {
+/// The status of task row `t` as readers see it: running while a fetch's claim in its queue
+/// row is beyond the record's attempt (see claim_state).
+std::string effective_status(const std::string& schema) {
+  return "(CASE WHEN EXISTS (SELECT 1 FROM " + schema +
+         ".queue c WHERE c.id = t.id AND c.attempt > t.attempt) THEN 1 ELSE t.status END)";
+}
+
+/// The WHERE clause of a filter over task rows `t`, with its parameters appended to `ps`.
+std::string where_of(const task_filter& f, const std::string& schema, params& ps) {
   std::string w = "WHERE true";
   auto add = [&](std::string value) {
     ps.emplace_back(std::move(value));
     return "$" + std::to_string(ps.size());
   };
-  if (!f.ids.empty()) w += " AND id = ANY(" + add(text_array(f.ids)) + "::text[])";
+  if (!f.ids.empty()) w += " AND t.id = ANY(" + add(text_array(f.ids)) + "::text[])";
   if (!f.statuses.empty()) {
     std::vector<std::int64_t> s;
     for (auto x : f.statuses) s.push_back(static_cast<int>(x));
-    w += " AND status = ANY(" + add(int_array(s)) + "::smallint[])";
+    w += " AND " + effective_status(schema) + " = ANY(" + add(int_array(s)) + "::smallint[])";
   }
-  if (!f.types.empty()) w += " AND type = ANY(" + add(text_array(f.types)) + "::text[])";
-  if (!f.queues.empty()) w += " AND queue = ANY(" + add(text_array(f.queues)) + "::text[])";
-  if (!f.labels.empty()) w += " AND labels @> " + add(json(f.labels).dump()) + "::jsonb";
+  if (!f.types.empty()) w += " AND t.type = ANY(" + add(text_array(f.types)) + "::text[])";
+  if (!f.queues.empty()) w += " AND t.queue = ANY(" + add(text_array(f.queues)) + "::text[])";
+  if (!f.labels.empty()) w += " AND t.labels @> " + add(json(f.labels).dump()) + "::jsonb";
   if (f.created_after)
-    w += " AND created_at >= " + add(std::to_string(to_us(*f.created_after))) + "::bigint";
+    w += " AND t.created_at >= " + add(std::to_string(to_us(*f.created_after))) + "::bigint";
   if (f.created_before)
-    w += " AND created_at < " + add(std::to_string(to_us(*f.created_before))) + "::bigint";
+    w += " AND t.created_at < " + add(std::to_string(to_us(*f.created_before))) + "::bigint";
   return w;
 }
 
@@ -1676,6 +1747,7 @@ class pg_store final : public taskq::store {
     } else if (r.res.rows() == 0) {
       std::get<0>(out) = errc::not_found;
     } else if (auto rec = parse_record(r.res.get(0, 0))) {
+      claim_state(*rec, r.res, 0, 1);
       std::get<1>(out) = std::move(*rec);
     } else {
       std::get<0>(out) = errc::invalid_record;
@@ -1857,13 +1929,15 @@ class pg_store final : public taskq::store {
   static awaitable<std::tuple<error_code, task_page>> list(std::shared_ptr<state> st,
                                                            task_filter f) {
     params ps;
-    std::string sql =
-        "SELECT record::text FROM " + quote_ident(st->opts.schema) + ".tasks " + where_of(f, ps);
+    const auto schema = quote_ident(st->opts.schema);
+    std::string sql = "SELECT t.record::text, e.attempt, e.claimed_at FROM " + schema +
+                      ".tasks t LEFT JOIN " + schema + ".queue e ON e.id = t.id " +
+                      where_of(f, schema, ps);
     if (!f.after_id.empty()) {
       ps.emplace_back(f.after_id);
-      sql += " AND id > $" + std::to_string(ps.size());
+      sql += " AND t.id > $" + std::to_string(ps.size());
     }
-    sql += " ORDER BY id LIMIT " + std::to_string(f.limit + 1);
+    sql += " ORDER BY t.id LIMIT " + std::to_string(f.limit + 1);
     reply r = co_await st->query(sql, ps);
     task_page page;
     if (!r.ec) {
@@ -1874,6 +1948,7 @@ class pg_store final : public taskq::store {
         }
         auto rec = parse_record(r.res.get(i, 0));
         if (!rec) co_return std::make_tuple(error_code(errc::invalid_record), task_page{});
+        claim_state(*rec, r.res, i, 1);
         page.records.push_back(std::move(*rec));
       }
     }
@@ -1888,8 +1963,9 @@ class pg_store final : public taskq::store {
   static awaitable<std::tuple<error_code, std::vector<std::string>>> remove(
       std::shared_ptr<state> st, task_filter f) {
     params ps;
-    std::string sql = "DELETE FROM " + quote_ident(st->opts.schema) + ".tasks " + where_of(f, ps) +
-                      " AND status <> 1 RETURNING id";
+    const auto schema = quote_ident(st->opts.schema);
+    std::string sql = "DELETE FROM " + schema + ".tasks t " + where_of(f, schema, ps) + " AND " +
+                      effective_status(schema) + " <> 1 RETURNING t.id";
     reply r = co_await st->query(sql, ps);
     std::vector<std::string> ids;
     for (int i = 0; !r.ec && i < r.res.rows(); ++i) ids.emplace_back(r.res.get(i, 0));
@@ -2118,7 +2194,107 @@ class pg_leaders final : public taskq::leader_election {
   state& st_;
 };
 
+// --- the fused fetch ------------------------------------------------------------------------
+
+/// One statement leases the batch and claims its plain pending tasks (sql.fetch); the others
+/// (a lost worker's task, a cancel request) are claimed through their records, as the
+/// composed path does, and what is no longer claimable is acked.
+awaitable<std::tuple<error_code, fetch_result>> fused_fetch(std::shared_ptr<state> st,
+                                                            fetch_params p) {
+  std::tuple<error_code, fetch_result> out;
+  auto& [ec, fetched] = out;
+  const auto now = st->clk.now();
+  const auto until = now + p.lease_for;
+  params ps{text_array(p.queues),     std::to_string(to_us(now)), std::to_string(p.max),
+            text_array(p.skip_types), text_array(p.skip_keys),    std::to_string(to_us(until))};
+  reply r = co_await st->query(st->sql.fetch, ps, true);
+  if (r.ec) {
+    ec = r.ec;
+    co_return out;
+  }
+  // In queue order: priority first, then FIFO (the statement returns them in no order).
+  std::vector<int> rows(static_cast<std::size_t>(r.res.rows()));
+  for (int i = 0; i < r.res.rows(); ++i) rows[static_cast<std::size_t>(i)] = i;
+  std::sort(rows.begin(), rows.end(), [&](int a, int b) {
+    auto pa = r.res.i64(a, 4), pb = r.res.i64(b, 4);
+    return pa != pb ? pa > pb : r.res.i64(a, 6) < r.res.i64(b, 6);
+  });
+  std::vector<lease> slow, finished;
+  claim_params slow_claim{.ids = {}, .now = now};
+  for (int i : rows) {
+    lease l{r.res.get(i, 0),
+            r.res.get(i, 1),
+            r.res.get(i, 2),
+            r.res.get(i, 3),
+            static_cast<int>(r.res.i64(i, 4)),
+            until,
+            static_cast<std::uint64_t>(r.res.i64(i, 5))};
+    if (r.res.null(i, 9)) {  // its record is gone: nothing to run
+      finished.push_back(std::move(l));
+      continue;
+    }
+    std::optional<task_record> rec;
+    if (*r.res.get(i, 7) == 't') rec = parse_record(r.res.get(i, 9));
+    // The statement claimed it in the queue row: the record as that claim leaves it.
+    if (rec && detail::apply_claim(*rec, now) == detail::claim_outcome::claimed) {
+      {
+        std::lock_guard lock(st->mutex);
+        if (st->written.size() > state::written_cap) st->written.clear();
+        st->written.insert_or_assign(rec->id, std::make_pair(r.res.i64(i, 8), *rec));
+      }
+      fetched.claimed.push_back({std::move(l), std::move(*rec)});
+    } else {
+      slow_claim.ids.push_back(l.id);
+      slow.push_back(std::move(l));
+    }
+  }
+  if (!slow.empty()) {
+    auto [cec, claimed] = co_await st->s->async_claim(std::move(slow_claim), use_tuple);
+    if (cec) {
+      // Their leases run out and they come back; what the statement claimed still runs.
+      st->note_error("taskq postgres: claiming fetched tasks: " + cec.message());
+    } else {
+      auto more = detail::pair_claimed(slow, std::move(claimed), finished);
+      for (auto& f : more.claimed) fetched.claimed.push_back(std::move(f));
+      fetched.dropped = std::move(more.dropped);
+      fetched.skipped = std::move(more.skipped);
+    }
+  }
+  if (!finished.empty()) {
+    auto [aec, n] = co_await st->q->async_ack(std::move(finished), use_tuple);
+    (void)n;
+    if (aec) st->note_error("taskq postgres: acking unclaimable tasks: " + aec.message());
+  }
+  co_return out;
+}
+
 }  // namespace
+
+void backend::do_enqueue(enqueue_params p, handler<void(error_code)> h) {
+  state_->composed->async_enqueue(std::move(p), std::move(h));
+}
+
+void backend::do_fetch(fetch_params p, handler<void(error_code, fetch_result)> h) {
+  // The caller's admission check is asked between reserving and claiming: that takes two steps.
+  if (p.admit) return state_->composed->async_fetch(std::move(p), std::move(h));
+  // Nothing ready: wait as the queue's reservations do (notifications, the clock, the poll),
+  // through the composed path, which takes the caller's cancellation with its handler.
+  std::optional<fetch_params> waiting;
+  if (std::exchange(p.wait, false)) waiting = p;
+  auto st = state_;
+  auto then = [st, waiting = std::move(waiting), h = std::move(h)](error_code ec,
+                                                                   fetch_result out) mutable {
+    if (!ec && waiting && out.claimed.empty() && out.dropped.empty() && out.skipped.empty())
+      return st->composed->async_fetch(std::move(*waiting), std::move(h));
+    detail::dispatch_completion(std::move(h), st->ex, ec, std::move(out));
+  };
+  launch(st, std::move(then), fused_fetch(st, std::move(p)));
+}
+
+void backend::do_complete(complete_params p,
+                          handler<void(error_code, std::vector<update_result>)> h) {
+  state_->composed->async_complete(std::move(p), std::move(h));
+}
 
 // --- backend --------------------------------------------------------------------------------
 
@@ -2176,6 +2352,13 @@ std::unique_ptr<backend> backend::open(asio::any_io_executor ex, backend_options
   });
   st->q = std::make_unique<pg_queue>(*st);
   st->s = std::make_unique<pg_store>(*st);
+  st->composed = std::make_unique<composed_backend>(
+      st->ex, *st->q, *st->s,
+      composed_backend_options{
+          .time = &st->clk,
+          .log = logger([w = std::weak_ptr<state>(st)](log_level, std::string_view m) {
+            if (auto s = w.lock()) s->note_error(std::string(m));
+          })});
   st->schedules = std::make_unique<pg_schedule_store>(*st);
   st->leaders = std::make_unique<pg_leaders>(*st);
   st->idle.push_back(std::make_unique<connection>(st->ex, c));

@@ -24,6 +24,8 @@ struct postgres_backend {
   taskq::queue& queue() { return b->queue(); }
   taskq::store& store() { return b->store(); }
   taskq::schedule_store& schedules() { return b->schedules(); }
+  /// Clients in the suite run on the backend's own fused operations (its one-statement fetch).
+  taskq::backend& fused() { return *b; }
   std::string schema;
   std::unique_ptr<postgres::backend> b;
 };

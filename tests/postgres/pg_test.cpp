@@ -416,6 +416,103 @@ TEST_CASE("postgres: records written by another process are never judged on this
   other.reset();
 }
 
+TEST_CASE(
+    "postgres: the fused fetch claims in the queue row; readers, writers and a rescue see "
+    "the claim",
+    "[postgres][fetch]") {
+  pg_fixture f;
+  auto& s = f.b->store();
+  auto a = make_record({.type = "t", .max_attempts = 2}, f.clk.now());
+  auto b = make_record({.type = "t", .max_attempts = 1}, f.clk.now());
+  auto c = make_record({.type = "t"}, f.clk.now());
+  auto [ie] = f.call<>([&](auto cb) { s.async_insert({a, b, c}, cb); });
+  REQUIRE_FALSE(ie);
+  const auto row = [&](const std::string& id) {
+    return pg_exec("SELECT t.status || ' ' || t.attempt || ' ' || e.attempt FROM \"" + f.schema +
+                   "\".tasks t JOIN \"" + f.schema + "\".queue e ON e.id = t.id WHERE t.id = '" +
+                   id + "'");
+  };
+  const auto fetch = [&](std::size_t max) {
+    auto [ec, r] = f.call<fetch_result>(
+        [&](auto cb) { f.b->async_fetch({.max = max, .lease_for = 30s}, cb); });
+    REQUIRE_FALSE(ec);
+    return r;
+  };
+  auto first = fetch(10);
+  REQUIRE(first.claimed.size() == 3);
+  for (auto& t : first.claimed) {
+    CHECK(t.record.status == task_status::running);
+    CHECK(t.record.attempt == 1);
+    CHECK(t.record.started_at == f.clk.now());
+  }
+  // The claim is the queue row's: the record row is untouched (one write per task saved).
+  CHECK(row(a.id) == "0 0 1");
+  // Readers see it running.
+  auto [ge, got] = f.call<task_record>([&](auto cb) { s.async_get(a.id, cb); });
+  REQUIRE_FALSE(ge);
+  CHECK(got.status == task_status::running);
+  CHECK(got.attempt == 1);
+  CHECK(got.started_at == f.clk.now());
+  CHECK(got.heartbeat_at == f.clk.now());
+  auto [le, page] =
+      f.call<task_page>([&](auto cb) { s.async_list({.statuses = {task_status::running}}, cb); });
+  REQUIRE_FALSE(le);
+  CHECK(page.records.size() == 3);
+  auto [ce, counts] = f.call<task_counts>([&](auto cb) { s.async_counts(cb); });
+  REQUIRE_FALSE(ce);
+  CHECK(counts.total[static_cast<std::size_t>(task_status::running)] == 3);
+  CHECK(counts.total[static_cast<std::size_t>(task_status::pending)] == 0);
+  // A running task is not deleted.
+  auto [re, removed] =
+      f.call<std::vector<std::string>>([&](auto cb) { s.async_remove({.ids = {a.id}}, cb); });
+  REQUIRE_FALSE(re);
+  CHECK(removed.empty());
+  // A cancel request is judged on the claim: a running task is asked to stop, not cancelled.
+  auto [xe, xr] =
+      f.call<task_record>([&](auto cb) { s.async_request_cancel(c.id, f.clk.now(), cb); });
+  REQUIRE_FALSE(xe);
+  CHECK(xr.status == task_status::running);
+  CHECK(xr.cancel_requested);
+  CHECK(row(c.id) == "1 1 1");  // written through: the record caught up with its claim
+  auto d = make_record({.type = "t"}, f.clk.now());
+  auto [ie2] = f.call<>([&](auto cb) { s.async_insert({d}, cb); });
+  REQUIRE_FALSE(ie2);
+  REQUIRE(fetch(1).claimed.size() == 1);
+  // Their process dies: after the lease, a is rescued as attempt 2 (the claim counted), b has
+  // no attempts left and is dropped; c and d, still leased, stay where they are.
+  f.clk.advance(31s);
+  auto again = fetch(10);
+  REQUIRE(again.claimed.size() >= 1);
+  const fetched_task* rescued = nullptr;
+  for (auto& t : again.claimed)
+    if (t.record.id == a.id) rescued = &t;
+  REQUIRE(rescued);
+  CHECK(rescued->record.attempt == 2);
+  CHECK_THAT(rescued->record.log.back().message, Catch::Contains("rescued"));
+  CHECK(row(a.id) == "1 2 1");  // a rescue writes the record
+  REQUIRE(again.dropped.size() == 1);
+  CHECK(again.dropped[0].id == b.id);
+  CHECK(again.dropped[0].status == task_status::dropped);
+  // Its outcome through the fused complete: recorded, the queue entry gone.
+  auto [ue, results] = f.call<std::vector<update_result>>([&](auto cb) {
+    f.b->async_complete({.completions = {{.held = rescued->held,
+                                          .update = {.id = a.id,
+                                                     .expected = task_status::running,
+                                                     .expected_attempt = 2,
+                                                     .to = task_status::succeeded,
+                                                     .now = f.clk.now()}}}},
+                        cb);
+  });
+  REQUIRE_FALSE(ue);
+  REQUIRE(results.size() == 1);
+  CHECK_FALSE(results[0].error);
+  CHECK(pg_exec("SELECT count(*) FROM \"" + f.schema + "\".queue WHERE id = '" + a.id + "'") ==
+        "0");
+  auto [g2e, done] = f.call<task_record>([&](auto cb) { s.async_get(a.id, cb); });
+  CHECK(done.status == task_status::succeeded);
+  CHECK(done.attempt == 2);
+}
+
 TEST_CASE("postgres: a waiting reserve wakes on a transactional enqueue's commit (NOTIFY)",
           "[postgres]") {
   pg_fixture f;
@@ -691,17 +788,21 @@ TEST_CASE("postgres: a schema at version 1 is migrated to the current version",
   };
   open().reset();
   // Back to what taskq with schema version 1 left.
-  pg_exec("DROP TABLE \"" + schema + "\".schedules, \"" + schema + "\".leaders; DELETE FROM \"" +
-          schema + "\".migrations WHERE version > 1");
+  pg_exec("DROP TABLE \"" + schema + "\".schedules, \"" + schema + "\".leaders; ALTER TABLE \"" +
+          schema + "\".queue DROP COLUMN attempt, DROP COLUMN claimed_at; DELETE FROM \"" + schema +
+          "\".migrations WHERE version > 1");
   auto b = open();
   CHECK(pg_exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM \"" + schema +
-                "\".migrations") == "1,2,3");
+                "\".migrations") == "1,2,3,4");
   CHECK(pg_exec("SELECT count(*) FROM \"" + schema + "\".schedules") == "0");
   // Version 3: the queue's storage parameters.
   CHECK_THAT(pg_exec("SELECT array_to_string(reloptions, ',') FROM pg_class WHERE oid = '\"" +
                      schema + "\".queue'::regclass"),
              Catch::Contains("fillfactor=60"));
   CHECK(pg_exec("SELECT count(*) FROM \"" + schema + "\".leaders") == "0");
+  // Version 4: a claim's attempt and start in the queue row.
+  CHECK(pg_exec("SELECT count(*) FROM information_schema.columns WHERE table_schema = '" + schema +
+                "' AND table_name = 'queue' AND column_name IN ('attempt', 'claimed_at')") == "2");
   b.reset();
   drop_schema(schema);
 }

@@ -32,7 +32,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "open: %s\n", detail.c_str());
     return 1;
   }
-  client c(io.get_executor(), b->queue(), b->store());
+  client c(io.get_executor(), *b);
   local_executor exec(io.get_executor(), {.threads = 1});
   exec.handle("echo", [](task_context& ctx) -> asio::awaitable<json> { co_return ctx.payload(); });
   worker w(c, exec,

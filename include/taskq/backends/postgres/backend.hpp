@@ -3,13 +3,18 @@
 // Storage: five tables in a schema of the caller's choosing (default "taskq"), created and
 // migrated by open() under a transaction-scoped advisory lock, so several processes starting
 // at once are safe; applied versions are kept in SCHEMA.migrations (version 2 added
-// schedules and leaders, version 3 tuned the queue table's storage for its churn; an older
-// schema is migrated by the next open()).
+// schedules and leaders, version 3 tuned the queue table's storage for its churn, version 4
+// added a claim's attempt and start to the queue row; an older schema is migrated by the next
+// open(). Processes of the previous version keep working on a migrated schema: they ignore
+// the new columns, and a claim they make is written to the record as before; while both run,
+// a task claimed by this version shows to them as pending until its next write.)
 //   tasks          one row per task record (filterable columns + the record as json, in the
 //                  stable JSON mapping of task.hpp); every change is a compare-and-set on a
 //                  row version, so the status rules of detail/record_ops.hpp hold across
 //                  processes exactly as in one.
-//   queue          one row per queued task (priority, FIFO sequence, available_at, lease).
+//   queue          one row per queued task (priority, FIFO sequence, available_at, lease;
+//                  the attempt and start time of the claim a fetch made, when that attempt is
+//                  beyond the record's: the record is then read as running it).
 //   paused_queues  the names of paused queues.
 //   schedules      one row per schedule (name, the schedule_record as json in the stable JSON
 //                  mapping of schedule_store.hpp, updated_at); a save locks the row and applies
@@ -54,6 +59,7 @@
 // "authentication failed", "database does not exist", "missing privileges", "connection lost".
 #pragma once
 
+#include <taskq/backend.hpp>
 #include <taskq/clock.hpp>
 #include <taskq/leader.hpp>
 #include <taskq/queue.hpp>
@@ -116,8 +122,20 @@ struct backend_stats {
   std::uint64_t errors = 0;            ///< errors noted (failed statements, lost connections)
 };
 
-/// A Queue and a Store over one PostgreSQL database. Thread-safe.
-class backend {
+/// A Queue and a Store over one PostgreSQL database, and the engine's fused operations over
+/// both (taskq::backend: `client c(ex, *pg)`). Thread-safe.
+///
+/// Its fetch leases and claims a batch in one statement: the claim of a pending task is
+/// recorded in its queue row (the attempt and its start), not by rewriting the task's record,
+/// so a task costs the server one write fewer. Reads (get, list, counts, and the writes that
+/// load a record first) show such a task as the claim left it: running that attempt. The record
+/// itself catches up at the task's next write (its outcome, a heartbeat, a cancel request).
+/// A fetch with `admit` (the caller's concurrency limits) goes through the Queue and Store
+/// operations, and a waiting fetch that finds nothing ready waits through them (notifications,
+/// the clock, the poll), as clients built from queue() and store() do; both ways work side by
+/// side, in one process or across processes. Enqueue and complete are the composition's (one
+/// statement each per batch already: the store feeds the queue).
+class backend final : public taskq::backend {
  public:
   /// Connects (blocking, on the calling thread), creates or migrates the schema, and starts
   /// listening for notifications on `ex`. On failure returns null and sets `ec`
@@ -128,7 +146,7 @@ class backend {
   /// Throwing form: throws taskq::error with the detail.
   static std::unique_ptr<backend> open(asio::any_io_executor ex, backend_options opts);
 
-  ~backend();
+  ~backend() override;
   backend(const backend&) = delete;
   backend& operator=(const backend&) = delete;
 
@@ -136,6 +154,8 @@ class backend {
   /// also queues it and finishing a record removes its entry, each in one statement.
   taskq::queue& queue() noexcept;
   taskq::store& store() noexcept;
+  taskq::queue& get_queue() noexcept override { return queue(); }
+  taskq::store& get_store() noexcept override { return store(); }
 
   /// Schedule storage for scheduler_options::store: definitions and progress survive restarts
   /// and are shared by every process on this schema. A stored row that cannot be decoded
@@ -165,6 +185,12 @@ class backend {
   void close() noexcept;
 
   struct state;
+
+ protected:
+  void do_enqueue(enqueue_params p, handler<void(error_code)> h) override;
+  void do_fetch(fetch_params p, handler<void(error_code, fetch_result)> h) override;
+  void do_complete(complete_params p,
+                   handler<void(error_code, std::vector<update_result>)> h) override;
 
  private:
   explicit backend(std::shared_ptr<state> s) noexcept;
