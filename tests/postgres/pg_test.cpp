@@ -513,6 +513,46 @@ TEST_CASE(
   CHECK(done.attempt == 2);
 }
 
+TEST_CASE("postgres: a task fetched by the fused path and lost is rescued through queue and store",
+          "[postgres][fetch]") {
+  // Processes that use queue() and store() (and taskq processes from before schema version 4
+  // reserve the same way) share the schema with fused fetchers: they see the claim too.
+  pg_fixture f;
+  auto a = make_record({.type = "t", .max_attempts = 3}, f.clk.now());
+  auto [ie] = f.call<>([&](auto cb) { f.b->store().async_insert({a}, cb); });
+  REQUIRE_FALSE(ie);
+  auto [fe, fetched] =
+      f.call<fetch_result>([&](auto cb) { f.b->async_fetch({.max = 1, .lease_for = 30s}, cb); });
+  REQUIRE(fetched.claimed.size() == 1);
+  f.clk.advance(31s);  // its process died
+  asio::io_context io2;
+  auto other = postgres::backend::open(
+      io2.get_executor(), {.conninfo = pg_conninfo(), .schema = f.schema, .time = &f.clk});
+  auto [re, leases] = call<std::vector<lease>>(
+      io2, [&](auto cb) { other->queue().async_reserve({.max = 1, .lease_for = 30s}, cb); });
+  REQUIRE(leases.size() == 1);
+  auto [ce, claimed] = call<claim_result>(io2, [&](auto cb) {
+    other->store().async_claim({{a.id}, f.clk.now()}, cb);
+  });
+  REQUIRE_FALSE(ce);
+  REQUIRE(claimed.claimed.size() == 1);
+  CHECK(claimed.claimed[0].attempt == 2);
+  CHECK_THAT(claimed.claimed[0].log.back().message, Catch::Contains("attempt 1; rescued"));
+  // The first process's late outcome for attempt 1 is refused.
+  auto [ue, results] = f.call<std::vector<update_result>>([&](auto cb) {
+    f.b->async_complete({.completions = {{.held = fetched.claimed[0].held,
+                                          .update = {.id = a.id,
+                                                     .expected = task_status::running,
+                                                     .expected_attempt = 1,
+                                                     .to = task_status::succeeded,
+                                                     .now = f.clk.now()}}}},
+                        cb);
+  });
+  REQUIRE_FALSE(ue);
+  CHECK(results[0].error == errc::status_conflict);
+  other.reset();
+}
+
 TEST_CASE("postgres: a waiting reserve wakes on a transactional enqueue's commit (NOTIFY)",
           "[postgres]") {
   pg_fixture f;
