@@ -259,7 +259,7 @@ TEST_CASE("the direct record writer gives exactly dump()'s text", "[task][json]"
     r.id = str();
     r.payload = rng() % 2 ? json(str()) : json::object({{str(), static_cast<int>(rng())}});
     r.metadata = rng() % 3 ? json() : json(static_cast<double>(rng()) / 7.0);
-    r.priority = static_cast<int>(rng()) - (1 << 30);
+    r.priority = static_cast<int>(rng() % 2000001) - 1000000;
     r.max_attempts = static_cast<int>(rng() % 10);
     r.retry.multiplier = static_cast<double>(rng() % 1000) / 100.0;
     r.retry.jitter = static_cast<double>(rng() % 100) / 100.0;
