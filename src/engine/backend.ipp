@@ -77,7 +77,11 @@ fetch_result detail::pair_claimed(std::vector<lease>& kept, claim_result&& r,
   for (auto& rec : r.claimed) {
     auto* l = lease_of(rec.id);
     if (!l) continue;  // not asked for: a store's bug, ignore
-    out.claimed.emplace_back(std::move(*l), std::move(rec));  // in place: no temporary record
+    // Built in place (no temporary record to move and destroy; clang 14 lacks parenthesized
+    // aggregate initialisation, so the members are assigned).
+    auto& f = out.claimed.emplace_back();
+    f.held = std::move(*l);
+    f.record = std::move(rec);
   }
   out.dropped = std::move(r.dropped);
   out.skipped = std::move(r.skipped);
