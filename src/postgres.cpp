@@ -844,6 +844,11 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
   // against the stored version, and a record the hint would refuse is loaded first.
   std::unordered_map<std::string, std::pair<std::int64_t, task_record>> written;
   static constexpr std::size_t written_cap = 8192;
+  /// Keeps (version, record) as the hint for `id`'s next update. `mutex` held.
+  void remember_written(const std::string& id, std::int64_t version, const task_record& r) {
+    if (written.size() > written_cap) written.clear();
+    written.insert_or_assign(id, std::make_pair(version, r));
+  }
 
   std::unique_ptr<taskq::queue> q;
   std::unique_ptr<taskq::store> s;
@@ -1155,13 +1160,12 @@ awaitable<reply> rmw(std::shared_ptr<state> st, std::vector<std::string> ids, Ap
       std::unordered_set<std::string> written;
       for (int i = 0; i < w.res.rows(); ++i) written.insert(w.res.get(i, 0));
       std::lock_guard lock(st->mutex);
-      if (st->written.size() > state::written_cap) st->written.clear();
       for (auto& id : changed) {
         auto& row = rows.find(id)->second;
         if (!written.count(id))
           again.push_back(id);
         else if (row.second.status == task_status::running)
-          st->written.insert_or_assign(id, std::make_pair(row.first + 1, row.second));
+          st->remember_written(id, row.first + 1, row.second);
       }
     }
     ids = std::move(again);
@@ -2220,6 +2224,7 @@ awaitable<std::tuple<error_code, fetch_result>> fused_fetch(std::shared_ptr<stat
     return pa != pb ? pa > pb : r.res.i64(a, 6) < r.res.i64(b, 6);
   });
   std::vector<lease> slow, finished;
+  std::vector<std::int64_t> versions;  // of the records claimed by the statement, in order
   claim_params slow_claim{.ids = {}, .now = now};
   for (int i : rows) {
     lease l{r.res.get(i, 0),
@@ -2237,16 +2242,18 @@ awaitable<std::tuple<error_code, fetch_result>> fused_fetch(std::shared_ptr<stat
     if (*r.res.get(i, 7) == 't') rec = parse_record(r.res.get(i, 9));
     // The statement claimed it in the queue row: the record as that claim leaves it.
     if (rec && detail::apply_claim(*rec, now) == detail::claim_outcome::claimed) {
-      {
-        std::lock_guard lock(st->mutex);
-        if (st->written.size() > state::written_cap) st->written.clear();
-        st->written.insert_or_assign(rec->id, std::make_pair(r.res.i64(i, 8), *rec));
-      }
+      versions.push_back(r.res.i64(i, 8));
       fetched.claimed.push_back({std::move(l), std::move(*rec)});
     } else {
       slow_claim.ids.push_back(l.id);
       slow.push_back(std::move(l));
     }
+  }
+  {
+    // Their outcomes' writes start from what the statement left (no load).
+    std::lock_guard lock(st->mutex);
+    for (std::size_t k = 0; k < versions.size(); ++k)
+      st->remember_written(fetched.claimed[k].record.id, versions[k], fetched.claimed[k].record);
   }
   if (!slow.empty()) {
     auto [cec, claimed] = co_await st->s->async_claim(std::move(slow_claim), use_tuple);
