@@ -468,6 +468,16 @@ TEMPLATE_TEST_CASE("store: claim moves pending to running; rescues or drops lost
   auto c3 = f.claim({"c"});
   CHECK(c3.skipped == std::vector<std::string>{"c"});
   CHECK(c3.claimed.empty());
+  // A cancel requested while its worker was lost wins over the rescue, and the record says so.
+  REQUIRE_FALSE(f.insert({f.rec("d")}));
+  REQUIRE(f.claim({"d"}).claimed.size() == 1);
+  auto [dec, dr] = f.template call<task_record>(
+      [&](auto cb) { f.s.async_request_cancel("d", f.clk.now(), cb); });
+  REQUIRE_FALSE(dec);
+  CHECK(dr.status == task_status::running);
+  auto c4 = f.claim({"d"});
+  CHECK(c4.skipped == std::vector<std::string>{"d"});
+  CHECK(f.get("d").status == task_status::cancelled);
 }
 
 TEMPLATE_TEST_CASE("store: cancel, heartbeat and run log", "[conformance][store]", BACKENDS) {

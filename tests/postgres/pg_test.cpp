@@ -513,6 +513,42 @@ TEST_CASE(
   CHECK(done.attempt == 2);
 }
 
+TEST_CASE(
+    "postgres: the fused fetch reads a cancel request at the record's top level, and records "
+    "laid out by another writer take the exact path",
+    "[postgres][fetch]") {
+  pg_fixture f;
+  auto& s = f.b->store();
+  // The payload holds the same key, the other way: only the record's own counts.
+  auto asked =
+      make_record({.type = "t", .payload = json{{"cancel_requested", false}}}, f.clk.now());
+  auto other = make_record({.type = "t", .payload = json{{"cancel_requested", true}}}, f.clk.now());
+  auto [ie] = f.call<>([&](auto cb) { s.async_insert({asked, other}, cb); });
+  REQUIRE_FALSE(ie);
+  const std::string tasks = "\"" + f.schema + "\".tasks";
+  // A retry's cancel request (the first occurrence: the record's own key).
+  pg_exec("UPDATE " + tasks +
+          " SET record = regexp_replace(record::text, '\"cancel_requested\":false', "
+          "'\"cancel_requested\":true')::json WHERE id = '" +
+          asked.id + "'");
+  // Written by another program: jsonb's layout (spaces, keys by length).
+  pg_exec("UPDATE " + tasks + " SET record = record::jsonb::json WHERE id = '" + other.id + "'");
+  auto [ec, r] =
+      f.call<fetch_result>([&](auto cb) { f.b->async_fetch({.max = 10, .lease_for = 30s}, cb); });
+  REQUIRE_FALSE(ec);
+  REQUIRE(r.claimed.size() == 1);
+  CHECK(r.claimed[0].record.id == other.id);
+  CHECK(r.claimed[0].record.attempt == 1);
+  CHECK(r.claimed[0].record.payload == json{{"cancel_requested", true}});
+  CHECK(pg_exec("SELECT status || ' ' || attempt FROM " + tasks + " WHERE id = '" + other.id +
+                "'") == "1 1");  // claimed through the record
+  auto [ge, got] = f.call<task_record>([&](auto cb) { s.async_get(asked.id, cb); });
+  REQUIRE_FALSE(ge);
+  CHECK(got.status == task_status::cancelled);
+  CHECK(got.attempt == 0);
+  CHECK(pg_exec("SELECT count(*) FROM \"" + f.schema + "\".queue") == "1");
+}
+
 TEST_CASE("postgres: a task fetched by the fused path and lost is rescued through queue and store",
           "[postgres][fetch]") {
   // Processes that use queue() and store() (and taskq processes from before schema version 4

@@ -30,6 +30,13 @@ void append_record_json(std::string& out, const task_record& r);
 /// The same for a record's labels (`json(labels).dump()`).
 void append_labels_json(std::string& out, const label_map& labels);
 
+/// Reads a stored record's JSON text in the layout append_record_json writes, without building
+/// a json tree for anything but payload, metadata, progress and result. True: `out` is what
+/// record_from_json of the parsed text gives. False (`out` unspecified): the text is laid out
+/// otherwise, or is malformed or invalid, and the caller takes the general path
+/// (parse_json_text, record_from_json), which decides it and names what is wrong.
+bool read_record_text(std::string_view text, task_record& out);
+
 /// Whether a record holds its unique key (see task_spec::unique_for).
 inline bool holds_unique_key(const task_record& r) noexcept {
   return !r.unique_key.empty() && (r.unique_for == unique_scope::any || !is_terminal(r.status));
