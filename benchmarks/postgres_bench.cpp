@@ -83,7 +83,7 @@ int run_worker(const std::string& conninfo, const std::string& schema) {
   exec.handle("latency", [](task_context& ctx) -> asio::awaitable<json> {
     co_return json(now_us() - ctx.payload().get<std::int64_t>());
   });
-  worker w(c, exec, {.max_in_flight = 256, .reserve_batch = 256});
+  worker w(c, exec, {.max_in_flight = 512, .reserve_batch = 256});
   asio::signal_set signals(io, SIGTERM);
   signals.async_wait([&](error_code, int) { w.stop(std::chrono::seconds(5)); });
   w.async_run([&](error_code) {

@@ -515,19 +515,19 @@ std::string with_schema(const std::string& text, const std::string& quoted) {
 
 /// Appends one element to a PostgreSQL array literal: quoted, with backslash escapes.
 void array_element(std::string& out, std::string_view v) {
-  out += out.size() > 1 ? ",\"" : "\"";
-  // Runs without a quote or backslash are copied whole (a record's JSON has a few dozen).
-  const char* run = v.data();
-  const char* const end = run + v.size();
-  for (const char* p = run; p != end; ++p) {
-    if (*p == '"' || *p == '\\') {
-      out.append(run, p);
-      out += '\\';
-      run = p;
-    }
+  // Written in place into room for the worst case (every byte escaped), then trimmed: a
+  // record's JSON has a few dozen quotes, and an append per run cost more than the copy.
+  const std::size_t at = out.size();
+  out.resize(at + 2 * v.size() + 3);
+  char* w = out.data() + at;
+  if (at > 1) *w++ = ',';
+  *w++ = '"';
+  for (char c : v) {
+    if (c == '"' || c == '\\') *w++ = '\\';
+    *w++ = c;
   }
-  out.append(run, end);
-  out += '"';
+  *w++ = '"';
+  out.resize(static_cast<std::size_t>(w - out.data()));
 }
 
 /// Record rows as one array literal per column, for `unnest($1::text[], ...)`: the server
@@ -2259,21 +2259,27 @@ awaitable<std::tuple<error_code, fetch_result>> fused_fetch(std::shared_ptr<stat
     co_return out;
   }
   // In queue order: priority first, then FIFO (the statement returns them in no order).
-  std::vector<int> rows(static_cast<std::size_t>(r.res.rows()));
-  for (int i = 0; i < r.res.rows(); ++i) rows[static_cast<std::size_t>(i)] = i;
-  std::sort(rows.begin(), rows.end(), [&](int a, int b) {
-    auto pa = r.res.i64(a, 4), pb = r.res.i64(b, 4);
-    return pa != pb ? pa > pb : r.res.i64(a, 6) < r.res.i64(b, 6);
+  // The keys are parsed once, not in every comparison.
+  struct order {
+    std::int64_t priority, seq;
+    int row;
+  };
+  std::vector<order> rows;
+  rows.reserve(static_cast<std::size_t>(r.res.rows()));
+  for (int i = 0; i < r.res.rows(); ++i) rows.push_back({r.res.i64(i, 4), r.res.i64(i, 6), i});
+  std::sort(rows.begin(), rows.end(), [](const order& a, const order& b) {
+    return a.priority != b.priority ? a.priority > b.priority : a.seq < b.seq;
   });
   std::vector<lease> slow, finished;
   std::vector<std::int64_t> versions;  // of the records claimed by the statement, in order
   claim_params slow_claim{.ids = {}, .now = now};
-  for (int i : rows) {
+  for (const auto& o : rows) {
+    const int i = o.row;
     lease l{r.res.get(i, 0),
             r.res.get(i, 1),
             r.res.get(i, 2),
             r.res.get(i, 3),
-            static_cast<int>(r.res.i64(i, 4)),
+            static_cast<int>(o.priority),
             until,
             static_cast<std::uint64_t>(r.res.i64(i, 5))};
     if (r.res.null(i, 9)) {  // its record is gone: nothing to run

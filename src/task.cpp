@@ -537,12 +537,18 @@ void append_double(std::string& out, double d) {
   out += text;
 }
 
-/// `,"key":` (no comma before the first member).
-void append_key(std::string& out, std::string_view key, bool first = false) {
-  if (!first) out += ',';
-  out += '"';
-  out.append(key);
-  out += "\":";
+/// `,"key":` (no comma before the first member), in one append.
+template <std::size_t N>
+void append_key(std::string& out, const char (&key)[N], bool first = false) {
+  std::array<char, N + 3> buf;
+  std::size_t n = 0;
+  if (!first) buf[n++] = ',';
+  buf[n++] = '"';
+  std::memcpy(buf.data() + n, key, N - 1);
+  n += N - 1;
+  buf[n++] = '"';
+  buf[n++] = ':';
+  out.append(buf.data(), n);
 }
 
 }  // namespace
@@ -563,7 +569,7 @@ void detail::append_labels_json(std::string& out, const label_map& labels) {
 void detail::append_record_json(std::string& out, const task_record& r) {
   // The members in the order of nlohmann's object (std::map: sorted by key), as to_json
   // writes them.
-  auto opt_time = [&](std::string_view key, const std::optional<time_point>& t) {
+  auto opt_time = [&](const auto& key, const std::optional<time_point>& t) {
     if (!t) return;
     append_key(out, key);
     append_int(out, to_us(*t));

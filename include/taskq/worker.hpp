@@ -22,8 +22,10 @@ struct concurrency_limits {
 
 struct worker_options {
   std::vector<std::string> queues{"default"};  ///< queues served, in any order
-  std::size_t max_in_flight = 64;              ///< runs at once, across all types
-  std::size_t reserve_batch = 64;              ///< tasks reserved per queue round trip
+  /// Runs at once, across all types; as many more finished runs may be waiting for their
+  /// outcomes to be recorded (their leases held until then).
+  std::size_t max_in_flight = 64;
+  std::size_t reserve_batch = 64;  ///< tasks reserved per queue round trip
   /// Lease length; renewed every lease/3 while a task runs, so a stalled or dead worker's
   /// tasks return to the queue after about this long.
   duration lease = std::chrono::seconds(30);

@@ -81,7 +81,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
       if (filters != reserved_with) reserve_cancel.emit(asio::cancellation_type::terminal);
       return;
     }
-    const auto n = admission.refill(slots.size(), filters);
+    const auto n = admission.refill(slots.size() - updates_in_flight, updates_in_flight, filters);
     if (n == 0) return;
     fetch_params p;
     p.queues = filters.queues;
@@ -345,6 +345,8 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
                       error_code ec, std::vector<update_result> results) mutable {
           self->on_recorded(recorded, ec, std::move(results), std::move(outcomes));
         }));
+    // Their runs are over: the next batch is fetched while these outcomes are recorded.
+    pump();
   }
 
   // `recorded` are slots whose run finished: they stay in `slots` until this erases them. The

@@ -252,20 +252,25 @@ TEST_CASE("worker admission: refills in batches of at least a quarter", "[worker
   o.reserve_batch = 32;
   detail::worker_admission a(o);
   auto f = a.filters();
-  CHECK(a.refill(0, f) == 32);   // idle: a full batch
-  CHECK(a.refill(40, f) == 24);  // room for 24, above the refill mark (32 / 4 = 8)
-  CHECK(a.refill(56, f) == 8);   // exactly the mark
-  CHECK(a.refill(57, f) == 0);   // 7 free: wait for more to finish
-  CHECK(a.refill(64, f) == 0);   // full
+  CHECK(a.refill(0, 0, f) == 32);   // idle: a full batch
+  CHECK(a.refill(40, 0, f) == 24);  // room for 24, above the refill mark (32 / 4 = 8)
+  CHECK(a.refill(56, 0, f) == 8);   // exactly the mark
+  CHECK(a.refill(57, 0, f) == 0);   // 7 free: wait for more to finish
+  CHECK(a.refill(64, 0, f) == 0);   // full
   CHECK_FALSE(a.has_room(64));
   CHECK(a.has_room(63));
+  // Finished runs whose outcomes are being recorded do not hold back the next batch...
+  CHECK(a.refill(0, 32, f) == 32);
+  CHECK(a.refill(40, 63, f) == 24);
+  // ...until as many outcomes as runs allowed wait on the backend.
+  CHECK(a.refill(0, 64, f) == 0);
   // Nothing to reserve from when every served queue is at its limit.
-  CHECK(a.refill(0, detail::reserve_filters{}) == 0);
+  CHECK(a.refill(0, 0, detail::reserve_filters{}) == 0);
   // A batch smaller than four still refills one at a time.
   o.max_in_flight = 2;
   o.reserve_batch = 2;
   detail::worker_admission small(o);
-  CHECK(small.refill(1, small.filters()) == 1);
+  CHECK(small.refill(1, 0, small.filters()) == 1);
 }
 
 TEST_CASE("worker drain: a stop cancels the waits and arms the deadline only while work runs",

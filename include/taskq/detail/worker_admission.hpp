@@ -57,11 +57,15 @@ class worker_admission {
     return f;
   }
 
-  /// How many tasks to reserve with `held` slots taken and filters `f` (0: do not reserve).
-  /// Refills in batches: while work runs, it waits until a quarter of a batch is free, so a
-  /// busy worker makes one reserve round trip per many tasks instead of one per task.
-  std::size_t refill(std::size_t held, const reserve_filters& f) const {
-    if (held >= max_in_flight_ || f.queues.empty()) return 0;
+  /// How many tasks to reserve with `held` tasks running and `recording` more whose outcomes
+  /// are on their way to the backend, under filters `f` (0: do not reserve). Refills in
+  /// batches: while work runs, it waits until a quarter of a batch is free, so a busy worker
+  /// makes one reserve round trip per many tasks instead of one per task. A task being
+  /// recorded no longer runs, so the next batch's fetch overlaps the outcomes' round trip
+  /// rather than waiting for it; but once max_in_flight outcomes wait on the backend (a slow
+  /// one), nothing more is reserved until some are recorded.
+  std::size_t refill(std::size_t held, std::size_t recording, const reserve_filters& f) const {
+    if (held >= max_in_flight_ || recording >= max_in_flight_ || f.queues.empty()) return 0;
     const auto free_slots = max_in_flight_ - held;
     const auto refill_at = std::max<std::size_t>(1, std::min(reserve_batch_, max_in_flight_) / 4);
     if (held != 0 && free_slots < refill_at) return 0;
