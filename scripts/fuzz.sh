@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets with clang in build-fuzz/ and runs each for a bounded time on a
 # generated seed corpus: the journal reader (valid journals and snapshots as seeds), the
-# file store's record-body replay (valid body sequences as seeds) and the JSON depth guard.
+# file store's record-body replay (valid body sequences as seeds), the JSON depth guard and
+# the direct record reader (stored records as seeds).
 #   scripts/fuzz.sh [SECONDS]     default 60, per target
 # Crash reproducers, if any, are written to build-fuzz/fuzz-artifacts/.
 set -euo pipefail
@@ -15,7 +16,8 @@ CC=clang CXX=clang++ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Re
   -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
   -DTASKQ_BUILD_FUZZERS=ON -DTASKQ_BUILD_TESTS=OFF -DTASKQ_BUILD_EXAMPLES=OFF \
   -DTASKQ_BUILD_BENCHMARKS=OFF -DTASKQ_BUILD_TOOL=OFF -DTASKQ_WITH_POSTGRES=OFF >/dev/null
-cmake --build "$build" --target taskq_journal_fuzz taskq_store_fuzz taskq_json_depth_fuzz --parallel 2
+cmake --build "$build" --target taskq_journal_fuzz taskq_store_fuzz taskq_json_depth_fuzz \
+  taskq_record_text_fuzz --parallel 2
 
 corpus=$build/journal-corpus
 artifacts=$build/fuzz-artifacts
@@ -144,3 +146,35 @@ PY
 
 "$build/tests/fuzz/taskq_json_depth_fuzz" -max_total_time="$seconds" -max_len=4096 \
   -print_final_stats=1 -artifact_prefix="$artifacts/json-" "$json_corpus"
+
+# Seeds for the direct record reader: records as taskq stores them, in another layout, and
+# with escapes, non-ASCII strings and a deep payload.
+record_corpus=$build/record-corpus
+mkdir -p "$record_corpus"
+python3 - "$record_corpus" <<'PY'
+import sys, os, json
+rec = {"attempt": 1, "available_at": 1796181858394180, "cancel_requested": False,
+       "concurrency_key": "", "created_at": 1796181858394180, "finished_at": 1796181871974016,
+       "heartbeat_at": 1796181871828931, "id": "01a234c8-185a-71ee-88a2-af087acbaece",
+       "labels": {"user": "7"}, "last_error": "", "log": [{"at": 1, "message": "retry"}],
+       "max_attempts": 25, "metadata": None, "payload": {"to": "a@b", "n": [1, 2.5]},
+       "priority": 0, "progress": None, "queue": "default", "result": None,
+       "retry": {"initial_delay": 1000000, "jitter": 0.2, "max_delay": 3600000000,
+                 "multiplier": 2.0},
+       "started_at": 1796181871828931, "status": "succeeded", "timeout": 0, "type": "noop",
+       "unique_for": "active", "unique_key": "", "updated_at": 1796181871974016, "v": 1}
+compact = json.dumps(rec, separators=(",", ":"), sort_keys=True)
+seeds = {
+    "stored": compact,
+    "spaced": json.dumps(rec, indent=1),
+    "escapes": compact.replace('"last_error":""', '"last_error":"a \\"b\\" \\n \\u0001"'),
+    "unicode": compact.replace('"type":"noop"', '"type":"n\\u00e9"'),
+    "deep": compact.replace('"result":null', '"result":' + "[" * 600 + "]" * 600),
+}
+for name, data in seeds.items():
+    with open(os.path.join(sys.argv[1], name), "w") as f:
+        f.write(data)
+PY
+
+"$build/tests/fuzz/taskq_record_text_fuzz" -max_total_time="$seconds" -max_len=4096 \
+  -print_final_stats=1 -artifact_prefix="$artifacts/record-" "$record_corpus"

@@ -10,6 +10,7 @@
 #include <limits>
 #include <optional>
 #include <string>
+#include <type_traits>
 
 namespace taskq::detail {
 
@@ -47,6 +48,20 @@ struct json_reader {
   void get(const char* key, T& out, bool required = true) {
     const json* f = field(key, required);
     if (!f) return;
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+      // nlohmann converts a double to an integer with a plain cast: undefined beyond the
+      // type's range (a stored 1e21, an integer too long for 64 bits). A bad field instead.
+      if (f->is_number_float()) {
+        const double d = f->get<double>();
+        constexpr double lo = static_cast<double>(std::numeric_limits<T>::min());
+        // One past the largest value: a power of two, exact as a double.
+        constexpr double hi = static_cast<double>(std::numeric_limits<T>::max() / 2 + 1) * 2.0;
+        if (!(d >= lo && d < hi)) {
+          if (bad.empty()) bad = key;
+          return;
+        }
+      }
+    }
     try {
       f->get_to(out);
     } catch (const json::exception&) {

@@ -8,6 +8,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <random>
 #include <set>
 
@@ -433,6 +434,22 @@ TEST_CASE("decoding a bad record names the field", "[task][json]") {
   bad["v"] = 99;
   CHECK_FALSE(record_from_json(bad, ec, detail));
   CHECK(ec == errc::unsupported_format_version);
+
+  // A number beyond the field's type (found by the record-text fuzzer: the conversion was
+  // undefined behaviour); within range, a double still converts.
+  for (const char* field : {"available_at", "priority", "attempt"}) {
+    bad = j;
+    bad[field] = 1.8e21;
+    CHECK_FALSE(record_from_json(bad, ec, detail));
+    CHECK_THAT(detail, Catch::Contains(std::string("'") + field + "'"));
+    bad[field] = std::nan("");
+    CHECK_FALSE(record_from_json(bad, ec, detail));
+  }
+  bad = j;
+  bad["priority"] = 3.0;
+  auto three = record_from_json(bad, ec, detail);
+  REQUIRE(three);
+  CHECK(three->priority == 3);
 
   CHECK_FALSE(record_from_json(json::array(), ec, detail));
   CHECK(ec == errc::invalid_record);
