@@ -227,12 +227,18 @@ awaitable<reply> collect(connection& c);
 /// the statement is parsed and planned once per connection (PQsendPrepare on first use), then
 /// run by name: the hot statements are long CTEs whose parse and plan cost as much as a small
 /// batch's execution.
-awaitable<reply> exec(connection& c, const std::string& sql, const params& ps,
-                      bool prepare = false) {
+awaitable<reply> exec(connection& c, const std::string& sql, const params& ps, bool prepare = false,
+                      const std::vector<int>* formats = nullptr) {
   std::vector<const char*> values;
   values.reserve(ps.size());
   for (const auto& p : ps) values.push_back(p ? p->c_str() : nullptr);
   const int n = static_cast<int>(values.size());
+  // Binary parameters carry their lengths (they may hold NUL bytes); text ones end at NUL.
+  std::vector<int> lengths;
+  if (formats)
+    for (const auto& p : ps) lengths.push_back(p ? static_cast<int>(p->size()) : 0);
+  const int* lens = formats ? lengths.data() : nullptr;
+  const int* fmts = formats ? formats->data() : nullptr;
   const std::string* name = nullptr;
   if (prepare) {
     auto it = c.prepared.find(sql);
@@ -250,8 +256,8 @@ awaitable<reply> exec(connection& c, const std::string& sql, const params& ps,
     name = &it->second;
   }
   const int sent =
-      name ? PQsendQueryPrepared(c.pg, name->c_str(), n, values.data(), nullptr, nullptr, 0)
-           : PQsendQueryParams(c.pg, sql.c_str(), n, nullptr, values.data(), nullptr, nullptr, 0);
+      name ? PQsendQueryPrepared(c.pg, name->c_str(), n, values.data(), lens, fmts, 0)
+           : PQsendQueryParams(c.pg, sql.c_str(), n, nullptr, values.data(), lens, fmts, 0);
   if (!sent) {
     auto out = c.lost("send");
     out.unsent = true;  // refused by libpq: nothing of it reached the server
@@ -530,13 +536,106 @@ void array_element(std::string& out, std::string_view v) {
   out.resize(static_cast<std::size_t>(w - out.data()));
 }
 
+/// A one-dimensional array parameter in PostgreSQL's binary format (what array_recv reads):
+/// a header, then each element as a big-endian 4-byte length (-1: NULL) and its bytes. No
+/// quoting or escaping on either side: a record's JSON goes as it is.
+class binary_array {
+ public:
+  // Element types (pg_type OIDs, fixed since PostgreSQL 7).
+  static constexpr std::uint32_t bool_oid = 16, int8_oid = 20, int2_oid = 21, int4_oid = 23,
+                                 text_oid = 25, json_oid = 114;
+
+  explicit binary_array(std::uint32_t element) : element_(element) {}
+
+  void bytes(std::string_view v) {
+    be(static_cast<std::uint32_t>(v.size()), 4);
+    body_.append(v);
+    ++size_;
+  }
+  /// An integer of the element's width (2, 4 or 8 bytes).
+  void integer(std::int64_t v, int width) {
+    be(static_cast<std::uint32_t>(width), 4);
+    be(static_cast<std::uint64_t>(v), width);
+    ++size_;
+  }
+  void boolean(bool v) {
+    be(1, 4);
+    body_ += v ? '\1' : '\0';
+    ++size_;
+  }
+  void null() {
+    be(0xffffffffu, 4);
+    nulls_ = true;
+    ++size_;
+  }
+  std::string finish() const {
+    std::string out;
+    out.reserve(20 + body_.size());
+    auto put = [&](std::uint32_t v) {
+      for (int shift = 24; shift >= 0; shift -= 8) out += static_cast<char>((v >> shift) & 0xff);
+    };
+    put(size_ ? 1 : 0);  // dimensions
+    put(nulls_ ? 1 : 0);
+    put(element_);
+    if (size_) {
+      put(static_cast<std::uint32_t>(size_));
+      put(1);  // lower bound
+    }
+    out += body_;
+    return out;
+  }
+
+ private:
+  void be(std::uint64_t v, int width) {
+    for (int shift = 8 * (width - 1); shift >= 0; shift -= 8)
+      body_ += static_cast<char>((v >> shift) & 0xff);
+  }
+
+  std::uint32_t element_;
+  std::size_t size_ = 0;
+  bool nulls_ = false;
+  std::string body_;
+};
+
+/// What write_back sets, one binary array per column ($1..$8: id, expected version, status,
+/// attempt, unique_any, finished_at, record, created_at).
+struct write_rows {
+  binary_array id{binary_array::text_oid}, version{binary_array::int8_oid},
+      status{binary_array::int2_oid}, attempt{binary_array::int4_oid}, ua{binary_array::bool_oid},
+      fa{binary_array::int8_oid}, record{binary_array::json_oid}, ca{binary_array::int8_oid};
+  std::string scratch;  // one record's JSON text, reused
+
+  void add(const task_record& r, std::int64_t v) {
+    id.bytes(r.id);
+    version.integer(v, 8);
+    status.integer(static_cast<int>(r.status), 2);
+    attempt.integer(r.attempt, 4);
+    ua.boolean(r.unique_for == unique_scope::any);
+    if (r.finished_at)
+      fa.integer(to_us(*r.finished_at), 8);
+    else
+      fa.null();
+    scratch.clear();
+    detail::append_record_json(scratch, r);
+    record.bytes(scratch);
+    ca.integer(to_us(r.created_at), 8);
+  }
+  params values() const {
+    return {id.finish(), version.finish(), status.finish(), attempt.finish(),
+            ua.finish(), fa.finish(),      record.finish(), ca.finish()};
+  }
+  static const std::vector<int>& formats() {
+    static const std::vector<int> all(8, 1);
+    return all;
+  }
+};
+
 /// Record rows as one array literal per column, for `unnest($1::text[], ...)`: the server
 /// parses arrays far faster than json_to_recordset (which lexes every record's json twice),
 /// and each record's json is only validated.
 struct row_arrays {
-  std::string id = "{", version = "{", type = "{", queue = "{", status = "{", attempt = "{",
-              uk = "{", ua = "{", ca = "{", fa = "{", labels = "{", record = "{", key = "{",
-              priority = "{", at = "{";
+  std::string id = "{", type = "{", queue = "{", status = "{", attempt = "{", uk = "{", ua = "{",
+              ca = "{", fa = "{", labels = "{", record = "{", key = "{", priority = "{", at = "{";
   std::size_t size = 0;
   std::string scratch;  // one record's JSON text, reused
 
@@ -544,10 +643,9 @@ struct row_arrays {
     if (out.size() > 1) out += ',';
     out += std::to_string(v);
   }
-  void add(const task_record& r, std::int64_t v) {
+  void add(const task_record& r) {
     ++size;
     array_element(id, r.id);
-    number(version, v);
     array_element(type, r.type);
     array_element(queue, r.queue);
     number(status, static_cast<int>(r.status));
@@ -584,11 +682,6 @@ struct row_arrays {
     ps.emplace_back(close(at));
     ps.emplace_back(channel);
     return ps;
-  }
-  /// $1..$8: what write_back sets, with the expected version and created_at.
-  params write_params() const {
-    return {close(id), close(version), close(status), close(attempt),
-            close(ua), close(fa),      close(record), close(ca)};
   }
 };
 
@@ -1154,7 +1247,7 @@ awaitable<reply> rmw(std::shared_ptr<state> st, std::vector<std::string> ids, Ap
       rows.emplace(loaded.res.get(i, 0), std::make_pair(loaded.res.i64(i, 1), std::move(*rec)));
     }
     if (out.ec) break;
-    row_arrays batch;
+    write_rows batch;
     std::vector<std::string> changed;
     std::vector<std::string> again;
     for (const auto& id : ids) {
@@ -1174,14 +1267,15 @@ awaitable<reply> rmw(std::shared_ptr<state> st, std::vector<std::string> ids, Ap
       for (const auto& id : changed) st->written.erase(id);
     }
     reply w;
-    if (!changed.empty()) w = co_await exec(*conn, st->sql.write_back, batch.write_params(), true);
+    if (!changed.empty())
+      w = co_await exec(*conn, st->sql.write_back, batch.values(), true, &write_rows::formats());
     if (w.ec == errc::duplicate_unique_key) {
       for (std::size_t k = 0; k < changed.size(); ++k) {
         auto& row = rows.find(changed[k])->second;
-        row_arrays single;
+        write_rows single;
         single.add(row.second, row.first);
-        params one = single.write_params();
-        reply w1 = co_await exec(*conn, st->sql.write_back, one, true);
+        params one = single.values();
+        reply w1 = co_await exec(*conn, st->sql.write_back, one, true, &write_rows::formats());
         if (w1.ec == errc::duplicate_unique_key) {
           on_unique(changed[k]);
         } else if (w1.ec) {
@@ -1760,7 +1854,7 @@ class pg_store final : public taskq::store {
     row_arrays rows;
     std::unordered_map<std::string, time_point> first;  // per queue: the earliest available_at
     for (const auto& r : rs) {
-      rows.add(r, 0);
+      rows.add(r);
       if (r.status != task_status::pending) continue;
       auto [it, fresh] = first.try_emplace(r.queue, r.available_at);
       if (!fresh) it->second = std::min(it->second, r.available_at);
@@ -2526,7 +2620,7 @@ std::vector<std::string> enqueue(PGconn* conn, const std::string& schema,
   std::vector<std::string> ids;
   for (auto& s : specs) {
     auto r = make_record(std::move(s), now);
-    rows.add(r, 0);
+    rows.add(r);
     ids.push_back(r.id);
   }
   if (ids.empty()) return ids;
