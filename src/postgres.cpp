@@ -519,23 +519,6 @@ std::string with_schema(const std::string& text, const std::string& quoted) {
   return out;
 }
 
-/// Appends one element to a PostgreSQL array literal: quoted, with backslash escapes.
-void array_element(std::string& out, std::string_view v) {
-  // Written in place into room for the worst case (every byte escaped), then trimmed: a
-  // record's JSON has a few dozen quotes, and an append per run cost more than the copy.
-  const std::size_t at = out.size();
-  out.resize(at + 2 * v.size() + 3);
-  char* w = out.data() + at;
-  if (at > 1) *w++ = ',';
-  *w++ = '"';
-  for (char c : v) {
-    if (c == '"' || c == '\\') *w++ = '\\';
-    *w++ = c;
-  }
-  *w++ = '"';
-  out.resize(static_cast<std::size_t>(w - out.data()));
-}
-
 /// A one-dimensional array parameter in PostgreSQL's binary format (what array_recv reads):
 /// a header, then each element as a big-endian 4-byte length (-1: NULL) and its bytes. No
 /// quoting or escaping on either side: a record's JSON goes as it is.
@@ -543,7 +526,7 @@ class binary_array {
  public:
   // Element types (pg_type OIDs, fixed since PostgreSQL 7).
   static constexpr std::uint32_t bool_oid = 16, int8_oid = 20, int2_oid = 21, int4_oid = 23,
-                                 text_oid = 25, json_oid = 114;
+                                 text_oid = 25, json_oid = 114, jsonb_oid = 3802;
 
   explicit binary_array(std::uint32_t element) : element_(element) {}
 
@@ -630,58 +613,67 @@ struct write_rows {
   }
 };
 
-/// Record rows as one array literal per column, for `unnest($1::text[], ...)`: the server
-/// parses arrays far faster than json_to_recordset (which lexes every record's json twice),
+/// Record rows as one binary array per column, for `unnest($1::text[], ...)`: the server
+/// reads arrays far faster than json_to_recordset (which lexes every record's json twice),
 /// and each record's json is only validated.
 struct row_arrays {
-  std::string id = "{", type = "{", queue = "{", status = "{", attempt = "{", uk = "{", ua = "{",
-              ca = "{", fa = "{", labels = "{", record = "{", key = "{", priority = "{", at = "{";
-  std::size_t size = 0;
+  binary_array id{binary_array::text_oid}, type{binary_array::text_oid},
+      queue{binary_array::text_oid}, status{binary_array::int2_oid},
+      attempt{binary_array::int4_oid}, uk{binary_array::text_oid}, ua{binary_array::bool_oid},
+      ca{binary_array::int8_oid}, fa{binary_array::int8_oid}, labels{binary_array::jsonb_oid},
+      record{binary_array::json_oid}, key{binary_array::text_oid}, priority{binary_array::int4_oid},
+      at{binary_array::int8_oid};
   std::string scratch;  // one record's JSON text, reused
 
-  static void number(std::string& out, std::int64_t v) {
-    if (out.size() > 1) out += ',';
-    out += std::to_string(v);
-  }
   void add(const task_record& r) {
-    ++size;
-    array_element(id, r.id);
-    array_element(type, r.type);
-    array_element(queue, r.queue);
-    number(status, static_cast<int>(r.status));
-    number(attempt, r.attempt);
-    array_element(uk, r.unique_key);
-    ua += ua.size() > 1 ? "," : "";
-    ua += r.unique_for == unique_scope::any ? 't' : 'f';
-    number(ca, to_us(r.created_at));
+    id.bytes(r.id);
+    type.bytes(r.type);
+    queue.bytes(r.queue);
+    status.integer(static_cast<int>(r.status), 2);
+    attempt.integer(r.attempt, 4);
+    uk.bytes(r.unique_key);
+    ua.boolean(r.unique_for == unique_scope::any);
+    ca.integer(to_us(r.created_at), 8);
     if (r.finished_at)
-      number(fa, to_us(*r.finished_at));
+      fa.integer(to_us(*r.finished_at), 8);
     else
-      fa += fa.size() > 1 ? ",NULL" : "NULL";
-    scratch.clear();
+      fa.null();
+    scratch.assign(1, '\1');  // jsonb's binary form: a version byte, then the text
     detail::append_labels_json(scratch, r.labels);
-    array_element(labels, scratch);
+    labels.bytes(scratch);
     scratch.clear();
     detail::append_record_json(scratch, r);
-    array_element(record, scratch);
-    array_element(key, r.concurrency_key);
-    number(priority, r.priority);
-    number(at, to_us(r.available_at));
+    record.bytes(scratch);
+    key.bytes(r.concurrency_key);
+    priority.integer(r.priority, 4);
+    at.integer(to_us(r.available_at), 8);
   }
-  static std::string close(const std::string& a) { return a + '}'; }
-  /// $1..$11: the tasks columns (insert_tasks).
+  /// $1..$11: the tasks columns (insert_tasks), binary.
   params insert_params() const {
-    return {close(id), close(type), close(queue), close(status), close(attempt), close(uk),
-            close(ua), close(ca),   close(fa),    close(labels), close(record)};
+    return {id.finish(),      type.finish(),   queue.finish(), status.finish(),
+            attempt.finish(), uk.finish(),     ua.finish(),    ca.finish(),
+            fa.finish(),      labels.finish(), record.finish()};
   }
-  /// $1..$14: the tasks columns and the queue entry's (enqueue); the channel is appended.
+  static const std::vector<int>& insert_formats() {
+    static const std::vector<int> all(11, 1);
+    return all;
+  }
+  /// $1..$14: the tasks columns and the queue entry's (enqueue), binary; $15 the channel.
   params enqueue_params(const std::string& channel) const {
     auto ps = insert_params();
-    ps.emplace_back(close(key));
-    ps.emplace_back(close(priority));
-    ps.emplace_back(close(at));
+    ps.emplace_back(key.finish());
+    ps.emplace_back(priority.finish());
+    ps.emplace_back(at.finish());
     ps.emplace_back(channel);
     return ps;
+  }
+  static const std::vector<int>& enqueue_formats() {
+    static const std::vector<int> all = [] {
+      std::vector<int> f(15, 1);
+      f.back() = 0;
+      return f;
+    }();
+    return all;
   }
 };
 
@@ -852,12 +844,18 @@ struct sync_result {
 
 /// Runs statements on a blocking connection; false (with ec/detail) on failure.
 bool run_sync(PGconn* c, const std::string& sql, error_code& ec, std::string& detail,
-              const params& ps = {}, sync_result* keep = nullptr) {
+              const params& ps = {}, sync_result* keep = nullptr,
+              const std::vector<int>* formats = nullptr) {
   std::vector<const char*> values;
-  for (const auto& p : ps) values.push_back(p ? p->c_str() : nullptr);
+  std::vector<int> lengths;
+  for (const auto& p : ps) {
+    values.push_back(p ? p->c_str() : nullptr);
+    lengths.push_back(p ? static_cast<int>(p->size()) : 0);
+  }
   PGresult* r = ps.empty() ? PQexec(c, sql.c_str())
                            : PQexecParams(c, sql.c_str(), static_cast<int>(values.size()), nullptr,
-                                          values.data(), nullptr, nullptr, 0);
+                                          values.data(), lengths.data(),
+                                          formats ? formats->data() : nullptr, 0);
   auto st = PQresultStatus(r);
   if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
     auto e = error_reply(r, c);
@@ -1098,14 +1096,15 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
   }
 
   /// Runs one statement on a pooled connection.
-  awaitable<reply> query(std::string sql_text, params ps, bool prepare = false) {
+  awaitable<reply> query(std::string sql_text, params ps, bool prepare = false,
+                         const std::vector<int>* formats = nullptr) {
     auto [ec, conn] = co_await acquire();
     if (ec) {
       reply r;
       r.ec = ec;
       co_return r;
     }
-    reply r = co_await exec(*conn, sql_text, ps, prepare);
+    reply r = co_await exec(*conn, sql_text, ps, prepare, formats);
     release(std::move(conn));
     if (r.unsent) {
       // Nothing was sent: run it once more, on a connection acquire() checks or opens.
@@ -1116,7 +1115,7 @@ struct backend::state : std::enable_shared_from_this<backend::state> {
         r.ec = ec2;
         co_return r;
       }
-      r = co_await exec(*conn2, sql_text, ps, prepare);
+      r = co_await exec(*conn2, sql_text, ps, prepare, formats);
       release(std::move(conn2));
     }
     if (r.ec) note_error(r.detail);
@@ -1860,10 +1859,12 @@ class pg_store final : public taskq::store {
       if (!fresh) it->second = std::min(it->second, r.available_at);
     }
     if (first.empty()) {
-      reply r = co_await st->query(st->sql.insert_tasks, rows.insert_params(), true);
+      reply r = co_await st->query(st->sql.insert_tasks, rows.insert_params(), true,
+                                   &row_arrays::insert_formats());
       co_return std::tuple<error_code>{r.ec};
     }
-    reply r = co_await st->query(st->sql.enqueue, rows.enqueue_params(st->channel), true);
+    reply r = co_await st->query(st->sql.enqueue, rows.enqueue_params(st->channel), true,
+                                 &row_arrays::enqueue_formats());
     if (!r.ec)
       for (const auto& [q, at] : first) st->on_pushed(q, at);  // this process's waiters, now
     co_return std::tuple<error_code>{r.ec};
@@ -2631,7 +2632,7 @@ std::vector<std::string> enqueue(PGconn* conn, const std::string& schema,
     if (detail) *detail = why;
     return {};
   }
-  if (!run_sync(conn, sql.enqueue, ec, why, ps)) {
+  if (!run_sync(conn, sql.enqueue, ec, why, ps, nullptr, &row_arrays::enqueue_formats())) {
     if (in_tx) {
       error_code ignored;
       std::string ignored_detail;
