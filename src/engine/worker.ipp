@@ -345,8 +345,9 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
                       error_code ec, std::vector<update_result> results) mutable {
           self->on_recorded(recorded, ec, std::move(results), std::move(outcomes));
         }));
-    // Their runs are over: the next batch is fetched while these outcomes are recorded.
-    pump();
+    // Their runs are over: the next batch is fetched while these outcomes are recorded (a
+    // fetch already parked will hand out work as it comes; its filters are unchanged).
+    if (!reserving) pump();
   }
 
   // `recorded` are slots whose run finished: they stay in `slots` until this erases them. The
