@@ -81,7 +81,9 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
       if (filters != reserved_with) reserve_cancel.emit(asio::cancellation_type::terminal);
       return;
     }
-    const auto n = admission.refill(slots.size() - updates_in_flight, updates_in_flight, filters);
+    // Each outcome in flight is a slot's (it goes when the outcome is recorded).
+    const auto recording = std::min(updates_in_flight, slots.size());
+    const auto n = admission.refill(slots.size() - recording, recording, filters);
     if (n == 0) return;
     fetch_params p;
     p.queues = filters.queues;
