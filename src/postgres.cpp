@@ -580,20 +580,20 @@ class binary_array {
   std::string body_;
 };
 
-/// What write_back sets, one binary array per column ($1..$8: id, expected version, status,
-/// attempt, unique_any, finished_at, record, created_at).
-struct write_rows {
-  binary_array id{binary_array::text_oid}, version{binary_array::int8_oid},
-      status{binary_array::int2_oid}, attempt{binary_array::int4_oid}, ua{binary_array::bool_oid},
-      fa{binary_array::int8_oid}, record{binary_array::json_oid}, ca{binary_array::int8_oid};
+/// The columns every write of a record sets, one binary array each: id, status, attempt,
+/// unique_any, created_at, finished_at and the record's JSON.
+struct record_columns {
+  binary_array id{binary_array::text_oid}, status{binary_array::int2_oid},
+      attempt{binary_array::int4_oid}, ua{binary_array::bool_oid}, ca{binary_array::int8_oid},
+      fa{binary_array::int8_oid}, record{binary_array::json_oid};
   std::string scratch;  // one record's JSON text, reused
 
-  void add(const task_record& r, std::int64_t v) {
+  void add(const task_record& r) {
     id.bytes(r.id);
-    version.integer(v, 8);
     status.integer(static_cast<int>(r.status), 2);
     attempt.integer(r.attempt, 4);
     ua.boolean(r.unique_for == unique_scope::any);
+    ca.integer(to_us(r.created_at), 8);
     if (r.finished_at)
       fa.integer(to_us(*r.finished_at), 8);
     else
@@ -601,11 +601,22 @@ struct write_rows {
     scratch.clear();
     detail::append_record_json(scratch, r);
     record.bytes(scratch);
-    ca.integer(to_us(r.created_at), 8);
+  }
+};
+
+/// What write_back sets, with the expected version ($1..$8: id, version, status, attempt,
+/// unique_any, finished_at, record, created_at).
+struct write_rows {
+  record_columns c;
+  binary_array version{binary_array::int8_oid};
+
+  void add(const task_record& r, std::int64_t v) {
+    c.add(r);
+    version.integer(v, 8);
   }
   params values() const {
-    return {id.finish(), version.finish(), status.finish(), attempt.finish(),
-            ua.finish(), fa.finish(),      record.finish(), ca.finish()};
+    return {c.id.finish(), version.finish(), c.status.finish(), c.attempt.finish(),
+            c.ua.finish(), c.fa.finish(),    c.record.finish(), c.ca.finish()};
   }
   static const std::vector<int>& formats() {
     static const std::vector<int> all(8, 1);
@@ -617,42 +628,29 @@ struct write_rows {
 /// reads arrays far faster than json_to_recordset (which lexes every record's json twice),
 /// and each record's json is only validated.
 struct row_arrays {
-  binary_array id{binary_array::text_oid}, type{binary_array::text_oid},
-      queue{binary_array::text_oid}, status{binary_array::int2_oid},
-      attempt{binary_array::int4_oid}, uk{binary_array::text_oid}, ua{binary_array::bool_oid},
-      ca{binary_array::int8_oid}, fa{binary_array::int8_oid}, labels{binary_array::jsonb_oid},
-      record{binary_array::json_oid}, key{binary_array::text_oid}, priority{binary_array::int4_oid},
-      at{binary_array::int8_oid};
-  std::string scratch;  // one record's JSON text, reused
+  record_columns c;
+  binary_array type{binary_array::text_oid}, queue{binary_array::text_oid},
+      uk{binary_array::text_oid}, labels{binary_array::jsonb_oid}, key{binary_array::text_oid},
+      priority{binary_array::int4_oid}, at{binary_array::int8_oid};
+  std::string scratch;  // one record's labels, reused
 
   void add(const task_record& r) {
-    id.bytes(r.id);
+    c.add(r);
     type.bytes(r.type);
     queue.bytes(r.queue);
-    status.integer(static_cast<int>(r.status), 2);
-    attempt.integer(r.attempt, 4);
     uk.bytes(r.unique_key);
-    ua.boolean(r.unique_for == unique_scope::any);
-    ca.integer(to_us(r.created_at), 8);
-    if (r.finished_at)
-      fa.integer(to_us(*r.finished_at), 8);
-    else
-      fa.null();
     scratch.assign(1, '\1');  // jsonb's binary form: a version byte, then the text
     detail::append_labels_json(scratch, r.labels);
     labels.bytes(scratch);
-    scratch.clear();
-    detail::append_record_json(scratch, r);
-    record.bytes(scratch);
     key.bytes(r.concurrency_key);
     priority.integer(r.priority, 4);
     at.integer(to_us(r.available_at), 8);
   }
   /// $1..$11: the tasks columns (insert_tasks), binary.
   params insert_params() const {
-    return {id.finish(),      type.finish(),   queue.finish(), status.finish(),
-            attempt.finish(), uk.finish(),     ua.finish(),    ca.finish(),
-            fa.finish(),      labels.finish(), record.finish()};
+    return {c.id.finish(),      type.finish(),   queue.finish(),   c.status.finish(),
+            c.attempt.finish(), uk.finish(),     c.ua.finish(),    c.ca.finish(),
+            c.fa.finish(),      labels.finish(), c.record.finish()};
   }
   static const std::vector<int>& insert_formats() {
     static const std::vector<int> all(11, 1);
