@@ -402,9 +402,14 @@ TEST_CASE("file: read-only opens during constant compaction see every acknowledg
     });
     REQUIRE_FALSE(cec);
   }
-  // Let the readers overlap a few more compactions of the final state.
-  const int target = reads.load() + 6;
-  CHECK(run_until(h.io, [&] { return reads.load() >= target; }));
+  // Let the readers overlap a few more compactions of the final state. Both counts are waited
+  // for: on a loaded machine a compaction (snapshot plus fsyncs, and the writes in flight it
+  // waits for) can take longer than all the writes above did.
+  const int target_reads = reads.load() + 6;
+  const int target_compactions = compactions.load() + 3;
+  CHECK(run_until(h.io, [&] {
+    return reads.load() >= target_reads && compactions.load() >= target_compactions;
+  }));
   writing = false;
   r1.join();
   r2.join();
