@@ -178,15 +178,28 @@ void append_json_value(std::string& out, const json& v) {
 }
 
 /// A double as dump() writes it. Records repeat the same few (a retry policy's multiplier and
-/// jitter), so the last text made on this thread is kept.
+/// jitter, written one after the other), so the texts of the last few made on this thread are
+/// kept, matched by bit pattern; a miss replaces the oldest.
 void append_double(std::string& out, double d) {
-  thread_local double last = 0.0;
-  thread_local std::string text = json(0.0).dump();
-  if (std::memcmp(&d, &last, sizeof d) != 0) {
-    text = json(d).dump();
-    last = d;
-  }
-  out += text;
+  struct cached {
+    double value;
+    std::string text;
+  };
+  thread_local std::array<cached, 4> cache = [] {
+    std::array<cached, 4> c;
+    for (auto& e : c) e = {0.0, json(0.0).dump()};
+    return c;
+  }();
+  thread_local std::size_t oldest = 0;
+  for (const auto& e : cache)
+    if (std::memcmp(&d, &e.value, sizeof d) == 0) {
+      out += e.text;
+      return;
+    }
+  auto& e = cache[oldest];
+  oldest = (oldest + 1) % cache.size();
+  e = {d, json(d).dump()};
+  out += e.text;
 }
 
 /// `,"key":` (no comma before the first member), in one append.

@@ -286,6 +286,16 @@ TEST_CASE("the direct record writer gives exactly dump()'s text", "[task][json]"
   full.cancel_requested = true;
   CHECK(text(full) == to_json(full).dump());
 
+  // The writer keeps the texts of the last few doubles it wrote: more distinct values than it
+  // keeps, in turn and again (0.0 and -0.0 differ in sign only), each as dump() writes it.
+  for (int round = 0; round < 3; ++round)
+    for (double d : {0.1, 2.0, 0.25, 1e-7, 3.5, -0.0, 0.0, 0.1}) {
+      task_record r = plain;
+      r.retry.multiplier = d;
+      r.retry.jitter = d / 3;
+      REQUIRE(text(r) == to_json(r).dump());
+    }
+
   // Generated records: each optional present or not, strings from an alphabet with every
   // character class the escaping treats differently.
   std::mt19937 rng(7);
