@@ -1232,7 +1232,10 @@ awaitable<reply> rmw(std::shared_ptr<state> st, std::vector<std::string> ids, Ap
       for (const auto& id : ids) {
         auto it = round == 0 ? st->written.find(id) : st->written.end();
         if (it != st->written.end()) {
-          rows.emplace(id, it->second);
+          // Taken, not copied: a written record leaves the hints anyway, and one refused on
+          // the hint is loaded in the next round (so is one a concurrent update finds gone).
+          auto hint = st->written.extract(it);
+          rows.emplace(std::move(hint.key()), std::move(hint.mapped()));
           hinted.insert(id);
         } else {
           st->written.erase(id);
