@@ -602,7 +602,7 @@ struct record_columns {
   binary_array id{binary_array::text_oid}, status{binary_array::int2_oid},
       attempt{binary_array::int4_oid}, ua{binary_array::bool_oid}, ca{binary_array::int8_oid},
       fa{binary_array::int8_oid}, record{binary_array::json_oid};
-  std::string scratch;  // one record's JSON text, reused
+  std::string scratch;  // one value's text, reused (by the structs that hold these too)
 
   void add(const task_record& r) {
     id.bytes(r.id);
@@ -648,16 +648,15 @@ struct row_arrays {
   binary_array type{binary_array::text_oid}, queue{binary_array::text_oid},
       uk{binary_array::text_oid}, labels{binary_array::jsonb_oid}, key{binary_array::text_oid},
       priority{binary_array::int4_oid}, at{binary_array::int8_oid};
-  std::string scratch;  // one record's labels, reused
 
   void add(const task_record& r) {
     c.add(r);
     type.bytes(r.type);
     queue.bytes(r.queue);
     uk.bytes(r.unique_key);
-    scratch.assign(1, '\1');  // jsonb's binary form: a version byte, then the text
-    detail::append_labels_json(scratch, r.labels);
-    labels.bytes(scratch);
+    c.scratch.assign(1, '\1');  // jsonb's binary form: a version byte, then the text
+    detail::append_labels_json(c.scratch, r.labels);
+    labels.bytes(c.scratch);
     key.bytes(r.concurrency_key);
     priority.integer(r.priority, 4);
     at.integer(to_us(r.available_at), 8);

@@ -46,11 +46,15 @@ struct host_conn {
   PGconn* c = PQconnectdb(pg_conninfo().c_str());
   host_conn() { REQUIRE(PQstatus(c) == CONNECTION_OK); }
   ~host_conn() { PQfinish(c); }
-  void exec(const char* sql) {
-    PGresult* r = PQexec(c, sql);
+  /// Runs `sql` on this connection (inside its transaction, if one is open); the first
+  /// column of the first row, or "" when there is none.
+  std::string exec(const std::string& sql) {
+    PGresult* r = PQexec(c, sql.c_str());
     auto st = PQresultStatus(r);
+    std::string out = st == PGRES_TUPLES_OK && PQntuples(r) > 0 ? PQgetvalue(r, 0, 0) : "";
     PQclear(r);
     REQUIRE((st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK));
+    return out;
   }
 };
 
@@ -918,9 +922,8 @@ TEST_CASE(
       INFO(fn << " call " << call);
       plans.clear();
       h.exec("BEGIN");
-      h.exec(("SELECT * FROM \"" + f.schema + "\"." + fn +
-              "('{default}', 9000000000000000, 10, '{}', '{}', 9000000000000001)")
-                 .c_str());
+      h.exec("SELECT * FROM \"" + f.schema + "\"." + fn +
+             "('{default}', 9000000000000000, 10, '{}', '{}', 9000000000000001)");
       h.exec("ROLLBACK");
       std::string all;
       for (const auto& p : plans) all += p;
@@ -942,17 +945,12 @@ TEST_CASE("postgres: a fetch of a whole batch leases every row with a HOT update
   std::vector<task_spec> specs(2000, task_spec{.type = "t"});
   postgres::enqueue(h.c, f.schema, std::move(specs), f.clk.now());
   h.exec("BEGIN");
-  h.exec(("SELECT count(*) FROM \"" + f.schema +
-          "\".fetch_tasks('{default}', 9000000000000000, 2000, '{}', '{}', 9000000000000001)")
-             .c_str());
-  PGresult* r = PQexec(h.c, ("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables "
-                             "WHERE relid = '\"" +
-                             f.schema + "\".queue'::regclass")
-                                .c_str());
-  REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
-  REQUIRE(PQntuples(r) == 1);
-  const std::string updated = PQgetvalue(r, 0, 0), hot = PQgetvalue(r, 0, 1);
-  PQclear(r);
+  h.exec("SELECT count(*) FROM \"" + f.schema +
+         "\".fetch_tasks('{default}', 9000000000000000, 2000, '{}', '{}', 9000000000000001)");
+  const std::string stats =
+      " FROM pg_stat_xact_user_tables WHERE relid = '\"" + f.schema + "\".queue'::regclass";
+  const std::string updated = h.exec("SELECT n_tup_upd" + stats);
+  const std::string hot = h.exec("SELECT n_tup_hot_upd" + stats);
   h.exec("ROLLBACK");
   CHECK(updated == "2000");
   CHECK(hot == "2000");
