@@ -29,7 +29,7 @@ class jthread_executor final : public taskq::executor {
   }
 
  protected:
-  taskq::run_promise do_execute(taskq::run_request req) override {
+  taskq::run_promise do_execute(taskq::run_request&& req) override {
     taskq::run_completion completion(req.run, get_executor());
     std::lock_guard lock(mutex_);
     auto& thread = threads_.emplace_back([this, completion, task = req.task](std::stop_token stop) {

@@ -177,6 +177,15 @@ struct item {
   // it back with this entry instead of removing it.
   std::unique_ptr<queue_entry> repushed;  // rare: kept out of line so items stay small
   std::uint64_t push_stamp = 0;           // the last push that named this id (duplicate check)
+
+  // Puts the re-pushed entry in place, keeping the id string itself (the same text): the
+  // items map's key views it.
+  void take_repushed() {
+    auto own_id = std::move(entry.id);
+    entry = std::move(*repushed);
+    entry.id = std::move(own_id);
+    repushed.reset();
+  }
 };
 
 // Ready order: higher priority first, then FIFO by sequence number.
@@ -213,7 +222,8 @@ struct queue::impl : std::enable_shared_from_this<queue::impl> {
   asio::any_io_executor ex;
   clock& clk;
   mutable std::mutex mutex;
-  std::unordered_map<std::string, item> items;
+  // Keyed by a view of the item's own entry.id (no second copy of every id).
+  std::unordered_map<std::string_view, item> items;
   // Declared after `items`, so destroyed first: they unlink every item before it goes.
   std::unordered_map<std::string, item_set<ready_less>> ready;  // by queue name
   item_set<delayed_less> delayed;
@@ -267,8 +277,7 @@ struct queue::impl : std::enable_shared_from_this<queue::impl> {
       leased.erase(leased.begin());
       if (it->repushed) {  // pushed again meanwhile: that entry wins
         it->token = 0;
-        it->entry = std::move(*it->repushed);
-        it->repushed.reset();
+        it->take_repushed();
         place(*it, now);
         continue;
       }
@@ -302,6 +311,10 @@ struct queue::impl : std::enable_shared_from_this<queue::impl> {
         continue;  // the same queue named twice
       cursors.push_back({&f->second, f->second.begin()});
     }
+    // One allocation for the batch, not a doubling per power of two (a lease is large).
+    std::size_t ready_count = 0;
+    for (const auto& c : cursors) ready_count += c.set->size();
+    out.reserve(std::min(p.max, ready_count));
     while (out.size() < p.max) {
       cursor* best = nullptr;
       for (auto& c : cursors) {
@@ -409,7 +422,8 @@ error_code queue::impl::push(push_params& p, std::vector<completion>& done) {
       static_cast<double>(items.bucket_count()) * items.max_load_factor())
     items.reserve(need);
   const auto stamp = ++next_push_stamp;  // marks the items this push reached
-  std::vector<item*> slots;
+  // Iterators stay valid: the reserve above leaves room for every insertion without a rehash.
+  std::vector<decltype(items)::iterator> slots;
   std::vector<std::size_t> added;  // entries whose id this push inserted
   slots.reserve(p.entries.size());
   added.reserve(p.entries.size());
@@ -423,7 +437,8 @@ error_code queue::impl::push(push_params& p, std::vector<completion>& done) {
       ec = errc::blank_queue;
       break;
     }
-    auto [it, inserted] = items.try_emplace(e.id);
+    // A new item's key views the pushed entry's id until the entry moves into the item.
+    auto [it, inserted] = items.try_emplace(std::string_view(e.id));
     item& i = it->second;
     // An existing id is accepted only if leased (a retry racing the holder's ack), and
     // only once per push; a second occurrence of a new id finds it stamped too.
@@ -433,20 +448,27 @@ error_code queue::impl::push(push_params& p, std::vector<completion>& done) {
     }
     i.push_stamp = stamp;
     if (inserted) added.push_back(k);
-    slots.push_back(&i);
+    slots.push_back(it);
   }
   if (ec) {
     for (auto k : added)
       items.erase(p.entries[k].id);  // by key: iterators may not outlive a rehash
   } else {
     for (std::size_t k = 0; k < slots.size(); ++k) {
-      item& i = *slots[k];
+      item& i = slots[k]->second;
       auto& e = p.entries[k];
       if (i.state == item::where::leased) {                        // new items are never leased
         i.repushed = std::make_unique<queue_entry>(std::move(e));  // takes effect at its ack
         continue;
       }
       i.entry = std::move(e);
+      if (slots[k]->first.data() != i.entry.id.data()) {
+        // A short id lives inside the string (SSO), so the move left the key viewing the
+        // pushed entry: point it at the item's own (a node re-insert, no allocation).
+        auto node = items.extract(slots[k]);
+        node.key() = node.mapped().entry.id;
+        items.insert(std::move(node));
+      }
       i.seq = ++next_seq;
       place(i, now);
     }
@@ -517,8 +539,7 @@ std::size_t queue::impl::ack(const std::vector<lease>& leases, std::vector<compl
     ++removed;
     if (i.repushed) {
       // Pushed again while this lease was held: it is new work, queued behind its peers.
-      i.entry = std::move(*i.repushed);
-      i.repushed.reset();
+      i.take_repushed();
       i.token = 0;
       i.seq = ++next_seq;
       place(i, clk.now());
@@ -583,8 +604,7 @@ error_code queue::impl::release(release_params& p, std::vector<completion>& done
     leased.erase(leased.iterator_to(i));
     i.token = 0;
     if (i.repushed) {  // pushed again meanwhile: that entry wins over the holder's release
-      i.entry = std::move(*i.repushed);
-      i.repushed.reset();
+      i.take_repushed();
       p.available_at.reset();
     }
     if (p.available_at) i.entry.available_at = *p.available_at;
@@ -711,6 +731,12 @@ struct store::impl {
   // The operations' work, with the mutex held.
   error_code insert(std::vector<task_record>& batch);  // all or nothing
   claim_result claim(claim_params& p);
+  // The fused fetch's claim: each leased task claimed and paired with its lease in `out`; the
+  // leases of dropped and skipped tasks go to `finished` (to be acked).
+  void claim_leased(std::vector<lease>& kept, time_point now, fetch_result& out,
+                    std::vector<lease>& finished);
+  std::pair<detail::claim_outcome, record_map::iterator> claim_one(std::string_view id,
+                                                                   time_point now);
 
   record_map::iterator erase(record_map::iterator it) {
     count(it->second, -1);
@@ -801,20 +827,24 @@ void store::do_get(std::string id, handler<void(error_code, task_record)> h) {
   detail::post_completion(std::move(h), impl_->ex, ec, std::move(r));
 }
 
+// Claims one id (or finds it gone: skipped), counts and unique holders kept in step.
+std::pair<detail::claim_outcome, store::impl::record_map::iterator> store::impl::claim_one(
+    std::string_view id, time_point now) {
+  auto it = records.find(id);
+  if (it == records.end()) return {detail::claim_outcome::skipped, it};
+  auto outcome = detail::claim_outcome::skipped;
+  mutate(it->second, [&](task_record& r) {
+    outcome = detail::apply_claim(r, now);
+    return error_code{};
+  });
+  return {outcome, it};
+}
+
 claim_result store::impl::claim(claim_params& p) {
   claim_result out;
   out.claimed.reserve(p.ids.size());  // the usual case: every id is claimed
   for (auto& id : p.ids) {
-    auto it = records.find(id);
-    if (it == records.end()) {
-      out.skipped.push_back(std::move(id));
-      continue;
-    }
-    auto outcome = detail::claim_outcome::skipped;
-    mutate(it->second, [&](task_record& r) {
-      outcome = detail::apply_claim(r, p.now);
-      return error_code{};
-    });
+    auto [outcome, it] = claim_one(id, p.now);
     switch (outcome) {
       case detail::claim_outcome::claimed:
         out.claimed.push_back(it->second);
@@ -828,6 +858,31 @@ claim_result store::impl::claim(claim_params& p) {
     }
   }
   return out;
+}
+
+void store::impl::claim_leased(std::vector<lease>& kept, time_point now, fetch_result& out,
+                               std::vector<lease>& finished) {
+  out.claimed.reserve(kept.size());  // the usual case: every lease is claimed
+  for (auto& l : kept) {
+    auto [outcome, it] = claim_one(l.id, now);
+    switch (outcome) {
+      case detail::claim_outcome::claimed: {
+        // Built in place: the record is copied once, straight into the result.
+        auto& f = out.claimed.emplace_back();
+        f.held = std::move(l);
+        f.record = it->second;
+        break;
+      }
+      case detail::claim_outcome::dropped:
+        out.dropped.push_back(it->second);
+        finished.push_back(std::move(l));
+        break;
+      case detail::claim_outcome::skipped:
+        out.skipped.push_back(l.id);
+        finished.push_back(std::move(l));
+        break;
+    }
+  }
 }
 
 void store::do_claim(claim_params p, handler<void(error_code, claim_result)> h) {
@@ -1064,23 +1119,17 @@ void backend::claim_reserved(std::vector<lease> leases,
     auto& st = *store_.impl_;
     auto& q = *queue_.impl_;
     std::scoped_lock lock(st.mutex, q.mutex);
-    claim_params cp;
-    cp.now = clk_.now();
-    cp.ids.reserve(leases.size());
-    std::vector<lease> kept;
-    kept.reserve(leases.size());
-    for (auto& l : leases) {
-      if (admit && !admit(l)) {
+    if (admit) {
+      std::erase_if(leases, [&](const lease& l) {
+        if (admit(l)) return false;
         release_params back{l.id, l.token, true, std::nullopt};  // its original position
         q.release(back, done);
-        continue;
-      }
-      cp.ids.push_back(l.id);
-      kept.push_back(std::move(l));
+        return true;
+      });
     }
-    if (!kept.empty()) {
+    if (!leases.empty()) {
       std::vector<lease> finished;  // dropped and skipped
-      out = detail::pair_claimed(kept, st.claim(cp), finished);
+      st.claim_leased(leases, clk_.now(), out, finished);
       if (!finished.empty()) q.ack(finished, done);
     }
   }

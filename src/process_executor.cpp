@@ -873,7 +873,7 @@ void process_executor::do_wait_children(asio::any_completion_handler<void()> h) 
   detail::post_completion(std::move(h), get_executor());
 }
 
-run_promise process_executor::do_execute(run_request req) {
+run_promise process_executor::do_execute(run_request&& req) {
   std::shared_ptr<const process_command> cmd;
   {
     std::lock_guard lock(registry_->mutex);

@@ -73,8 +73,9 @@ class executor {
   }
 
  protected:
-  /// Starts the run described by `req` and returns its promise.
-  virtual run_promise do_execute(run_request req) = 0;
+  /// Starts the run described by `req` and returns its promise. `req` is the caller's (an
+  /// rvalue reference, so a run request is moved once, into whatever keeps it).
+  virtual run_promise do_execute(run_request&& req) = 0;
 
  private:
   friend struct detail::run_state;
@@ -156,7 +157,7 @@ class local_executor final : public executor {
   std::size_t threads() const noexcept { return threads_; }
 
  protected:
-  run_promise do_execute(run_request req) override;
+  run_promise do_execute(run_request&& req) override;
 
  private:
   void add(std::string type, std::variant<sync_handler, coro_handler> h);

@@ -191,7 +191,7 @@ class process_executor final : public executor {
   }
 
  protected:
-  run_promise do_execute(run_request req) override;
+  run_promise do_execute(run_request&& req) override;
 
  private:
   void do_wait_children(asio::any_completion_handler<void()> h);

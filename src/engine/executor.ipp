@@ -111,7 +111,7 @@ run_result finish_result(std::exception_ptr ep, json value, const task_context& 
 
 }  // namespace
 
-run_promise local_executor::do_execute(run_request req) {
+run_promise local_executor::do_execute(run_request&& req) {
   req.run.run_id = ++next_run_id_;
   run_completion comp(req.run, get_executor());
   auto promise = comp.get_promise();

@@ -21,8 +21,9 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     bool interrupted = false;
     bool recording = false;  // the run is over; its outcome is on its way to the backend
   };
-  // All state below is touched only on the strand.
-  std::unordered_map<std::string, slot> slots;
+  // All state below is touched only on the strand. Keyed by a view of the slot's own id (no
+  // second copy of it per run).
+  std::unordered_map<std::string_view, slot> slots;
   worker_admission admission;     // limits, running counts and refill decisions (pure)
   bool reserving = false;         // a fetch is in flight
   reserve_filters reserved_with;  // the filters of the fetch in flight
@@ -169,7 +170,13 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
   }
 
   void start_fetched(fetched_task&& f) {
-    auto& s = slots.try_emplace(f.record.id).first->second;
+    // The key views the fetched record's id until the slot has its own copy, then the slot's
+    // (a node re-insert: no allocation).
+    auto node = slots.extract(slots.try_emplace(std::string_view(f.record.id)).first);
+    slot& s = node.mapped();
+    copy_stub(s.task, f.record);
+    node.key() = s.task.id;
+    slots.insert(std::move(node));
     admission.count(f.held, +1);
     s.l = std::move(f.held);
     running_count = slots.size();
@@ -208,9 +215,9 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
 
   // Runs a claimed task, or (`give_back`, or after the drain deadline) hands it straight
   // back: that attempt does not count.
+  // The slot's stub is already copied from `rec` (start_fetched).
   void start(slot& s, task_record&& rec, bool give_back) {
     auto now = clk().now();
-    copy_stub(s.task, rec);
     const auto& t = s.task;
     if (give_back || drain.expired()) {
       s.interrupted = true;
@@ -255,6 +262,11 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
       collecting.swap(finished_runs);
       collect_posted = false;
     }
+    // Each finished run adds one outcome to the pending batch: grow its vectors once.
+    const auto batch = pending_completions.size() + collecting.size();
+    pending_completions.reserve(batch);
+    pending_outcomes.reserve(batch);
+    pending_slots.reserve(batch);
     for (slot* s : collecting) finish_run(*s, *s->promise.result());
     collecting.clear();
   }
@@ -338,8 +350,6 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     if (pending_completions.empty()) return;
     complete_params p;
     p.completions = std::exchange(pending_completions, {});
-    // The next batch is likely as big: grow once, not by doubling (a completion is large).
-    pending_completions.reserve(p.completions.size());
     client->b.async_complete(
         std::move(p),
         on_strand([self = shared_from_this(), recorded = std::exchange(pending_slots, {}),
@@ -376,16 +386,18 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
             client->finished(*after);
           } else if (client->waiter_count.load() > 0) {
             // A waiter arrived after the update was sent without its record: fetch it.
-            client->s.async_get(it->first, [c = client](error_code e, task_record rec) {
-              if (!e) c->finished(rec);
-            });
+            client->s.async_get(std::string(it->first),
+                                [c = client](error_code e, task_record rec) {
+                                  if (!e) c->finished(rec);
+                                });
           }
         }
       }
       // On an error the backend gave the lease back (an I/O error: the task runs again) or
       // left it to whoever holds the task now (status_conflict, not_found).
       admission.count(it->second.l, -1);
-      auto next = after_recording.empty() ? after_recording.end() : after_recording.find(it->first);
+      auto next = after_recording.empty() ? after_recording.end()
+                                          : after_recording.find(std::string(it->first));
       slots.erase(it);
       if (next != after_recording.end()) {
         auto f = std::move(next->second);

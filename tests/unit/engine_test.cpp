@@ -158,7 +158,7 @@ TEST_CASE("a custom executor is one small class", "[executor][custom]") {
     using executor::executor;
 
    protected:
-    run_promise do_execute(run_request req) override {
+    run_promise do_execute(run_request&& req) override {
       run_completion comp(req.run, get_executor());
       asio::post(get_executor(), [comp, v = req.task.payload.get<int>()] {
         run_result r;
