@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <functional>
 #include <mutex>
 #include <shared_mutex>
@@ -160,15 +161,28 @@ class local_executor final : public executor {
   run_promise do_execute(run_request&& req) override;
 
  private:
+  using handler_ptr = std::shared_ptr<const std::variant<sync_handler, coro_handler>>;
   void add(std::string type, std::variant<sync_handler, coro_handler> h);
+  void drain_runs();
+
+  // A plain-function run waiting for a pool thread.
+  struct queued_call {
+    handler_ptr fn;
+    std::shared_ptr<task_context> ctx;
+    run_completion completion;
+  };
 
   clock& clock_;
   std::size_t threads_;
+  // Plain-function runs go through one queue that pool threads drain in turn: one post per
+  // idle thread, not an allocated operation and a wake-up per run.
+  std::mutex calls_mutex_;
+  std::deque<queued_call> calls_;  // guarded by calls_mutex_
+  std::size_t draining_ = 0;       // pool threads draining calls_; guarded by calls_mutex_
   asio::thread_pool pool_;
   mutable std::shared_mutex handlers_mutex_;
   // Shared, so a run takes a reference count rather than a copy of the handler.
-  std::unordered_map<std::string, std::shared_ptr<const std::variant<sync_handler, coro_handler>>>
-      handlers_;
+  std::unordered_map<std::string, handler_ptr> handlers_;
   std::atomic<std::uint64_t> next_run_id_{0};
 };
 

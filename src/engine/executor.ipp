@@ -111,11 +111,35 @@ run_result finish_result(std::exception_ptr ep, json value, const task_context& 
 
 }  // namespace
 
+// A pool thread runs queued calls until none is left. A drain leaves only with the queue
+// empty, under the lock a new call is queued under, so no call waits without a drain.
+void local_executor::drain_runs() {
+  for (;;) {
+    std::unique_lock lock(calls_mutex_);
+    if (calls_.empty()) {
+      --draining_;
+      return;
+    }
+    queued_call call = std::move(calls_.front());
+    calls_.pop_front();
+    lock.unlock();
+    if (call.completion.done()) continue;  // cancelled before it started
+    json value;
+    std::exception_ptr ep;
+    try {
+      value = std::get<sync_handler>(*call.fn)(*call.ctx);
+    } catch (...) {
+      ep = std::current_exception();
+    }
+    call.completion.complete(finish_result(ep, std::move(value), *call.ctx, clock_));
+  }
+}
+
 run_promise local_executor::do_execute(run_request&& req) {
   req.run.run_id = ++next_run_id_;
   run_completion comp(req.run, get_executor());
   auto promise = comp.get_promise();
-  std::shared_ptr<const std::variant<sync_handler, coro_handler>> fn;
+  handler_ptr fn;
   {
     std::shared_lock lock(handlers_mutex_);
     auto it = handlers_.find(req.task.type);
@@ -132,17 +156,14 @@ run_promise local_executor::do_execute(run_request&& req) {
   comp.on_cancel(ctx);
   clock* clk = &clock_;
   if (std::holds_alternative<sync_handler>(*fn)) {
-    asio::post(pool_, [fn = std::move(fn), ctx = std::move(ctx), comp = std::move(comp), clk] {
-      if (comp.done()) return;  // cancelled before it started
-      json value;
-      std::exception_ptr ep;
-      try {
-        value = std::get<sync_handler>(*fn)(*ctx);
-      } catch (...) {
-        ep = std::current_exception();
-      }
-      comp.complete(finish_result(ep, std::move(value), *ctx, *clk));
-    });
+    bool post_drain;
+    {
+      std::lock_guard lock(calls_mutex_);
+      calls_.push_back({std::move(fn), std::move(ctx), std::move(comp)});
+      post_drain = draining_ < threads_;
+      if (post_drain) ++draining_;
+    }
+    if (post_drain) asio::post(pool_, [this] { drain_runs(); });
   } else {
     asio::co_spawn(
         get_executor(),

@@ -24,6 +24,9 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
   // All state below is touched only on the strand. Keyed by a view of the slot's own id (no
   // second copy of it per run).
   std::unordered_map<std::string_view, slot> slots;
+  // Nodes of finished slots, kept for the next runs: a slot's node, its stub's strings and the
+  // lease's keep their memory (no allocation per run once the worker is warm).
+  std::vector<decltype(slots)::node_type> spare_slots;
   worker_admission admission;     // limits, running counts and refill decisions (pure)
   bool reserving = false;         // a fetch is in flight
   reserve_filters reserved_with;  // the filters of the fetch in flight
@@ -172,7 +175,13 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
   void start_fetched(fetched_task&& f) {
     // The key views the fetched record's id until the slot has its own copy, then the slot's
     // (a node re-insert: no allocation).
-    auto node = slots.extract(slots.try_emplace(std::string_view(f.record.id)).first);
+    decltype(slots)::node_type node;
+    if (spare_slots.empty()) {
+      node = slots.extract(slots.try_emplace(std::string_view(f.record.id)).first);
+    } else {
+      node = std::move(spare_slots.back());
+      spare_slots.pop_back();
+    }
     slot& s = node.mapped();
     copy_stub(s.task, f.record);
     node.key() = s.task.id;
@@ -182,6 +191,17 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     running_count = slots.size();
     // Claimed while stopping: a drain lets what runs finish, and gives this straight back.
     start(s, std::move(f.record), drain.stopping());
+  }
+
+  // Takes a finished slot out, keeping its node for a later run (up to one per run in flight).
+  void retire(decltype(slots)::iterator it) {
+    deadlines.erase(it->second);  // (finish_run took it out already)
+    auto node = slots.extract(it);
+    if (spare_slots.size() >= opts.max_in_flight) return;
+    slot& s = node.mapped();
+    s.promise = {};  // the run's shared state goes now, not at the node's next use
+    s.started = s.cancel_requested = s.interrupted = s.recording = false;
+    spare_slots.push_back(std::move(node));
   }
 
   void retry_later() {
@@ -398,7 +418,7 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
       admission.count(it->second.l, -1);
       auto next = after_recording.empty() ? after_recording.end()
                                           : after_recording.find(std::string(it->first));
-      slots.erase(it);
+      retire(it);
       if (next != after_recording.end()) {
         auto f = std::move(next->second);
         after_recording.erase(next);
