@@ -3,6 +3,7 @@
 // is heavy to compile), one file per concept under src/engine/.
 #include <taskq/client.hpp>
 #include <taskq/detail/deadline_heap.hpp>
+#include <taskq/detail/emplace.hpp>
 #include <taskq/detail/input_limits.hpp>
 #include <taskq/detail/outcome.hpp>
 #include <taskq/detail/worker_admission.hpp>

@@ -4,6 +4,7 @@
 #include <taskq/backends/memory/store.hpp>
 #include <taskq/clock.hpp>
 #include <taskq/detail/backend_alarm.hpp>
+#include <taskq/detail/emplace.hpp>
 #include <taskq/detail/record_ops.hpp>
 
 #include <boost/asio/bind_cancellation_slot.hpp>
@@ -867,10 +868,10 @@ void store::impl::claim_leased(std::vector<lease>& kept, time_point now, fetch_r
     auto [outcome, it] = claim_one(l.id, now);
     switch (outcome) {
       case detail::claim_outcome::claimed: {
-        // Built in place: the record is copied once, straight into the result.
-        auto& f = out.claimed.emplace_back();
-        f.held = std::move(l);
-        f.record = it->second;
+        // The record is copy-constructed once, in its place in the result.
+        detail::emplace_back_result(out.claimed, [&] {
+          return fetched_task{std::move(l), it->second};
+        });
         break;
       }
       case detail::claim_outcome::dropped:
@@ -1055,7 +1056,8 @@ backend::~backend() = default;
 void backend::do_enqueue(enqueue_params p, handler<void(error_code)> h) {
   push_params push;
   push.entries.reserve(p.records.size());
-  for (const auto& r : p.records) push.entries.push_back(entry_of(r));
+  for (const auto& r : p.records)
+    detail::emplace_back_result(push.entries, [&] { return entry_of(r); });
   error_code ec;
   std::vector<completion> done;
   {

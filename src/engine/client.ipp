@@ -261,16 +261,9 @@ void client::do_enqueue_batch(
   records.reserve(specs.size());
   std::vector<std::string> ids;
   ids.reserve(specs.size());
-  // Each record is built in its place in the vector (emplace_back converts through
-  // operator task_record(), whose result is elided into the slot: no record moved).
-  struct record_of {
-    task_spec& spec;
-    time_point now;
-    operator task_record() const { return make_record(std::move(spec), now); }
-  };
   for (auto& s : specs) {
-    records.emplace_back(record_of{s, now});
-    ids.push_back(records.back().id);
+    auto& r = detail::emplace_back_result(records, [&] { return make_record(std::move(s), now); });
+    ids.push_back(r.id);
   }
   // The events go out after the backend has the tasks; build them (small) only for tasks
   // someone listens to.
