@@ -159,6 +159,9 @@ class run_completion {
   bool done() const noexcept;
 
  private:
+  friend class local_executor;  // keeps a run's state in one allocation with its context
+  explicit run_completion(std::shared_ptr<detail::run_state> s) : state_(std::move(s)) {}
+
   std::shared_ptr<detail::run_state> state_;
 };
 

@@ -135,27 +135,40 @@ void local_executor::drain_runs() {
   }
 }
 
+namespace {
+// A plain-function run's context and its promise's state, in one allocation. (Not for
+// coroutine runs: the state refers to the context until the run completes, and a coroutine
+// whose io_context is destroyed never completes.)
+struct sync_run : task_context {
+  using task_context::task_context;
+  detail::run_state state;
+};
+}  // namespace
+
 run_promise local_executor::do_execute(run_request&& req) {
   req.run.run_id = ++next_run_id_;
-  run_completion comp(req.run, get_executor());
-  auto promise = comp.get_promise();
   handler_ptr fn;
   {
     std::shared_lock lock(handlers_mutex_);
-    auto it = handlers_.find(req.task.type);
-    if (it == handlers_.end()) {
-      run_result r;
-      r.error = errc::handler_not_found;
-      r.message = fmt::format("no handler is registered for task type '{}'", req.task.type);
-      comp.complete(std::move(r));
-      return promise;
-    }
-    fn = it->second;
+    if (auto it = handlers_.find(req.task.type); it != handlers_.end()) fn = it->second;
   }
-  auto ctx = std::make_shared<task_context>(std::move(req), clock_.now(), get_executor());
-  comp.on_cancel(ctx);
-  clock* clk = &clock_;
+  if (!fn) {
+    run_completion comp(req.run, get_executor());
+    run_result r;
+    r.error = errc::handler_not_found;
+    r.message = fmt::format("no handler is registered for task type '{}'", req.task.type);
+    comp.complete(std::move(r));
+    return comp.get_promise();
+  }
   if (std::holds_alternative<sync_handler>(*fn)) {
+    queued_run run = req.run;
+    auto block = std::make_shared<sync_run>(std::move(req), clock_.now(), get_executor());
+    block->state.run = std::move(run);
+    block->state.io_ex = get_executor();
+    run_completion comp(std::shared_ptr<detail::run_state>(block, &block->state));
+    auto promise = comp.get_promise();
+    std::shared_ptr<task_context> ctx = std::move(block);
+    comp.on_cancel(ctx);
     bool post_drain;
     {
       std::lock_guard lock(calls_mutex_);
@@ -164,17 +177,22 @@ run_promise local_executor::do_execute(run_request&& req) {
       if (post_drain) ++draining_;
     }
     if (post_drain) asio::post(pool_, [this] { drain_runs(); });
-  } else {
-    asio::co_spawn(
-        get_executor(),
-        [fn, ctx]() -> asio::awaitable<json> {
-          co_return co_await std::get<coro_handler> (*fn)(*ctx);
-        },
-        asio::bind_cancellation_slot(
-            ctx->cancellation_slot(), [ctx, comp, clk](std::exception_ptr ep, json value) {
-              comp.complete(finish_result(ep, std::move(value), *ctx, *clk));
-            }));
+    return promise;
   }
+  run_completion comp(req.run, get_executor());
+  auto promise = comp.get_promise();
+  auto ctx = std::make_shared<task_context>(std::move(req), clock_.now(), get_executor());
+  comp.on_cancel(ctx);
+  clock* clk = &clock_;
+  asio::co_spawn(
+      get_executor(),
+      [fn, ctx]() -> asio::awaitable<json> {
+        co_return co_await std::get<coro_handler> (*fn)(*ctx);
+      },
+      asio::bind_cancellation_slot(ctx->cancellation_slot(),
+                                   [ctx, comp, clk](std::exception_ptr ep, json value) {
+                                     comp.complete(finish_result(ep, std::move(value), *ctx, *clk));
+                                   }));
   return promise;
 }
 
