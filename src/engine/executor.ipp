@@ -161,9 +161,8 @@ run_promise local_executor::do_execute(run_request&& req) {
     return comp.get_promise();
   }
   if (std::holds_alternative<sync_handler>(*fn)) {
-    queued_run run = req.run;
     auto block = std::make_shared<sync_run>(std::move(req), clock_.now(), get_executor());
-    block->state.run = std::move(run);
+    block->state.shown_run = &block->run();
     block->state.io_ex = get_executor();
     run_completion comp(std::shared_ptr<detail::run_state>(block, &block->state));
     auto promise = comp.get_promise();

@@ -5,6 +5,9 @@ namespace taskq {
 
 struct detail::run_state {
   queued_run run;
+  // The run as the promise reports it: `run`, or the same run kept by the context this state
+  // shares an allocation with (local_executor's plain-function runs: no second copy).
+  const queued_run* shown_run = &run;
   asio::any_io_executor io_ex;
   mutable std::mutex mutex;
   std::condition_variable cv;
@@ -89,7 +92,7 @@ void detail::attach_run_sink(const run_promise& p, std::weak_ptr<run_sink> sink,
 }
 
 const queued_run& run_promise::run() const {
-  return state_->run;
+  return *state_->shown_run;
 }
 
 run_result run_promise::wait() const {

@@ -351,7 +351,10 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
     c.keep_position = o.keep_position;
     // The slot keeps renewing its lease until the outcome is recorded (a lease lapsing
     // meanwhile would let the task be claimed again before its outcome lands).
-    c.held = s.l;
+    // The lease's id goes to the completion (moved, not copied); the slot keeps the rest for
+    // its admission count and renews under its stub's id meanwhile (renew()).
+    c.held = {std::move(s.l.id), s.l.queue,      s.l.type, s.l.concurrency_key,
+              s.l.priority,      s.l.expires_at, s.l.token};
     s.recording = true;
     ++updates_in_flight;
     // Outcomes are recorded in batches: everything that finished during one turn of the
@@ -443,7 +446,10 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
   }
   void renew() {
     std::vector<lease> ls;
-    for (auto& [id, s] : slots) ls.push_back(s.l);
+    for (auto& [id, s] : slots) {
+      ls.push_back(s.l);
+      if (s.recording) ls.back().id = s.task.id;  // its lease's id went to the completion
+    }
     if (!ls.empty())
       client->q.async_extend(std::move(ls), opts.lease, client->log_failure("lease renewal"));
     if (!finished_run()) arm_renewal();
@@ -485,8 +491,9 @@ struct worker_core : run_hooks, run_sink, std::enable_shared_from_this<worker_co
       asio::post(self->strand, [self, task_id, cancel] {
         auto it = self->slots.find(task_id);
         if (it == self->slots.end()) return;
-        self->client->q.async_extend({it->second.l}, self->opts.lease,
-                                     self->client->log_failure("heartbeat: lease extension"));
+        if (!it->second.recording)  // else renew() keeps it until the outcome is recorded
+          self->client->q.async_extend({it->second.l}, self->opts.lease,
+                                       self->client->log_failure("heartbeat: lease extension"));
         if (cancel) self->cancel_requested(task_id);
       });
       detail::dispatch_completion(std::move(h), self->client->ex, ec, cancel);

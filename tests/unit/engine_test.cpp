@@ -1056,6 +1056,64 @@ TEST_CASE("waiting for a task whose outcome is being recorded still completes", 
   drain(f.io);
 }
 
+namespace {
+/// A store that holds every update until the test releases it: an outcome on its way.
+class held_update_store final : public forwarding_store {
+ public:
+  using forwarding_store::forwarding_store;
+  std::vector<std::pair<task_update, handler<void(error_code, task_record)>>> held;
+
+  void release_all() {
+    auto all = std::move(held);
+    held.clear();
+    for (auto& [u, h] : all) forwarding_store::do_update(std::move(u), std::move(h));
+  }
+
+ protected:
+  void do_update(task_update u, handler<void(error_code, task_record)> h) override {
+    held.emplace_back(std::move(u), std::move(h));
+  }
+};
+}  // namespace
+
+TEST_CASE("a worker keeps renewing a task's lease while the run's outcome is being recorded",
+          "[worker][lease]") {
+  asio::io_context io;
+  manual_clock clk;
+  memory::queue q{io.get_executor(), clk};
+  memory::store mem{io.get_executor()};
+  held_update_store s(mem);
+  client c{io.get_executor(), q, s, {.time = &clk}};
+  local_executor exec{io.get_executor(), {.threads = 1, .time = &clk}};
+  exec.handle("t", [](task_context&) { return json(1); });
+  worker_options o;
+  o.lease = 30s;  // renewed every 10 s
+  worker w(c, exec, o);
+  w.async_run(asio::detached);
+  auto [ec, id] = call<std::string>(io, [&](auto cb) { c.async_enqueue({.type = "t"}, cb); });
+  REQUIRE_FALSE(ec);
+  REQUIRE(run_until(io, [&] { return !s.held.empty(); }));  // the run is over; its outcome waits
+  for (int i = 0; i < 5; ++i) {  // 50 s: the lease would have lapsed at 30 s without renewals
+    clk.advance(10s);
+    drain(io);
+  }
+  auto [sec, st] = call<queue_stats>(io, [&](auto cb) { q.async_stats("default", cb); });
+  REQUIRE_FALSE(sec);
+  CHECK(st.leased == 1);
+  CHECK(st.ready == 0);  // nobody else could reserve it meanwhile
+  s.release_all();
+  REQUIRE(run_until(io, [&] {
+    std::optional<task_record> r;
+    c.async_get(id, [&](error_code, task_record rec) { r = std::move(rec); });
+    drain(io);
+    return r && r->status == task_status::succeeded;
+  }));
+  auto [sec2, st2] = call<queue_stats>(io, [&](auto cb) { q.async_stats("default", cb); });
+  CHECK(st2.leased + st2.ready + st2.delayed == 0);  // acked once recorded
+  w.stop();
+  drain(io);
+}
+
 TEST_CASE("real clock: a wait can be cancelled, and emitting its slot afterwards is harmless",
           "[clock]") {
   asio::io_context io;
