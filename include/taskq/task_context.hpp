@@ -115,6 +115,7 @@ class task_context : public std::enable_shared_from_this<task_context> {
   void request_cancel(error_code reason);
 
  private:
+  friend class local_executor;  // drops the hooks of a finished run (see drain_runs)
   void do_heartbeat(json progress, asio::any_completion_handler<void(error_code, bool)> h);
   void do_log(std::string message, asio::any_completion_handler<void(error_code)> h);
 

@@ -123,15 +123,20 @@ void local_executor::drain_runs() {
     queued_call call = std::move(calls_.front());
     calls_.pop_front();
     lock.unlock();
-    if (call.completion.done()) continue;  // cancelled before it started
-    json value;
-    std::exception_ptr ep;
-    try {
-      value = std::get<sync_handler>(*call.fn)(*call.ctx);
-    } catch (...) {
-      ep = std::current_exception();
+    if (!call.completion.done()) {  // else cancelled before it started
+      json value;
+      std::exception_ptr ep;
+      try {
+        value = std::get<sync_handler>(*call.fn)(*call.ctx);
+      } catch (...) {
+        ep = std::current_exception();
+      }
+      call.completion.complete(finish_result(ep, std::move(value), *call.ctx, clock_));
     }
-    call.completion.complete(finish_result(ep, std::move(value), *call.ctx, clock_));
+    // The context shares its allocation with the promise's state, which its holder (a worker's
+    // slot) keeps until the outcome is recorded: let go of the hooks (the worker) now, or the
+    // worker and the run would keep each other alive.
+    call.ctx->req_.hooks.reset();
   }
 }
 
