@@ -865,8 +865,11 @@ void store::impl::claim_leased(std::vector<lease>& kept, time_point now, fetch_r
                                std::vector<lease>& finished) {
   out.claimed.reserve(kept.size());  // the usual case: every lease is claimed
   for (auto& l : kept) {
-    auto [outcome, it] = claim_one(l.id, now);
-    switch (outcome) {
+    // Not a structured binding: the lambda below captures the iterator (clang 14 cannot
+    // capture a binding).
+    const auto claimed = claim_one(l.id, now);
+    const auto it = claimed.second;
+    switch (claimed.first) {
       case detail::claim_outcome::claimed: {
         // The record is copy-constructed once, in its place in the result.
         detail::emplace_back_result(out.claimed, [&] {
